@@ -1,0 +1,101 @@
+"""agbox in-sandbox agent. Stdlib only; runs as the sandbox user inside the namespaces.
+
+Protocol: one JSON object per line on stdin, ``{"id": int, "op": str, "args": {...}}``; one JSON
+object per line on stdout, ``{"id": int, "ok": true, "result": ...}`` or
+``{"id": int, "ok": false, "error": {"kind": str, "message": str}}``. Requests run concurrently,
+each in its own thread, so a long command does not block a file read. An op may emit
+``{"id": int, "event": {...}}`` lines before its answer (streamed output). ``{"op": "cancel",
+"args": {"target": id}}`` cancels a running request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import traceback
+from typing import Any, Callable
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import Ctx, OpError  # noqa: E402
+
+OPS: dict[str, Callable[[dict[str, Any], Ctx], Any]] = {}
+RUNNING: dict[Any, Ctx] = {}
+_running_lock = threading.Lock()
+_out_lock = threading.Lock()
+_stdout = sys.stdout.buffer
+
+
+def send(obj: dict[str, Any]) -> None:
+    data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogateescape") + b"\n"
+    with _out_lock:
+        _stdout.write(data)
+        _stdout.flush()
+
+
+def _ping(args: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+    return {"pid": os.getpid(), "uid": os.getuid()}
+
+
+def _register_all() -> None:
+    OPS["ping"] = _ping
+    for name in ("ops_shell", "ops_files", "ops_code"):
+        try:
+            module = __import__(name)
+        except ImportError:
+            continue
+        OPS.update(getattr(module, "OPS", {}))
+
+
+def _handle(request: dict[str, Any]) -> None:
+    rid = request.get("id")
+    op = OPS.get(str(request.get("op")))
+    if op is None:
+        send({"id": rid, "ok": False, "error": {"kind": "unknown_op", "message": f"unknown op {request.get('op')!r}"}})
+        return
+    ctx = Ctx(rid, lambda event: send({"id": rid, "event": event}))
+    with _running_lock:
+        RUNNING[rid] = ctx
+    try:
+        args = request.get("args") or {}
+        if not isinstance(args, dict):
+            raise OpError("invalid", "args must be an object")
+        send({"id": rid, "ok": True, "result": op(args, ctx)})
+    except OpError as exc:
+        send({"id": rid, "ok": False, "error": {"kind": exc.kind, "message": exc.message}})
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        send({"id": rid, "ok": False, "error": {"kind": "os", "errno": exc.errno, "message": f"{exc.strerror or exc}{where}"}})
+    except Exception as exc:  # the top-level handler of a request thread: report, never die
+        send({"id": rid, "ok": False, "error": {"kind": "internal", "message": f"{type(exc).__name__}: {exc}",
+                                                 "trace": traceback.format_exc()}})
+    finally:
+        with _running_lock:
+            RUNNING.pop(rid, None)
+
+
+def main() -> None:
+    _register_all()
+    os.umask(0o022)
+    send({"id": 0, "ok": True, "result": {"ready": True, "pid": os.getpid()}})
+    for line in sys.stdin.buffer:
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+        except ValueError:
+            send({"id": None, "ok": False, "error": {"kind": "invalid", "message": "malformed request line"}})
+            continue
+        if request.get("op") == "cancel":
+            with _running_lock:
+                target = RUNNING.get((request.get("args") or {}).get("target"))
+            if target is not None:
+                target.cancel()
+            continue
+        threading.Thread(target=_handle, args=(request,), daemon=True).start()
+
+
+if __name__ == "__main__":
+    main()

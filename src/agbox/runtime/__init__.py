@@ -1,0 +1,1 @@
+"""Sandbox mechanisms behind one small interface (``base.Runtime``); ``local`` uses bubblewrap."""

@@ -1,0 +1,107 @@
+"""The runtime interface: what the services need from a sandbox mechanism, and nothing more.
+
+A runtime places sandboxes on a node (this machine for ``local``; a Ray node later), runs agent
+requests in them, reports kernel figures and tears them down. Handles are plain data
+(``SandboxHandle``) so the store can record which node holds a session and a restarted control
+plane can ask the runtime to re-attach.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from agbox.errors import SandboxError
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    memory_bytes: int = 1024 * 1024 * 1024
+    cpus: float = 1.0
+    pids: int = 512
+    disk_bytes: int = 2 * 1024 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class SandboxSpec:
+    session_id: str
+    image_id: str
+    limits: Limits
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    hostname: str = "sandbox"
+    # Extra read-only host paths the image needs inside (e.g. a language runtime outside /usr).
+    ro_binds: tuple[tuple[str, str], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class SandboxHandle:
+    session_id: str
+    node: str
+    # Runtime-private facts needed to find the sandbox again (pids, cgroup paths, ...).
+    details: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class SandboxStats:
+    cpu_count: int
+    cpu_usage_ns: int
+    mem_used: int
+    mem_total: int
+    disk_used: int
+    disk_total: int
+    rx_bytes: int
+    tx_bytes: int
+    pids: int
+
+
+EventCallback = Callable[[dict[str, Any]], None]
+
+
+class Runtime(abc.ABC):
+    """A sandbox mechanism. Every method may be called concurrently for different sandboxes."""
+
+    name: str
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Prepare the node (and end sandboxes that a previous process left behind)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Destroy every sandbox of this runtime and release its resources."""
+
+    @abc.abstractmethod
+    async def create(self, spec: SandboxSpec) -> SandboxHandle:
+        """Start a sandbox and return once its agent answers."""
+
+    @abc.abstractmethod
+    async def call(self, handle: SandboxHandle, op: str, args: dict[str, Any], *, timeout_s: float,
+                   on_event: EventCallback | None = None) -> Any:
+        """Run one agent op inside the sandbox; raises SandboxError / ToolTimeoutError."""
+
+    @abc.abstractmethod
+    async def cancel(self, handle: SandboxHandle, request_id: int) -> None:
+        """Cancel a running agent op (best effort)."""
+
+    @abc.abstractmethod
+    async def stats(self, handle: SandboxHandle) -> SandboxStats:
+        """Kernel figures for the sandbox."""
+
+    @abc.abstractmethod
+    async def destroy(self, handle: SandboxHandle) -> None:
+        """Kill every process of the sandbox and free its files. Idempotent."""
+
+    @abc.abstractmethod
+    async def reattach(self, handle: SandboxHandle) -> bool:
+        """After a control-plane restart: True if the sandbox is alive and usable again."""
+
+    @abc.abstractmethod
+    def alive(self, handle: SandboxHandle) -> bool:
+        """Cheap liveness check used by the lifecycle loop."""
+
+    async def connect_port(self, handle: SandboxHandle, port: int) -> socket.socket:
+        """A connected TCP socket to ``127.0.0.1:port`` inside the sandbox (for links)."""
+        raise SandboxError(f"the {self.name} runtime cannot reach ports inside sandboxes")

@@ -1,0 +1,366 @@
+"""The local runtime: one bubblewrap sandbox per session on this machine.
+
+Each sandbox gets
+- its own user, pid, net, ipc, uts, mount and cgroup namespaces (``--unshare-all``), running as an
+  unprivileged host uid picked per sandbox (uid 1000 "user" inside);
+- a writable root: a tmpfs sized to the disk limit, with the host's ``/usr`` and a sanitized
+  ``/etc`` bound read-only over it, and the agent bound read-only at ``/opt/agbox/agent``;
+- a cgroup with memory, CPU and pids limits, killed as a whole on destroy;
+- no network interface but loopback: links reach its ports through ``connect_port``, which opens
+  the socket inside the sandbox's network namespace.
+
+Processes are spawned from one long-lived thread, because bwrap's ``--die-with-parent`` ties the
+sandbox to the thread that forked it; if this process dies, every sandbox dies with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import select
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agbox.errors import SandboxError
+from agbox.runtime import reaper, sysutil
+from agbox.runtime.base import EventCallback, Runtime, SandboxHandle, SandboxSpec, SandboxStats
+from agbox.runtime.cgroups import CgroupManager, CgroupSet
+from agbox.runtime.channel import AgentChannel
+from agbox.runtime.rootfs import SANDBOX_GID, SANDBOX_HOME, SANDBOX_UID, SANDBOX_USER, build_base
+
+log = logging.getLogger(__name__)
+
+AGENT_DIR = Path(__file__).resolve().parent.parent / "agent"
+AGENT_MOUNT = "/opt/agbox/agent"
+UID_BASE = 200_000
+UID_SPAN = 1_000_000
+READY_TIMEOUT_S = 15.0
+
+
+@dataclass
+class _Sandbox:
+    spec: SandboxSpec
+    uid: int
+    root: Path
+    group: CgroupSet
+    bwrap_pid: int
+    child_pid: int
+    channel: AgentChannel
+
+
+class LocalRuntime(Runtime):
+    name = "local"
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.sandbox_dir = data_dir / "sandboxes"
+        self.base_dir = data_dir / "base"
+        self.node = f"local:{socket.gethostname()}"
+        tag = hashlib.sha256(str(data_dir).encode()).hexdigest()[:10]
+        self.cgroups = CgroupManager(f"agbox-{tag}")
+        self._sandboxes: dict[str, _Sandbox] = {}
+        self._spawner = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="agbox-spawner")
+        self._used_uids: set[int] = set()
+        self._bwrap = shutil.which("bwrap") or "/usr/bin/bwrap"
+
+    # ---- node set-up ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if os.geteuid() != 0:
+            raise SandboxError("the local runtime needs root (namespaces, cgroups, tmpfs mounts)")
+        if not os.path.exists(self._bwrap):
+            raise SandboxError("bubblewrap (bwrap) is not installed: run `make install` or `apt-get install bubblewrap`")
+        reaper.become_subreaper()
+        self.sandbox_dir.mkdir(parents=True, exist_ok=True)
+        # Traversable but not listable: bwrap, running as the sandbox's uid, must reach the
+        # sandbox roots and the base; the database and key files inside stay 0600.
+        os.chmod(self.data_dir, 0o711)
+        os.chmod(self.sandbox_dir, 0o711)
+        await asyncio.get_running_loop().run_in_executor(None, self._prepare_node)
+
+    def _prepare_node(self) -> None:
+        self.cgroups.prepare()
+        # Whatever an earlier process of this data dir left behind is ended now.
+        for name in self.cgroups.leftovers():
+            group = self.cgroups.group_for(name)
+            self.cgroups.kill(group)
+            self.cgroups.wait_empty(group, 5.0, reaper.reap)
+            self.cgroups.remove(group)
+        for entry in os.scandir(self.sandbox_dir):
+            self._remove_root(Path(entry.path))
+        build_base(self.base_dir)
+        os.chmod(self.base_dir, 0o755)
+        # A copy of the agent, so the sandbox uid can read it wherever agbox is installed.
+        agent_copy = self.base_dir / "agent"
+        shutil.rmtree(agent_copy, ignore_errors=True)
+        shutil.copytree(AGENT_DIR, agent_copy, ignore=shutil.ignore_patterns("__pycache__", "__init__.py"))
+        for path in [agent_copy, *agent_copy.iterdir()]:
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+
+    async def close(self) -> None:
+        for session_id in list(self._sandboxes):
+            with contextlib.suppress(Exception):
+                await self.destroy(SandboxHandle(session_id, self.node, {}))
+        self._spawner.shutdown(wait=False)
+
+    # ---- create ----------------------------------------------------------------------------------
+
+    def _allocate_uid(self) -> int:
+        while True:
+            uid = UID_BASE + random.randrange(UID_SPAN)
+            if uid not in self._used_uids:
+                self._used_uids.add(uid)
+                return uid
+
+    def _argv(self, spec: SandboxSpec, root: Path, info_fd: int) -> list[str]:
+        argv = [
+            self._bwrap,
+            "--bind", str(root), "/",
+            "--ro-bind", "/usr", "/usr",
+            "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
+            "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+            "--ro-bind", str(self.base_dir / "etc"), "/etc",
+            "--ro-bind", str(self.base_dir / "agent"), AGENT_MOUNT,
+        ]
+        for source, target in spec.ro_binds:
+            argv += ["--ro-bind", source, target]
+        argv += [
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm",
+            "--chdir", SANDBOX_HOME, "--hostname", spec.hostname,
+            "--unshare-all", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID),
+            "--die-with-parent", "--new-session", "--info-fd", str(info_fd),
+            "/usr/bin/python3", "-I", "-S", f"{AGENT_MOUNT}/main.py",
+        ]
+        return argv
+
+    def _env(self, spec: SandboxSpec) -> dict[str, str]:
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+            "HOME": SANDBOX_HOME, "USER": SANDBOX_USER, "LOGNAME": SANDBOX_USER, "SHELL": "/bin/bash",
+            "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TERM": "xterm", "TMPDIR": "/tmp",
+            "PYTHONUNBUFFERED": "1", "AGBOX_SESSION_ID": spec.session_id,
+        }
+        env.update(spec.env)
+        return env
+
+    def _prepare_root(self, spec: SandboxSpec, uid: int) -> Path:
+        root = self.sandbox_dir / spec.session_id
+        root.mkdir(mode=0o700)
+        sysutil.mount_tmpfs(str(root), spec.limits.disk_bytes, uid, uid)
+        for sub in ("home/user", "tmp", "var/tmp", "run", "opt/agbox/agent", "etc", "usr"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        for sub in ("home", "home/user", "tmp", "var", "var/tmp", "run", "opt", "opt/agbox", "opt/agbox/agent", "etc", "usr"):
+            os.chown(root / sub, uid, uid)
+        os.chmod(root / "tmp", 0o1777)
+        os.chmod(root / "var/tmp", 0o1777)
+        return root
+
+    def _spawn(self, spec: SandboxSpec, uid: int, root: Path, group: CgroupSet) -> tuple[int, int, int, int]:
+        """Runs on the spawner thread. Returns (bwrap pid, sandbox pid, agent stdin, agent stdout)."""
+        procs_fds = [os.open(path, os.O_WRONLY) for path in group.procs_files()]
+        info_r, info_w = os.pipe()
+        in_r, in_w = os.pipe()
+        out_r, out_w = os.pipe()
+        log_fd = os.open(str(self.sandbox_dir / f"{spec.session_id}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+        def enter_cgroup_and_drop_privileges() -> None:
+            for fd in procs_fds:
+                os.write(fd, b"0")
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+
+        try:
+            proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+                self._argv(spec, root, info_w), stdin=in_r, stdout=out_w, stderr=log_fd, env=self._env(spec),
+                pass_fds=(info_w,), preexec_fn=enter_cgroup_and_drop_privileges, close_fds=True,
+            )
+        finally:
+            for fd in (*procs_fds, info_w, in_r, out_w, log_fd):
+                os.close(fd)
+        # Popen never waits for it: the reaper owns the exit status.
+        proc.returncode = 0
+        reaper.own(proc.pid)
+        data = b""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        try:
+            # bwrap writes its info JSON in pieces and closes the fd once the sandbox is set up.
+            while time.monotonic() < deadline:
+                ready, _, _ = select.select([info_r], [], [], max(deadline - time.monotonic(), 0))
+                chunk = os.read(info_r, 4096) if ready else b""
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            os.close(info_r)
+        try:
+            child_pid = int(json.loads(data.decode() or "{}")["child-pid"])
+        except (ValueError, KeyError) as exc:
+            os.close(in_w)
+            os.close(out_r)
+            raise SandboxError(f"bwrap did not start the sandbox: {self._log_tail(spec.session_id)}") from exc
+        return proc.pid, child_pid, in_w, out_r
+
+    def _log_tail(self, session_id: str) -> str:
+        with contextlib.suppress(OSError):
+            return (self.sandbox_dir / f"{session_id}.log").read_text()[-500:].strip() or "no output"
+        return "no output"
+
+    async def create(self, spec: SandboxSpec) -> SandboxHandle:
+        loop = asyncio.get_running_loop()
+        uid = self._allocate_uid()
+        root: Path | None = None
+        group: CgroupSet | None = None
+        try:
+            root = self._prepare_root(spec, uid)
+            group = self.cgroups.create(spec.session_id, spec.limits.memory_bytes, spec.limits.cpus, spec.limits.pids)
+            bwrap_pid, child_pid, in_w, out_r = await loop.run_in_executor(self._spawner, self._spawn, spec, uid, root, group)
+            channel = AgentChannel(in_w, out_r, spec.session_id)
+            await channel.open()
+            sandbox = _Sandbox(spec, uid, root, group, bwrap_pid, child_pid, channel)
+            self._sandboxes[spec.session_id] = sandbox
+            assert channel.ready is not None
+            try:
+                await asyncio.wait_for(channel.ready, READY_TIMEOUT_S)
+            except (asyncio.TimeoutError, SandboxError) as exc:
+                raise SandboxError(f"the sandbox agent did not start: {self._log_tail(spec.session_id)}") from exc
+        except BaseException:
+            if spec.session_id in self._sandboxes:
+                await self.destroy(SandboxHandle(spec.session_id, self.node, {}))
+            else:
+                if group is not None:
+                    await loop.run_in_executor(None, self._kill_group, group)
+                if root is not None:
+                    self._remove_root(root)
+                self._used_uids.discard(uid)
+            raise
+        return SandboxHandle(spec.session_id, self.node, {
+            "uid": uid, "bwrap_pid": bwrap_pid, "child_pid": child_pid, "cgroups": group.dirs,
+        })
+
+    # ---- use -------------------------------------------------------------------------------------
+
+    def _get(self, handle: SandboxHandle) -> _Sandbox:
+        sandbox = self._sandboxes.get(handle.session_id)
+        if sandbox is None or sandbox.channel.closed.is_set():
+            raise SandboxError("the sandbox has ended")
+        return sandbox
+
+    async def call(self, handle: SandboxHandle, op: str, args: dict[str, Any], *, timeout_s: float,
+                   on_event: EventCallback | None = None) -> Any:
+        return await self._get(handle).channel.call(op, args, timeout_s, on_event)
+
+    async def cancel(self, handle: SandboxHandle, request_id: int) -> None:
+        await self._get(handle).channel.cancel(request_id)
+
+    def alive(self, handle: SandboxHandle) -> bool:
+        sandbox = self._sandboxes.get(handle.session_id)
+        return sandbox is not None and not sandbox.channel.closed.is_set()
+
+    async def stats(self, handle: SandboxHandle) -> SandboxStats:
+        sandbox = self._get(handle)
+        limits = sandbox.spec.limits
+        rx = tx = 0
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{sandbox.child_pid}/net/dev").read_text().splitlines()[2:]:
+                fields = line.split(":", 1)[1].split()
+                rx += int(fields[0])
+                tx += int(fields[8])
+        vfs = os.statvfs(sandbox.root)
+        return SandboxStats(
+            cpu_count=max(1, min(os.cpu_count() or 1, math.ceil(limits.cpus))),
+            cpu_usage_ns=self.cgroups.cpu_usage_ns(sandbox.group),
+            mem_used=self.cgroups.memory_used(sandbox.group),
+            mem_total=limits.memory_bytes,
+            disk_used=(vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize,
+            disk_total=vfs.f_blocks * vfs.f_frsize,
+            rx_bytes=rx, tx_bytes=tx,
+            pids=self.cgroups.pids_current(sandbox.group),
+        )
+
+    async def connect_port(self, handle: SandboxHandle, port: int) -> socket.socket:
+        sandbox = self._get(handle)
+        loop = asyncio.get_running_loop()
+        sock = await loop.run_in_executor(None, _socket_in_netns, sandbox.child_pid)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", port))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    # ---- end -------------------------------------------------------------------------------------
+
+    def _kill_group(self, group: CgroupSet) -> None:
+        self.cgroups.kill(group)
+        if not self.cgroups.wait_empty(group, 10.0, reaper.reap):
+            log.warning("sandbox cgroup %s did not empty in time", group.dirs)
+        reaper.reap()
+        self.cgroups.remove(group)
+
+    def _remove_root(self, root: Path) -> None:
+        with contextlib.suppress(OSError):
+            if sysutil.is_mountpoint(str(root)):
+                sysutil.umount(str(root))
+        shutil.rmtree(root, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.unlink(str(root) + ".log")
+
+    async def destroy(self, handle: SandboxHandle) -> None:
+        sandbox = self._sandboxes.pop(handle.session_id, None)
+        loop = asyncio.get_running_loop()
+        if sandbox is None:
+            # Not ours in memory (e.g. a record from an earlier process): make sure nothing is left.
+            group = self.cgroups.group_for(handle.session_id)
+            await loop.run_in_executor(None, self._kill_group, group)
+            self._remove_root(self.sandbox_dir / handle.session_id)
+            return
+        await loop.run_in_executor(None, self._kill_group, sandbox.group)
+        await sandbox.channel.close()
+        await loop.run_in_executor(None, self._remove_root, sandbox.root)
+        self._used_uids.discard(sandbox.uid)
+
+    async def reattach(self, handle: SandboxHandle) -> bool:
+        # Local sandboxes die with the process that made them (--die-with-parent), so a restarted
+        # control plane can only confirm they are gone and clean up what is left.
+        if handle.session_id in self._sandboxes:
+            return self.alive(handle)
+        await self.destroy(handle)
+        return False
+
+
+def _socket_in_netns(pid: int) -> socket.socket:
+    """Create a TCP socket inside the network namespace of ``pid`` (setns on this thread, then back)."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+    try:
+        sysutil.setns(target, sysutil.CLONE_NEWNET)
+        try:
+            return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        finally:
+            sysutil.setns(own, sysutil.CLONE_NEWNET)
+    finally:
+        os.close(own)
+        os.close(target)
+
+
+def wait_until(predicate: Any, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.001)
+    return bool(predicate())

@@ -1,0 +1,74 @@
+"""Settings of the platform, resolved once (argument > environment > default) and passed down.
+
+Library code never reads ``os.environ`` itself: ``Settings.from_env`` is called by the CLI and by the
+embedded client, and everything below receives the resulting object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+
+def default_data_dir(environ: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME", "/tmp")) / ".local" / "share")
+    return Path(base) / "agbox"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8390
+    api_key: str | None = None
+    # Idle release when createSession gives no timeout, and the hard cap on any session's life.
+    default_idle_timeout_s: int = 300
+    max_lifetime_s: int = 1800
+    max_sessions: int = 2000
+    max_label_count: int = 64
+    max_label_bytes: int = 4096
+    max_request_bytes: int = 64 * 1024 * 1024
+    # Output of one shell call beyond this is cut off with a marker.
+    max_command_output_bytes: int = 4 * 1024 * 1024
+    link_port_min: int = 30100
+    link_port_max: int = 30199
+    # The externally visible base URL of this server (e.g. behind a reverse proxy); None = http://host:port.
+    public_url: str | None = None
+    tls_enabled: bool = False
+    runtime: str = "local"
+    reap_interval_s: float = 1.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {"data_dir": default_data_dir(env)}
+        mapping: dict[str, tuple[str, type]] = {
+            "AGBOX_DATA_DIR": ("data_dir", Path),
+            "AGBOX_HOST": ("host", str),
+            "AGBOX_PORT": ("port", int),
+            "AGBOX_API_KEY": ("api_key", str),
+            "AGBOX_DEFAULT_IDLE_TIMEOUT": ("default_idle_timeout_s", int),
+            "AGBOX_MAX_LIFETIME": ("max_lifetime_s", int),
+            "AGBOX_MAX_SESSIONS": ("max_sessions", int),
+            "AGBOX_PUBLIC_URL": ("public_url", str),
+            "AGBOX_LINK_PORT_MIN": ("link_port_min", int),
+            "AGBOX_LINK_PORT_MAX": ("link_port_max", int),
+            "AGBOX_RUNTIME": ("runtime", str),
+        }
+        for var, (field, kind) in mapping.items():
+            raw = env.get(var)
+            if raw:
+                values[field] = kind(raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "data_dir" in values:
+            values["data_dir"] = Path(str(values["data_dir"])).expanduser().resolve()
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"http://{self.host}:{self.port}"
