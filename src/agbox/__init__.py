@@ -1,0 +1,38 @@
+"""agbox: an open, self-hostable cloud environment for AI agents, speaking AGB's API.
+
+``from agbox import AGB`` gives the SDK. With ``AGB_ENDPOINT`` (or ``endpoint=``) it talks to an
+``agbox serve`` (or any AGB-compatible) server; without one it runs the whole platform embedded in
+this process.
+"""
+
+from agbox.client import (
+    AGB,
+    CreateSessionParams,
+    DeleteResult,
+    McpTool,
+    McpToolResult,
+    McpToolsResult,
+    OperationResult,
+    Session,
+    SessionListResult,
+    SessionMetrics,
+    SessionMetricsResult,
+    SessionResult,
+    SessionStatusResult,
+)
+
+__all__ = [
+    "AGB",
+    "CreateSessionParams",
+    "DeleteResult",
+    "McpTool",
+    "McpToolResult",
+    "McpToolsResult",
+    "OperationResult",
+    "Session",
+    "SessionListResult",
+    "SessionMetrics",
+    "SessionMetricsResult",
+    "SessionResult",
+    "SessionStatusResult",
+]

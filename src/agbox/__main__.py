@@ -1,0 +1,5 @@
+import sys
+
+from agbox.cli import main
+
+sys.exit(main())

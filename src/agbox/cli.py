@@ -1,0 +1,172 @@
+"""``agbox`` command line: serve, keys, sessions."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import logging
+import os
+import sys
+from pathlib import Path
+
+from agbox.errors import AgboxError
+from agbox.settings import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(
+        data_dir=getattr(args, "data_dir", None),
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+        api_key=getattr(args, "api_key", None),
+        public_url=getattr(args, "public_url", None),
+    )
+
+
+def _store(settings: Settings):  # type: ignore[no-untyped-def]
+    from agbox.store.sqlite import SqliteStore
+
+    return SqliteStore(settings.data_dir / "agbox.db")
+
+
+def _ensure_key(settings: Settings) -> str:
+    """The key to print: --api-key / AGBOX_API_KEY if given, else the one kept in the data dir."""
+    from agbox.services.keys import KeyService
+
+    store = _store(settings)
+    try:
+        keys = KeyService(store)
+        if settings.api_key:
+            keys.create("configured", settings.api_key)
+            return settings.api_key
+        key_file = settings.data_dir / "api_key"
+        if key_file.exists():
+            key = key_file.read_text().strip()
+            keys.create("default", key)
+            return key
+        _, key = keys.create("default")
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key + "\n")
+        return key
+    finally:
+        store.close()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from agbox.server.app import create_app
+    from agbox.services.platform import Platform
+
+    settings = _settings(args)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    key = _ensure_key(settings)
+    platform = Platform(settings)
+
+    async def announce() -> None:
+        endpoint = f"http://{settings.host}:{settings.port}"
+        print(f"agbox serving on {endpoint} (data dir {settings.data_dir})", flush=True)
+        print(f"API key: {key}", flush=True)
+        print("Point the official SDK at it:", flush=True)
+        print(f"  export AGB_ENDPOINT={endpoint}", flush=True)
+        print(f"  export AGB_API_KEY={key}", flush=True)
+
+    app = create_app(platform, on_ready=announce)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level,
+                            access_log=False, timeout_graceful_shutdown=10, ws_max_size=64 * 1024 * 1024)
+    server = uvicorn.Server(config)
+    server.run()
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from agbox.services.keys import KeyService
+
+    settings = _settings(args)
+    store = _store(settings)
+    try:
+        keys = KeyService(store)
+        if args.action == "create":
+            record, key = keys.create(args.name)
+            print(f"{record.id}\t{key}")
+            print("Keep the key: it is stored hashed and cannot be shown again.", file=sys.stderr)
+        elif args.action == "list":
+            for record in keys.list():
+                state = "revoked" if record.revoked_at else "active"
+                created = datetime.datetime.fromtimestamp(record.created_at).isoformat(timespec="seconds")
+                print(f"{record.id}\t{record.name}\t{record.prefix}…\t{state}\t{created}")
+        elif args.action == "revoke":
+            if not args.key_id:
+                print("keys revoke needs a key id (see `agbox keys list`)", file=sys.stderr)
+                return 2
+            if not keys.revoke(args.key_id):
+                print(f"no active key {args.key_id}", file=sys.stderr)
+                return 1
+            print(f"revoked {args.key_id}")
+        return 0
+    finally:
+        store.close()
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    from agbox.models import ACTIVE_STATUSES
+
+    settings = _settings(args)
+    store = _store(settings)
+    try:
+        statuses = None if args.all else list(ACTIVE_STATUSES)
+        for record in store.sessions(statuses=statuses):
+            created = datetime.datetime.fromtimestamp(record.created_at).isoformat(timespec="seconds")
+            print(f"{record.id}\t{record.status.value}\t{record.image_id}\t{record.owner}\t{created}\t"
+                  f"{record.finish_reason}")
+        return 0
+    finally:
+        store.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agbox", description="Self-hosted AGB-compatible sandboxes for AI agents")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def data_dir_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", type=Path, default=None, help="state directory (default: per-user data dir)")
+
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default 8390)")
+    serve.add_argument("--api-key", default=None, help="fix the API key (or set AGBOX_API_KEY)")
+    serve.add_argument("--public-url", default=None, help="base URL clients use, e.g. behind a reverse proxy")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    data_dir_option(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys.add_argument("action", choices=["create", "list", "revoke"])
+    keys.add_argument("key_id", nargs="?")
+    keys.add_argument("--name", default="cli")
+    data_dir_option(keys)
+    keys.set_defaults(func=cmd_keys)
+
+    sessions = sub.add_parser("sessions", help="inspect sessions")
+    sessions.add_argument("action", choices=["list"])
+    sessions.add_argument("--all", action="store_true", help="include ended sessions")
+    data_dir_option(sessions)
+    sessions.set_defaults(func=cmd_sessions)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, getattr(args, "log_level", "info").upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except AgboxError as exc:
+        print(f"agbox: {exc.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""The agbox SDK, with the AGB SDK's names: ``AGB``, ``Session``, ``CreateSessionParams`` and results."""
+
+from agbox.client.agb import AGB, Config, CreateSessionParams
+from agbox.client.results import (
+    CommandResult,
+    DeleteResult,
+    GetSessionResult,
+    McpTool,
+    McpToolResult,
+    McpToolsResult,
+    OperationResult,
+    SessionListResult,
+    SessionMetrics,
+    SessionMetricsResult,
+    SessionResult,
+    SessionStatusResult,
+)
+from agbox.client.session import Session
+
+__all__ = [
+    "AGB",
+    "CommandResult",
+    "Config",
+    "CreateSessionParams",
+    "DeleteResult",
+    "GetSessionResult",
+    "McpTool",
+    "McpToolResult",
+    "McpToolsResult",
+    "OperationResult",
+    "Session",
+    "SessionListResult",
+    "SessionMetrics",
+    "SessionMetricsResult",
+    "SessionResult",
+    "SessionStatusResult",
+]

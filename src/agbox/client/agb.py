@@ -1,0 +1,158 @@
+"""``AGB``: create, get, list and delete sessions, over HTTP or embedded."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from agbox.client.backend import Backend, EmbeddedBackend, HttpBackend
+from agbox.client.results import DeleteResult, GetSessionData, GetSessionResult, SessionListResult, SessionResult
+from agbox.client.session import Session, envelope_error
+from agbox.settings import default_data_dir
+
+
+@dataclasses.dataclass
+class Config:
+    endpoint: str
+    timeout_ms: int = 60000
+
+
+@dataclasses.dataclass
+class CreateSessionParams:
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    image_id: str | None = None
+    policy_id: str | None = None
+    context_syncs: list[Any] = dataclasses.field(default_factory=list)
+    idle_release_timeout: int | None = None
+
+    def __post_init__(self) -> None:
+        self.labels = self.labels or {}
+        self.context_syncs = self.context_syncs or []
+
+
+class AGB:
+    """The client. ``endpoint`` (or ``cfg``, or ``AGB_ENDPOINT``) selects a server; with none, the
+    platform runs embedded in this process, keeping its state in ``data_dir``."""
+
+    def __init__(self, api_key: str = "", cfg: Config | None = None, *, endpoint: str | None = None,
+                 data_dir: str | Path | None = None, timeout_ms: int | None = None) -> None:
+        endpoint = endpoint or (cfg.endpoint if cfg else None) or os.environ.get("AGB_ENDPOINT") or None
+        self.timeout_ms = timeout_ms or (cfg.timeout_ms if cfg else int(os.environ.get("AGB_TIMEOUT_MS", "60000")))
+        self.api_key = api_key or os.environ.get("AGB_API_KEY", "")
+        self._backend: Backend
+        if endpoint:
+            if not self.api_key:
+                raise ValueError("API key is required. Provide it as a parameter or set the AGB_API_KEY "
+                                 "environment variable")
+            self.endpoint = endpoint
+            self._backend = HttpBackend(endpoint, self.api_key, self.timeout_ms / 1000)
+        else:
+            directory = Path(data_dir or os.environ.get("AGBOX_DATA_DIR") or default_data_dir()).expanduser().resolve()
+            self.endpoint = f"embedded:{directory}"
+            self._backend = EmbeddedBackend(directory)
+        from agbox.client.context import attach_agb
+
+        attach_agb(self)
+
+    @property
+    def embedded(self) -> bool:
+        return self._backend.embedded
+
+    def close(self) -> None:
+        """Release the connection (embedded: stop the platform once no client uses it)."""
+        self._backend.close()
+
+    def __enter__(self) -> AGB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def create(self, params: CreateSessionParams | None = None) -> SessionResult:
+        if params is None:
+            return SessionResult(success=False, error_message="params is required and cannot be None")
+        params = copy.deepcopy(params)
+        if not params.image_id:
+            return SessionResult(success=False, error_message="image_id is required and cannot be empty or None")
+        body: dict[str, Any] = {}
+        if params.labels:
+            body["labels"] = json.dumps(params.labels)
+        if params.idle_release_timeout:
+            body["timeout"] = params.idle_release_timeout
+        if params.policy_id:
+            body["mcpPolicyId"] = params.policy_id
+        persistence = [sync.to_wire() for sync in params.context_syncs if hasattr(sync, "to_wire")]
+        if persistence:
+            body["persistenceDataList"] = persistence
+        response = self._backend.call("createSession", {"imageId": params.image_id}, body)
+        request_id = response.get("requestId", "")
+        data = response.get("data") if isinstance(response.get("data"), dict) else {}
+        if not response.get("success") or not data.get("sessionId"):
+            return SessionResult(request_id=request_id, success=False,
+                                 error_message=str(data.get("errMsg") or envelope_error(response, "Unknown error")))
+        session = Session(self, data["sessionId"])
+        session._apply(data)
+        session.image_id = params.image_id
+        if persistence and hasattr(session, "context"):
+            session.context.wait_ready()
+        return SessionResult(request_id=request_id, success=True, session=session)
+
+    def get_session(self, session_id: str) -> GetSessionResult:
+        response = self._backend.call("getSession", None, {"sessionId": session_id})
+        data = response.get("data") if isinstance(response.get("data"), dict) else None
+        result = GetSessionResult(request_id=response.get("requestId", ""),
+                                  http_status_code=int(response.get("httpStatusCode") or 0),
+                                  code=str(response.get("code") or ""), success=bool(response.get("success")),
+                                  error_message="" if response.get("success") else envelope_error(response, "failed"))
+        if data:
+            result.data = GetSessionData(
+                app_instance_id=data.get("appInstanceId", ""), resource_id=data.get("resourceId", ""),
+                session_id=data.get("sessionId", ""), success=True, resource_url=data.get("resourceUrl", ""),
+                status=data.get("status", ""), link_url=data.get("linkUrl", ""), ws_url=data.get("wsUrl", ""),
+                token=data.get("token", ""), tool_list=data.get("toolList", ""), mcp_url=data.get("mcpUrl", ""))
+        return result
+
+    def get(self, session_id: str) -> SessionResult:
+        if not session_id or not str(session_id).strip():
+            return SessionResult(success=False, error_message="session_id is required")
+        response = self._backend.call("getSession", None, {"sessionId": session_id})
+        data = response.get("data") if isinstance(response.get("data"), dict) else {}
+        if not response.get("success") or not data:
+            return SessionResult(request_id=response.get("requestId", ""), success=False,
+                                 error_message=f"Failed to get session {session_id}: "
+                                               f"{envelope_error(response, 'unknown error')}")
+        session = Session(self, session_id)
+        session._apply(data)
+        return SessionResult(request_id=response.get("requestId", ""), success=True, session=session)
+
+    def list(self, labels: dict[str, str] | None = None, page: int | None = None,
+             limit: int | None = None) -> SessionListResult:
+        labels = labels or {}
+        limit = limit or 10
+        if page is not None and page < 1:
+            return SessionListResult(success=False, error_message=f"Cannot reach page {page}: Page number must be >= 1")
+        token = ""
+        for _ in range((page or 1) - 1):
+            response = self._backend.call("listSession", {"labels": json.dumps(labels), "maxResults": str(limit),
+                                                          "nextToken": token or None})
+            token = str(response.get("nextToken") or "")
+            if not response.get("success") or not token:
+                return SessionListResult(request_id=response.get("requestId", ""), success=False,
+                                         error_message=f"Cannot reach page {page}: No more pages available")
+        response = self._backend.call("listSession", {"labels": json.dumps(labels), "maxResults": str(limit),
+                                                      "nextToken": token or None})
+        if not response.get("success"):
+            return SessionListResult(request_id=response.get("requestId", ""), success=False,
+                                     error_message=envelope_error(response, "Failed to list sessions"))
+        return SessionListResult(
+            request_id=response.get("requestId", ""), success=True,
+            session_ids=[item["sessionId"] for item in response.get("data") or []],
+            next_token=str(response.get("nextToken") or ""), max_results=int(response.get("maxResults") or limit),
+            total_count=int(response.get("count") or 0))
+
+    def delete(self, session: Session, sync_context: bool = False) -> DeleteResult:
+        return session.delete(sync_context)

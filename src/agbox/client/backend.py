@@ -1,0 +1,148 @@
+"""How the SDK reaches a platform: over AGB's HTTP wire, or embedded in this process.
+
+Both backends take an operation name, query and body, and return the AGB envelope as a dict, so the
+SDK above them is written once against the wire format.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import atexit
+import secrets
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from agbox.server.wire import ROUTES
+
+
+class Backend(abc.ABC):
+    embedded: bool = False
+
+    @abc.abstractmethod
+    def call(self, op: str, query: dict[str, Any] | None = None, body: dict[str, Any] | None = None,
+             timeout_s: float | None = None) -> dict[str, Any]: ...
+
+    def http(self) -> httpx.Client | None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def _transport_error(message: str) -> dict[str, Any]:
+    return {"success": False, "code": "TransportError", "message": message, "requestId": "", "httpStatusCode": 0,
+            "data": None}
+
+
+class HttpBackend(Backend):
+    def __init__(self, endpoint: str, api_key: str, timeout_s: float) -> None:
+        if not endpoint.startswith(("http://", "https://")):
+            endpoint = "https://" + endpoint
+        self.endpoint = endpoint.rstrip("/")
+        self.api_key = api_key
+        self.timeout_s = timeout_s
+        self._client = httpx.Client(timeout=timeout_s, headers={"authorization": f"Bearer {api_key}"})
+
+    def http(self) -> httpx.Client:
+        return self._client
+
+    def call(self, op: str, query: dict[str, Any] | None = None, body: dict[str, Any] | None = None,
+             timeout_s: float | None = None) -> dict[str, Any]:
+        method, path = ROUTES[op]
+        params = {k: v for k, v in (query or {}).items() if v is not None}
+        try:
+            response = self._client.request(method, self.endpoint + path, params=params,
+                                            json=(body or {}) if method == "POST" else None,
+                                            timeout=timeout_s or self.timeout_s)
+        except httpx.HTTPError as exc:
+            return _transport_error(f"{type(exc).__name__}: {exc}")
+        try:
+            value = response.json()
+        except ValueError:
+            return _transport_error(f"HTTP {response.status_code}: the server did not answer with JSON")
+        if not isinstance(value, dict):
+            return _transport_error(f"HTTP {response.status_code}: unexpected response")
+        value.setdefault("requestId", response.headers.get("x-request-id", ""))
+        return value
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class EmbeddedPlatform:
+    """The whole platform on a private event loop in a background thread of this process."""
+
+    def __init__(self, data_dir: Path) -> None:
+        from agbox.server.wire import WireApi
+        from agbox.services.platform import Platform
+        from agbox.settings import Settings
+
+        self.settings = Settings.from_env(data_dir=data_dir)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="agbox-embedded", daemon=True)
+        self.thread.start()
+        self.platform = Platform(self.settings)
+        self.wire = WireApi(self.platform)
+        _, self.key = self.platform.keys.create("embedded", "embedded-" + secrets.token_hex(16))
+        self.run(self.platform.start())
+        self.users = 0
+        self._closed = False
+
+    def run(self, coro: Any, timeout_s: float | None = None) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.run(self.platform.close(), 60)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+
+
+_embedded: dict[Path, EmbeddedPlatform] = {}
+_embedded_lock = threading.Lock()
+
+
+def _close_all_embedded() -> None:
+    for platform in list(_embedded.values()):
+        platform.close()
+    _embedded.clear()
+
+
+atexit.register(_close_all_embedded)
+
+
+class EmbeddedBackend(Backend):
+    embedded = True
+
+    def __init__(self, data_dir: Path) -> None:
+        with _embedded_lock:
+            platform = _embedded.get(data_dir)
+            if platform is None:
+                platform = _embedded[data_dir] = EmbeddedPlatform(data_dir)
+            platform.users += 1
+        self.platform = platform
+        self.data_dir = data_dir
+
+    def call(self, op: str, query: dict[str, Any] | None = None, body: dict[str, Any] | None = None,
+             timeout_s: float | None = None) -> dict[str, Any]:
+        params = {k: v for k, v in (query or {}).items() if v is not None}
+        params.update(body or {})
+        result: dict[str, Any] = self.platform.run(self.platform.wire.dispatch(op, self.platform.key, params))
+        return result
+
+    def close(self) -> None:
+        """Stop the embedded platform when its last client closes (every sandbox ends)."""
+        with _embedded_lock:
+            self.platform.users -= 1
+            if self.platform.users > 0 or _embedded.get(self.data_dir) is not self.platform:
+                return
+            del _embedded[self.data_dir]
+        self.platform.close()

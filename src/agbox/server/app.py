@@ -1,0 +1,147 @@
+"""The Starlette application: AGB wire routes plus the session-token routes (LinkUrl ``callTool``).
+
+Every route does three things: read the request (bounded), call the wire layer or a service,
+serialize. Unknown paths and malformed bodies get an AGB envelope too, never an HTML page.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from agbox.errors import AgboxError, AuthenticationError, InvalidRequestError, LimitExceededError
+from agbox.server.wire import ROUTES, WireApi, envelope, error_envelope, new_request_id
+from agbox.services.platform import Platform
+
+log = logging.getLogger(__name__)
+
+
+def bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    return header.strip() or None
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise LimitExceededError(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise LimitExceededError(f"request body exceeds the limit of {limit} bytes")
+    if not body.strip():
+        return {}
+    try:
+        value = json.loads(body)
+    except ValueError as exc:
+        raise InvalidRequestError(f"malformed JSON body: {exc}") from exc
+    if not isinstance(value, dict):
+        raise InvalidRequestError("the JSON body must be an object")
+    return value
+
+
+def json_response(body: dict[str, Any], status: int = 200) -> JSONResponse:
+    return JSONResponse(body, status_code=status, headers={"x-request-id": str(body.get("requestId", ""))})
+
+
+def wire_route(wire: WireApi, op: str, method: str, path: str) -> Route:
+    async def endpoint(request: Request) -> Response:
+        try:
+            params: dict[str, Any] = dict(request.query_params)
+            if method == "POST":
+                params.update(await read_json(request, wire.platform.settings.max_request_bytes))
+        except AgboxError as exc:
+            return json_response(error_envelope(new_request_id(), exc))
+        return json_response(await wire.dispatch(op, bearer(request), params))
+
+    return Route(path, endpoint, methods=[method], name=op)
+
+
+def token_guard(wire: WireApi, request: Request, session_id: str) -> str:
+    """The owner of a session whose access token the request carries."""
+    token = request.headers.get("x-access-token") or request.query_params.get("token") or ""
+    record = wire.platform.store.get_session(session_id)
+    if record is None or not token or not secrets.compare_digest(token, record.token):
+        raise AuthenticationError("missing or wrong session access token")
+    return record.owner
+
+
+async def link_call_tool(request: Request) -> Response:
+    wire: WireApi = request.app.state.wire
+    session_id = request.path_params["session_id"]
+    request_id = new_request_id()
+    try:
+        owner = token_guard(wire, request, session_id)
+        body = await read_json(request, wire.platform.settings.max_request_bytes)
+        request_id = str(body.get("requestId") or request_id)
+        output = await wire.tools.call(owner, session_id, body.get("tool") or body.get("name"), body.get("args"))
+    except AgboxError as exc:
+        return json_response(error_envelope(request_id, exc), status=exc.status_code)
+    result = {"isError": output.is_error, "content": output.content()}
+    return json_response(envelope(request_id, {"result": result}))
+
+
+async def not_found(request: Request, exc: Exception) -> Response:
+    return json_response(envelope(new_request_id(), None, success=False, code="NotFound",
+                                  message=f"no such endpoint: {request.method} {request.url.path}", status=404),
+                         status=404)
+
+
+async def method_not_allowed(request: Request, exc: Exception) -> Response:
+    return json_response(envelope(new_request_id(), None, success=False, code="MethodNotAllowed",
+                                  message=f"{request.method} is not allowed on {request.url.path}", status=405),
+                         status=405)
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    request_id = new_request_id()
+    log.exception("unhandled error on %s %s (%s)", request.method, request.url.path, request_id, exc_info=exc)
+    return json_response(envelope(request_id, None, success=False, code="InternalError",
+                                  message=f"internal error; see the server log for request {request_id}",
+                                  status=500), status=500)
+
+
+RouteFactory = Callable[[WireApi], list[BaseRoute]]
+# Features add their routes here (links, contexts, MCP endpoints, WebSocket streams).
+EXTRA_ROUTES: list[RouteFactory] = []
+
+
+def create_app(platform: Platform, *, manage_platform: bool = True,
+               on_ready: Callable[[], Awaitable[None]] | None = None) -> Starlette:
+    wire = WireApi(platform)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if manage_platform:
+            await platform.start()
+        if on_ready is not None:
+            await on_ready()
+        try:
+            yield
+        finally:
+            if manage_platform:
+                await platform.close()
+
+    routes: list[BaseRoute] = []
+    for factory in EXTRA_ROUTES:
+        routes.extend(factory(wire))
+    routes.append(Route("/link/{session_id}/callTool", link_call_tool, methods=["POST"]))
+    routes.extend(wire_route(wire, op, method, path) for op, (method, path) in list(ROUTES.items()))
+    routes.append(Route("/health", lambda request: JSONResponse({"ok": True}), methods=["GET"]))
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={404: not_found, 405: method_not_allowed, Exception: server_error})
+    app.state.wire = wire
+    app.state.platform = platform
+    return app

@@ -1,0 +1,1 @@
+"""The platform's services: keys, sessions and their lifecycle, tools. No web framework in here."""

@@ -1,0 +1,74 @@
+"""The composition root: settings → store, runtime, images, tools, services. Used by the server and
+by the embedded client alike; ``start``/``close`` bracket its life on one event loop."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from typing import Any
+
+from agbox.errors import AgboxError
+from agbox.images import ImageCatalog
+from agbox.runtime.base import Runtime
+from agbox.services.keys import KeyService
+from agbox.services.sessions import SessionService
+from agbox.services.tools import ToolService
+from agbox.settings import Settings
+from agbox.store.base import Store
+from agbox.store.sqlite import SqliteStore
+from agbox.tools.registry import ToolRegistry
+
+log = logging.getLogger(__name__)
+
+
+def make_runtime(settings: Settings) -> Runtime:
+    if settings.runtime == "local":
+        from agbox.runtime.local import LocalRuntime
+
+        return LocalRuntime(settings.data_dir)
+    raise AgboxError(f"unknown runtime {settings.runtime!r} (available: local)")
+
+
+class Platform:
+    def __init__(self, settings: Settings, runtime: Runtime | None = None, store: Store | None = None) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = self._lock_data_dir()
+        self.store = store or SqliteStore(settings.data_dir / "agbox.db")
+        self.runtime = runtime or make_runtime(settings)
+        self.images = ImageCatalog()
+        self.keys = KeyService(self.store)
+        self.sessions = SessionService(settings, self.store, self.runtime, self.images)
+        self.tools = ToolService(self.sessions, self.images, ToolRegistry())
+        self.extensions: dict[str, Any] = {}
+        self.started = False
+
+    def _lock_data_dir(self) -> int:
+        path = self.settings.data_dir / "lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip()
+            os.close(fd)
+            raise AgboxError(f"data dir {self.settings.data_dir} is in use by another agbox process "
+                             f"(pid {holder or '?'}); use another --data-dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        return fd
+
+    async def start(self) -> None:
+        await self.runtime.start()
+        await self.sessions.recover()
+        self.sessions.start_lifecycle()
+        self.started = True
+
+    async def close(self) -> None:
+        try:
+            await self.sessions.close()
+            await self.runtime.close()
+        finally:
+            self.store.close()
+            os.close(self._lock_fd)
+            self.started = False

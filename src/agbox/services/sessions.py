@@ -1,0 +1,268 @@
+"""Sessions: creation, lookup by owner, labels, listing, and the lifecycle (idle release, lifetime cap).
+
+State machine (wire names):
+
+    CREATING ──sandbox ready──▶ RUNNING ──release / idle / lifetime / sandbox died──▶ DELETING ──▶ FINISH
+        └──────────────── sandbox failed to start ─────────────────────────────────────────────────▲
+
+Only CREATING and RUNNING sessions are "active": listed, callable. A FINISH session answers
+getSessionInfo with FINISH (so the official SDK's delete poll ends) and is "not found" to
+everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from agbox.errors import ConflictError, InvalidRequestError, LimitExceededError, SessionNotFoundError
+from agbox.images import ImageCatalog
+from agbox.models import ACTIVE_STATUSES, SessionRecord, SessionStatus
+from agbox.runtime.base import Runtime, SandboxHandle, SandboxSpec
+from agbox.settings import Settings
+from agbox.store.base import Store
+
+log = logging.getLogger(__name__)
+
+ReleaseHook = Callable[[SessionRecord], Awaitable[None]]
+
+
+def new_session_id() -> str:
+    return "session-" + secrets.token_hex(10)
+
+
+def validate_labels(labels: Any, settings: Settings) -> dict[str, str]:
+    if labels is None or labels == "":
+        return {}
+    if isinstance(labels, str):
+        try:
+            labels = json.loads(labels)
+        except ValueError as exc:
+            raise InvalidRequestError("labels must be a JSON object of string keys and values") from exc
+    if not isinstance(labels, dict):
+        raise InvalidRequestError("labels must be a JSON object of string keys and values")
+    if len(labels) > settings.max_label_count:
+        raise InvalidRequestError(f"too many labels: {len(labels)} (at most {settings.max_label_count})")
+    clean: dict[str, str] = {}
+    for key, value in labels.items():
+        if not isinstance(key, str) or not key.strip():
+            raise InvalidRequestError("label keys must be non-empty strings")
+        if not isinstance(value, str):
+            raise InvalidRequestError(f"label {key!r} must have a string value")
+        if len(key.encode()) + len(value.encode()) > settings.max_label_bytes:
+            raise InvalidRequestError(f"label {key!r} is too long (key and value at most {settings.max_label_bytes} bytes)")
+        clean[key] = value
+    return clean
+
+
+class SessionService:
+    def __init__(self, settings: Settings, store: Store, runtime: Runtime, images: ImageCatalog) -> None:
+        self.settings = settings
+        self.store = store
+        self.runtime = runtime
+        self.images = images
+        self.handles: dict[str, SandboxHandle] = {}
+        self.tool_state: dict[str, dict[str, Any]] = {}
+        self.before_release: list[ReleaseHook] = []
+        self.after_create: list[ReleaseHook] = []
+        self._releasing: dict[str, asyncio.Task[None]] = {}
+        self._lifecycle_task: asyncio.Task[None] | None = None
+
+    # ---- start / stop ----------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """After a restart: re-attach to live sandboxes, and end (truthfully) the ones that are gone."""
+        for record in self.store.sessions(statuses=[*ACTIVE_STATUSES, SessionStatus.DELETING]):
+            handle = SandboxHandle(record.id, record.node, record.handle)
+            alive = False
+            with contextlib.suppress(Exception):
+                alive = record.status is SessionStatus.RUNNING and await self.runtime.reattach(handle)
+            if alive:
+                self.handles[record.id] = handle
+            else:
+                self.store.set_status(record.id, SessionStatus.FINISH, time.time(), "server restarted")
+
+    def start_lifecycle(self) -> None:
+        self._lifecycle_task = asyncio.create_task(self._lifecycle_loop(), name="agbox-lifecycle")
+
+    async def close(self) -> None:
+        if self._lifecycle_task is not None:
+            self._lifecycle_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lifecycle_task
+        for record in self.store.sessions(statuses=[*ACTIVE_STATUSES, SessionStatus.DELETING]):
+            await self._release_now(record, "server stopped", run_hooks=False)
+        for task in list(self._releasing.values()):
+            with contextlib.suppress(Exception):
+                await task
+
+    # ---- create ----------------------------------------------------------------------------------
+
+    async def create(self, owner: str, image_id: str | None, labels: Any = None, idle_timeout_s: Any = None,
+                     policy_id: str | None = None) -> SessionRecord:
+        image = self.images.get(image_id)
+        clean_labels = validate_labels(labels, self.settings)
+        if idle_timeout_s in (None, "", 0):
+            idle = self.settings.default_idle_timeout_s
+        else:
+            try:
+                idle = int(idle_timeout_s)
+            except (TypeError, ValueError) as exc:
+                raise InvalidRequestError("timeout must be an integer number of seconds") from exc
+            if idle < 1:
+                raise InvalidRequestError("timeout must be at least 1 second")
+            idle = min(idle, self.settings.max_lifetime_s)
+        active = len(self.store.sessions(statuses=ACTIVE_STATUSES))
+        if active >= self.settings.max_sessions:
+            raise LimitExceededError(f"too many active sessions on this server ({active}); release some first")
+        now = time.time()
+        record = SessionRecord(
+            id=new_session_id(), owner=owner, image_id=image.id, status=SessionStatus.CREATING,
+            labels=clean_labels, created_at=now, last_active_at=now, idle_timeout_s=idle,
+            expires_at=now + self.settings.max_lifetime_s, token=secrets.token_urlsafe(24),
+            node=getattr(self.runtime, "node", self.runtime.name), policy_id=policy_id or "",
+        )
+        self.store.put_session(record)
+        spec = SandboxSpec(session_id=record.id, image_id=image.id, limits=image.limits, env=dict(image.env))
+        try:
+            handle = await self.runtime.create(spec)
+        except BaseException as exc:
+            self.store.set_status(record.id, SessionStatus.FINISH, time.time(), f"failed to start: {exc}")
+            raise
+        self.handles[record.id] = handle
+        record.node, record.handle, record.status = handle.node, handle.details, SessionStatus.RUNNING
+        record.last_active_at = time.time()
+        self.store.put_session(record)
+        for hook in self.after_create:
+            await hook(record)
+        return record
+
+    # ---- lookup ----------------------------------------------------------------------------------
+
+    def get(self, owner: str, session_id: Any, *, touch: bool = True) -> SessionRecord:
+        """An active session of this owner; another owner's session is 'not found' too."""
+        if not isinstance(session_id, str) or not session_id:
+            raise InvalidRequestError("sessionId is required")
+        record = self.store.get_session(session_id)
+        if record is None or record.owner != owner or record.status not in ACTIVE_STATUSES:
+            raise SessionNotFoundError(session_id)
+        if touch:
+            self.touch(record)
+        return record
+
+    def status(self, owner: str, session_id: Any) -> SessionStatus:
+        """Status without counting as activity (the SDK polls it while waiting)."""
+        if not isinstance(session_id, str) or not session_id:
+            raise InvalidRequestError("sessionId is required")
+        record = self.store.get_session(session_id)
+        if record is None or record.owner != owner:
+            raise SessionNotFoundError(session_id)
+        return record.status
+
+    def touch(self, record: SessionRecord) -> None:
+        now = time.time()
+        record.last_active_at = now
+        self.store.touch_session(record.id, now)
+
+    def handle(self, record: SessionRecord) -> SandboxHandle:
+        handle = self.handles.get(record.id)
+        if handle is None:
+            raise SessionNotFoundError(record.id)
+        return handle
+
+    def set_labels(self, owner: str, session_id: Any, labels: Any) -> None:
+        record = self.get(owner, session_id)
+        clean = validate_labels(labels, self.settings)
+        if not clean:
+            raise InvalidRequestError("labels cannot be empty")
+        self.store.set_labels(record.id, clean)
+
+    def list(self, owner: str, labels: Any, max_results: Any, next_token: Any) -> tuple[list[SessionRecord], str, int, int]:
+        wanted = validate_labels(labels, self.settings)
+        try:
+            limit = int(max_results) if max_results not in (None, "") else 10
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequestError("maxResults must be an integer") from exc
+        if not 1 <= limit <= 1000:
+            raise InvalidRequestError("maxResults must be between 1 and 1000")
+        offset = 0
+        if next_token:
+            try:
+                offset = int(base64.urlsafe_b64decode(str(next_token).encode()).decode())
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise InvalidRequestError("nextToken is not valid") from exc
+        matches = [r for r in self.store.sessions(owner=owner, statuses=ACTIVE_STATUSES)
+                   if all(r.labels.get(k) == v for k, v in wanted.items())]
+        page = matches[offset:offset + limit]
+        end = offset + len(page)
+        token = base64.urlsafe_b64encode(str(end).encode()).decode() if end < len(matches) else ""
+        return page, token, limit, len(matches)
+
+    # ---- release ---------------------------------------------------------------------------------
+
+    def release_async(self, owner: str, session_id: Any) -> None:
+        record = self.get(owner, session_id, touch=False)
+        self._start_release(record, "released by API")
+
+    async def release(self, owner: str, session_id: Any) -> None:
+        record = self.get(owner, session_id, touch=False)
+        self._start_release(record, "released by API")
+        task = self._releasing.get(record.id)
+        if task is not None:
+            await asyncio.shield(task)
+
+    def _start_release(self, record: SessionRecord, reason: str) -> None:
+        if record.id in self._releasing:
+            return
+        self.store.set_status(record.id, SessionStatus.DELETING)
+        record.status = SessionStatus.DELETING
+        task = asyncio.create_task(self._release_now(record, reason), name=f"release-{record.id}")
+        self._releasing[record.id] = task
+        task.add_done_callback(lambda _t: self._releasing.pop(record.id, None))
+
+    async def _release_now(self, record: SessionRecord, reason: str, run_hooks: bool = True) -> None:
+        try:
+            if run_hooks:
+                for hook in self.before_release:
+                    try:
+                        await hook(record)
+                    except Exception:  # a failed upload must not keep the sandbox alive
+                        log.exception("before-release hook failed for %s", record.id)
+            handle = self.handles.pop(record.id, None) or SandboxHandle(record.id, record.node, record.handle)
+            try:
+                await self.runtime.destroy(handle)
+            except Exception:
+                log.exception("destroying sandbox of %s failed", record.id)
+        finally:
+            self.tool_state.pop(record.id, None)
+            self.store.set_status(record.id, SessionStatus.FINISH, time.time(), reason)
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    async def _lifecycle_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reap_interval_s)
+            try:
+                self.sweep()
+            except Exception:
+                log.exception("lifecycle sweep failed")
+
+    def sweep(self) -> None:
+        now = time.time()
+        for record in self.store.sessions(statuses=[SessionStatus.RUNNING]):
+            if record.id in self._releasing:
+                continue
+            handle = self.handles.get(record.id)
+            if handle is None or not self.runtime.alive(handle):
+                self._start_release(record, "sandbox ended")
+            elif now - record.last_active_at >= record.idle_timeout_s:
+                self._start_release(record, f"idle for {record.idle_timeout_s} s")
+            elif now >= record.expires_at:
+                self._start_release(record, "maximum lifetime reached")

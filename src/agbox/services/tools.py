@@ -1,0 +1,75 @@
+"""Tool calls: find the session and the tool, validate, run, and shape the MCP result."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from agbox.errors import AgboxError, InvalidRequestError, SandboxError, ToolTimeoutError
+from agbox.images import ImageCatalog
+from agbox.runtime.base import EventCallback
+from agbox.runtime.channel import AgentError
+from agbox.services.sessions import SessionService
+from agbox.tools.base import ToolContext, ToolDef, ToolOutput
+from agbox.tools.registry import ToolRegistry
+
+log = logging.getLogger(__name__)
+
+
+def parse_args(raw: Any) -> dict[str, Any]:
+    """Tool arguments arrive as an object, or (on the AGB wire) as a JSON string of one."""
+    if raw is None or raw == "":
+        return {}
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError as exc:
+            raise InvalidRequestError(f"args is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise InvalidRequestError("args must be a JSON object")
+    return raw
+
+
+class ToolService:
+    def __init__(self, sessions: SessionService, images: ImageCatalog, registry: ToolRegistry) -> None:
+        self.sessions = sessions
+        self.images = images
+        self.registry = registry
+
+    def list_tools(self, image_id: str | None) -> list[ToolDef]:
+        return self.registry.tools_for(self.images.get(image_id))
+
+    def context(self, owner: str, session_id: Any, on_event: EventCallback | None = None) -> ToolContext:
+        record = self.sessions.get(owner, session_id)
+        return ToolContext(
+            session_id=record.id, image_id=record.image_id, runtime=self.sessions.runtime,
+            handle=self.sessions.handle(record), settings=self.sessions.settings,
+            state=self.sessions.tool_state.setdefault(record.id, {}), created_at=record.created_at,
+            on_event=on_event,
+        )
+
+    async def call(self, owner: str, session_id: Any, name: Any, raw_args: Any,
+                   on_event: EventCallback | None = None) -> ToolOutput:
+        """Session and argument faults raise; faults of the tool itself become an error result."""
+        if not isinstance(name, str) or not name:
+            raise InvalidRequestError("tool name is required")
+        ctx = self.context(owner, session_id, on_event)
+        tool = self.registry.find(self.images.get(ctx.image_id), name)
+        args = parse_args(raw_args)
+        try:
+            output = await tool.handler(ctx, args)
+        except InvalidRequestError as exc:
+            return ToolOutput(f"invalid arguments for {name}: {exc.message}", is_error=True)
+        except ToolTimeoutError as exc:
+            return ToolOutput(exc.message, is_error=True)
+        except AgentError as exc:
+            return ToolOutput(exc.message, is_error=True)
+        except SandboxError:
+            if not self.sessions.runtime.alive(ctx.handle):
+                raise SandboxError(f"session {ctx.session_id} has ended") from None
+            raise
+        except AgboxError:
+            raise
+        self.sessions.touch(self.sessions.get(owner, ctx.session_id, touch=False))
+        return output

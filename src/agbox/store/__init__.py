@@ -1,0 +1,1 @@
+"""Persistence behind one interface (``base.Store``); SQLite by default."""

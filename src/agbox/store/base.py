@@ -1,0 +1,47 @@
+"""The store interface. SQLite implements it; a PostgreSQL store would implement the same."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable
+
+from agbox.models import ApiKeyRecord, SessionRecord, SessionStatus
+
+
+class Store(abc.ABC):
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    # ---- API keys
+    @abc.abstractmethod
+    def add_key(self, record: ApiKeyRecord) -> None: ...
+
+    @abc.abstractmethod
+    def key_by_hash(self, key_hash: str) -> ApiKeyRecord | None: ...
+
+    @abc.abstractmethod
+    def list_keys(self) -> list[ApiKeyRecord]: ...
+
+    @abc.abstractmethod
+    def revoke_key(self, key_id: str, when: float) -> bool: ...
+
+    # ---- sessions
+    @abc.abstractmethod
+    def put_session(self, record: SessionRecord) -> None:
+        """Insert or replace the whole record."""
+
+    @abc.abstractmethod
+    def get_session(self, session_id: str) -> SessionRecord | None: ...
+
+    @abc.abstractmethod
+    def sessions(self, owner: str | None = None, statuses: Iterable[SessionStatus] | None = None) -> list[SessionRecord]:
+        """Sessions ordered by creation time (oldest first)."""
+
+    @abc.abstractmethod
+    def touch_session(self, session_id: str, when: float) -> None: ...
+
+    @abc.abstractmethod
+    def set_status(self, session_id: str, status: SessionStatus, when: float | None = None, reason: str = "") -> None: ...
+
+    @abc.abstractmethod
+    def set_labels(self, session_id: str, labels: dict[str, str]) -> None: ...
