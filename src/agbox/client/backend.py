@@ -9,7 +9,9 @@ from __future__ import annotations
 import abc
 import asyncio
 import atexit
+import contextlib
 import secrets
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -77,18 +79,29 @@ class EmbeddedPlatform:
     """The whole platform on a private event loop in a background thread of this process."""
 
     def __init__(self, data_dir: Path) -> None:
-        from agbox.server.wire import WireApi
+        import uvicorn
+
+        from agbox.server.app import create_app
         from agbox.services.platform import Platform
         from agbox.settings import Settings
 
-        self.settings = Settings.from_env(data_dir=data_dir)
+        # A loopback listener for what must be reachable by URL (links, session MCP endpoints,
+        # streams, pre-signed URLs); the SDK's own calls skip HTTP and go straight to the wire layer.
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        port = int(self._socket.getsockname()[1])
+        self.settings = Settings.from_env(data_dir=data_dir, host="127.0.0.1", port=port)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="agbox-embedded", daemon=True)
         self.thread.start()
         self.platform = Platform(self.settings)
-        self.wire = WireApi(self.platform)
         _, self.key = self.platform.keys.create("embedded", "embedded-" + secrets.token_hex(16))
         self.run(self.platform.start())
+        self.app = create_app(self.platform, manage_platform=False)
+        self.wire = self.app.state.wire
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
+        self.server = uvicorn.Server(config)
+        self._serving = asyncio.run_coroutine_threadsafe(self.server.serve(sockets=[self._socket]), self.loop)
         self.users = 0
         self._closed = False
 
@@ -100,6 +113,9 @@ class EmbeddedPlatform:
             return
         self._closed = True
         try:
+            self.server.should_exit = True
+            with contextlib.suppress(Exception):
+                self._serving.result(10)
             self.run(self.platform.close(), 60)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)

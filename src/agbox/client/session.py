@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 from typing import TYPE_CHECKING, Any
@@ -81,9 +82,17 @@ class Session:
         self._extend_modules()
 
     def _extend_modules(self) -> None:
-        # Modules of later features (file, code, context) attach themselves here when present.
-        for attach in SESSION_MODULES:
-            attach(self)
+        # Feature modules (file, code, context, ...) each attach their sub-API when present.
+        for name in SESSION_MODULES:
+            try:
+                module = importlib.import_module(f"agbox.client.{name}")
+            except ModuleNotFoundError as exc:
+                if exc.name != f"agbox.client.{name}":
+                    raise
+                continue
+            attach = getattr(module, "attach_session", None)
+            if attach is not None:
+                attach(self)
 
     def _apply(self, data: dict[str, Any]) -> None:
         self.resource_url = str(data.get("resourceUrl") or "")
@@ -274,4 +283,4 @@ class Session:
         return SessionMetricsResult(request_id=result.request_id, success=True, metrics=metrics, raw=raw)
 
 
-SESSION_MODULES: list[Any] = []
+SESSION_MODULES = ("file", "code", "context")

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from agbox.errors import AgboxError, AuthenticationError, InvalidRequestError, LimitExceededError
-from agbox.server.wire import ROUTES, WireApi, envelope, error_envelope, new_request_id
+from agbox.server.wire import ROUTES, WireApi, envelope, error_envelope, feature_modules, new_request_id
 from agbox.services.platform import Platform
 
 log = logging.getLogger(__name__)
@@ -113,11 +113,6 @@ async def server_error(request: Request, exc: Exception) -> Response:
                                   status=500), status=500)
 
 
-RouteFactory = Callable[[WireApi], list[BaseRoute]]
-# Features add their routes here (links, contexts, MCP endpoints, WebSocket streams).
-EXTRA_ROUTES: list[RouteFactory] = []
-
-
 def create_app(platform: Platform, *, manage_platform: bool = True,
                on_ready: Callable[[], Awaitable[None]] | None = None) -> Starlette:
     wire = WireApi(platform)
@@ -135,8 +130,10 @@ def create_app(platform: Platform, *, manage_platform: bool = True,
                 await platform.close()
 
     routes: list[BaseRoute] = []
-    for factory in EXTRA_ROUTES:
-        routes.extend(factory(wire))
+    for module in feature_modules():
+        make_routes = getattr(module, "routes", None)
+        if make_routes is not None:
+            routes.extend(make_routes(wire))
     routes.append(Route("/link/{session_id}/callTool", link_call_tool, methods=["POST"]))
     routes.extend(wire_route(wire, op, method, path) for op, (method, path) in list(ROUTES.items()))
     routes.append(Route("/health", lambda request: JSONResponse({"ok": True}), methods=["GET"]))

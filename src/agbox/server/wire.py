@@ -7,6 +7,7 @@ become AGB envelopes (``success=false``, ``code``, ``message``).
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import secrets
@@ -37,6 +38,22 @@ ROUTES: dict[str, tuple[str, str]] = {
     "listTools": ("POST", "/mcp/listTools"),
     "callMcpTool": ("POST", "/mcp"),
 }
+
+
+# Optional feature modules: each may define ``register_ops(wire)`` (AGB wire operations) and
+# ``routes(wire) -> list[BaseRoute]`` (HTTP/WebSocket routes of its own).
+FEATURE_MODULES = ("agbox.server.links", "agbox.server.contexts", "agbox.server.stream", "agbox.server.mcp_endpoint")
+
+
+def feature_modules() -> list[Any]:
+    modules = []
+    for name in FEATURE_MODULES:
+        try:
+            modules.append(importlib.import_module(name))
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+    return modules
 
 
 def new_request_id() -> str:
@@ -74,8 +91,12 @@ class WireApi:
             "listTools": self._list_tools,
             "callMcpTool": self._call_tool,
         }
-        # Later features (links, contexts, ...) add operations here.
+        # Feature modules (links, contexts, ...) add operations through register().
         self.extra_ops: dict[str, Callable[[str, Params, str], Awaitable[dict[str, Any]]]] = {}
+        for module in feature_modules():
+            register_ops = getattr(module, "register_ops", None)
+            if register_ops is not None:
+                register_ops(self)
 
     def register(self, op: str, method: str, path: str,
                  handler: Callable[[str, Params, str], Awaitable[dict[str, Any]]]) -> None:

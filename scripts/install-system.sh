@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the Debian packages agbox needs, only those missing (idempotent, quiet when done).
+set -euo pipefail
+need=()
+command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
+[ -x /usr/bin/python3 ] || need+=(python3)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+[ -f /usr/lib/python3/dist-packages/matplotlib/__init__.py ] || need+=(python3-matplotlib python3-numpy python3-pandas)
+command -v java >/dev/null 2>&1 || need+=(default-jdk-headless)
+command -v Rscript >/dev/null 2>&1 || need+=(r-base-core)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+if [ ${#need[@]} -eq 0 ]; then exit 0; fi
+if [ "$(id -u)" != 0 ]; then
+  echo "agbox needs these Debian packages (run as root to install them): ${need[*]}" >&2
+  exit 1
+fi
+echo "installing Debian packages: ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
