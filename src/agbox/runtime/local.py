@@ -63,12 +63,15 @@ class _Sandbox:
 class LocalRuntime(Runtime):
     name = "local"
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, run_dir: Path = Path("/run/agbox")) -> None:
         self.data_dir = data_dir
-        self.sandbox_dir = data_dir / "sandboxes"
-        self.base_dir = data_dir / "base"
-        self.node = f"local:{socket.gethostname()}"
         tag = hashlib.sha256(str(data_dir).encode()).hexdigest()[:10]
+        # Sandbox roots and the read-only base live outside the (private) data dir, in a tree the
+        # sandbox uids may traverse but not list: bwrap resolves them after dropping privileges.
+        self.run_dir = run_dir / tag
+        self.sandbox_dir = self.run_dir / "sandboxes"
+        self.base_dir = self.run_dir / "base"
+        self.node = f"local:{socket.gethostname()}"
         self.cgroups = CgroupManager(f"agbox-{tag}")
         self._sandboxes: dict[str, _Sandbox] = {}
         self._spawner = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="agbox-spawner")
@@ -84,10 +87,9 @@ class LocalRuntime(Runtime):
             raise SandboxError("bubblewrap (bwrap) is not installed: run `make install` or `apt-get install bubblewrap`")
         reaper.become_subreaper()
         self.sandbox_dir.mkdir(parents=True, exist_ok=True)
-        # Traversable but not listable: bwrap, running as the sandbox's uid, must reach the
-        # sandbox roots and the base; the database and key files inside stay 0600.
-        os.chmod(self.data_dir, 0o711)
-        os.chmod(self.sandbox_dir, 0o711)
+        for path in (self.run_dir.parent, self.run_dir, self.sandbox_dir):
+            os.chmod(path, 0o711)
+        (self.run_dir / "data_dir").write_text(str(self.data_dir))
         await asyncio.get_running_loop().run_in_executor(None, self._prepare_node)
 
     def _prepare_node(self) -> None:
@@ -99,7 +101,10 @@ class LocalRuntime(Runtime):
             self.cgroups.wait_empty(group, 5.0, reaper.reap)
             self.cgroups.remove(group)
         for entry in os.scandir(self.sandbox_dir):
-            self._remove_root(Path(entry.path))
+            if entry.is_dir(follow_symlinks=False):
+                self._remove_root(Path(entry.path))
+            else:
+                os.unlink(entry.path)
         build_base(self.base_dir)
         os.chmod(self.base_dir, 0o755)
         # A copy of the agent, so the sandbox uid can read it wherever agbox is installed.
