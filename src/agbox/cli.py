@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import datetime
 import logging
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from agbox.errors import AgboxError
@@ -57,6 +59,7 @@ def _ensure_key(settings: Settings) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    _GracefulServer = _graceful_server_class()
     from agbox.server.app import create_app
     from agbox.services.platform import Platform
 
@@ -76,9 +79,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(platform, on_ready=announce)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level,
                             access_log=False, timeout_graceful_shutdown=10, ws_max_size=64 * 1024 * 1024)
-    server = uvicorn.Server(config)
+    server = _GracefulServer(config)
     server.run()
     return 0
+
+
+def _graceful_server_class() -> type:
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):  # type: ignore[misc]
+        """SIGINT/SIGTERM stop the server gracefully (every sandbox ended) and exit 0, instead of
+        uvicorn's default of re-raising the signal after shutdown."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return GracefulServer
 
 
 def cmd_keys(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import Ctx, OpError  # noqa: E402
+from common import Ctx, OpError
 
 OPS: dict[str, Callable[[dict[str, Any], Ctx], Any]] = {}
 RUNNING: dict[Any, Ctx] = {}

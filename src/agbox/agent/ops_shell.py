@@ -43,7 +43,7 @@ def run_shell(args: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
     env.update(envs)
     stream = bool(args.get("stream"))
 
-    proc = subprocess.Popen(_shell() + [command], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen([*_shell(), command], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     ctx.on_cancel.append(lambda: _kill_group(proc))
     buffers = {"stdout": bytearray(), "stderr": bytearray()}

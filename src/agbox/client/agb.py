@@ -11,7 +11,7 @@ from typing import Any
 
 from agbox.client.backend import Backend, EmbeddedBackend, HttpBackend
 from agbox.client.results import DeleteResult, GetSessionData, GetSessionResult, SessionListResult, SessionResult
-from agbox.client.session import Session, envelope_error
+from agbox.client.session import Session, data_of, envelope_error
 from agbox.settings import default_data_dir
 
 
@@ -90,7 +90,7 @@ class AGB:
             body["persistenceDataList"] = persistence
         response = self._backend.call("createSession", {"imageId": params.image_id}, body)
         request_id = response.get("requestId", "")
-        data = response.get("data") if isinstance(response.get("data"), dict) else {}
+        data = data_of(response)
         if not response.get("success") or not data.get("sessionId"):
             return SessionResult(request_id=request_id, success=False,
                                  error_message=str(data.get("errMsg") or envelope_error(response, "Unknown error")))
@@ -120,7 +120,7 @@ class AGB:
         if not session_id or not str(session_id).strip():
             return SessionResult(success=False, error_message="session_id is required")
         response = self._backend.call("getSession", None, {"sessionId": session_id})
-        data = response.get("data") if isinstance(response.get("data"), dict) else {}
+        data = data_of(response)
         if not response.get("success") or not data:
             return SessionResult(request_id=response.get("requestId", ""), success=False,
                                  error_message=f"Failed to get session {session_id}: "

@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 DELETE_TIMEOUT_S = 300.0
 
 
+def data_of(response: dict[str, Any]) -> dict[str, Any]:
+    data = response.get("data")
+    return data if isinstance(data, dict) else {}
+
+
 def envelope_error(response: dict[str, Any], fallback: str) -> str:
     return str(response.get("message") or fallback)
 
@@ -165,7 +170,7 @@ class Session:
 
     def get_status(self) -> SessionStatusResult:
         response = self._call("getSessionInfo", None, {"sessionId": self.session_id})
-        data = response.get("data") if isinstance(response.get("data"), dict) else {}
+        data = data_of(response)
         return SessionStatusResult(
             request_id=response.get("requestId", ""), http_status_code=int(response.get("httpStatusCode") or 0),
             code=str(response.get("code") or ""), success=bool(response.get("success")),
@@ -221,7 +226,7 @@ class Session:
         response = self._call("callMcpTool", {"autoGenSession": "false"},
                               {"sessionId": self.session_id, "name": tool_name, "args": json.dumps(args)}, timeout_s)
         request_id = response.get("requestId", "")
-        data = response.get("data") if isinstance(response.get("data"), dict) else {}
+        data = data_of(response)
         text = "\n".join(item.get("text", "") for item in data.get("content", []) if item.get("type") == "text")
         if not response.get("success"):
             return McpToolResult(request_id=request_id, success=False,

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from agbox.errors import SandboxError
@@ -140,11 +141,20 @@ class CgroupManager:
 
     @staticmethod
     def members(group: CgroupSet) -> int:
-        count = 0
+        """Live (non-zombie) processes in the group; zombies of other parents are not ours to reap."""
+        pids: set[str] = set()
         for procs in group.procs_files():
             with contextlib.suppress(OSError):
-                count = max(count, len(Path(procs).read_text().split()))
-        return count
+                pids.update(Path(procs).read_text().split())
+        live = 0
+        for pid in pids:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            if stat[stat.rfind(")") + 2] != "Z":
+                live += 1
+        return live
 
     @staticmethod
     def remove(group: CgroupSet) -> bool:
@@ -194,7 +204,7 @@ class CgroupManager:
         directory = group.dir("pids") if self.version == 1 else group.dir("unified")
         return self._read_int(directory / "pids.current" if directory else None)
 
-    def wait_empty(self, group: CgroupSet, timeout_s: float, reap: "callable[[], None]") -> bool:  # type: ignore[valid-type]
+    def wait_empty(self, group: CgroupSet, timeout_s: float, reap: Callable[[], None]) -> bool:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             reap()

@@ -116,7 +116,7 @@ class AgentChannel:
             raise SandboxError("the sandbox has ended") from exc
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await self.cancel(rid)
             self._pending.pop(rid, None)
             self._events.pop(rid, None)

@@ -104,7 +104,8 @@ class LocalRuntime(Runtime):
             if entry.is_dir(follow_symlinks=False):
                 self._remove_root(Path(entry.path))
             else:
-                os.unlink(entry.path)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
         build_base(self.base_dir)
         os.chmod(self.base_dir, 0o755)
         # A copy of the agent, so the sandbox uid can read it wherever agbox is installed.
@@ -188,7 +189,7 @@ class LocalRuntime(Runtime):
             os.setresuid(uid, uid, uid)
 
         try:
-            proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            proc = subprocess.Popen(
                 self._argv(spec, root, info_w), stdin=in_r, stdout=out_w, stderr=log_fd, env=self._env(spec),
                 pass_fds=(info_w,), preexec_fn=enter_cgroup_and_drop_privileges, close_fds=True,
             )
@@ -239,7 +240,7 @@ class LocalRuntime(Runtime):
             assert channel.ready is not None
             try:
                 await asyncio.wait_for(channel.ready, READY_TIMEOUT_S)
-            except (asyncio.TimeoutError, SandboxError) as exc:
+            except (TimeoutError, SandboxError) as exc:
                 raise SandboxError(f"the sandbox agent did not start: {self._log_tail(spec.session_id)}") from exc
         except BaseException:
             if spec.session_id in self._sandboxes:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from agbox.errors import ConflictError, InvalidRequestError, LimitExceededError, SessionNotFoundError
+from agbox.errors import InvalidRequestError, LimitExceededError, SessionNotFoundError
 from agbox.images import ImageCatalog
 from agbox.models import ACTIVE_STATUSES, SessionRecord, SessionStatus
 from agbox.runtime.base import Runtime, SandboxHandle, SandboxSpec
