@@ -39,6 +39,8 @@ class Settings:
     public_url: str | None = None
     tls_enabled: bool = False
     runtime: str = "local"
+    # Extra image files (TOML); an image here with a built-in id replaces it (e.g. other limits).
+    images_dir: Path | None = None
     reap_interval_s: float = 1.0
 
     @classmethod
@@ -57,6 +59,7 @@ class Settings:
             "AGBOX_LINK_PORT_MIN": ("link_port_min", int),
             "AGBOX_LINK_PORT_MAX": ("link_port_max", int),
             "AGBOX_RUNTIME": ("runtime", str),
+            "AGBOX_IMAGES_DIR": ("images_dir", Path),
         }
         for var, (field, kind) in mapping.items():
             raw = env.get(var)

@@ -141,3 +141,14 @@ def test_bad_input_gives_clear_errors(agb: AGB, make_session: Any) -> None:
     assert not dead.success and "not found" in dead.error_message
     assert not session.get_metrics().success
     assert not agb.get("session-doesnotexist").success
+
+
+def test_image_limits_can_be_overridden_by_the_operator(tmp_path: Any) -> None:
+    from agbox.images import ImageCatalog
+
+    (tmp_path / "small.toml").write_text(
+        'id = "agb-code-space-1"\ntool_sets = ["shell"]\n[limits]\nmemory_mb = 64\ncpus = 0.5\npids = 32\n')
+    image = ImageCatalog(extra_dir=tmp_path).get("agb-code-space-1")
+    assert image.limits.memory_bytes == 64 * 1024 * 1024 and image.limits.pids == 32
+    assert image.tool_sets == ("shell",)
+    assert ImageCatalog(extra_dir=tmp_path).get("agb-code-space-2").limits.pids == 512

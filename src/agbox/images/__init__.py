@@ -42,8 +42,14 @@ def _load(path: Path) -> Image:
 
 
 class ImageCatalog:
-    def __init__(self, directory: Path = _DIR) -> None:
-        self._images = {image.id: image for image in (_load(p) for p in sorted(directory.glob("*.toml")))}
+    """The built-in images, overridden or extended by the TOML files of ``extra_dir`` (same ``id``
+    replaces a built-in: that is how an operator changes an image's default limits)."""
+
+    def __init__(self, directory: Path = _DIR, extra_dir: Path | None = None) -> None:
+        paths = sorted(directory.glob("*.toml"))
+        if extra_dir is not None and extra_dir.is_dir():
+            paths += sorted(extra_dir.glob("*.toml"))
+        self._images = {image.id: image for image in (_load(p) for p in paths)}
 
     def get(self, image_id: str | None) -> Image:
         if not image_id or not isinstance(image_id, str):

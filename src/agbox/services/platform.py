@@ -37,7 +37,7 @@ class Platform:
         self._lock_fd = self._lock_data_dir()
         self.store = store or SqliteStore(settings.data_dir / "agbox.db")
         self.runtime = runtime or make_runtime(settings)
-        self.images = ImageCatalog()
+        self.images = ImageCatalog(extra_dir=settings.images_dir)
         self.keys = KeyService(self.store)
         self.sessions = SessionService(settings, self.store, self.runtime, self.images)
         self.tools = ToolService(self.sessions, self.images, ToolRegistry())
