@@ -47,7 +47,7 @@ def test_official_sdk_session_lifecycle(official: Any) -> None:
         started = time.monotonic()
         deleted = official.delete(session)
     assert deleted.success, deleted.error_message
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 0.9  # the first status poll already sees FINISH
     assert not official.get(session.session_id).success
     assert session.session_id not in official.list(labels={"suite": "official"}).session_ids
 

@@ -159,7 +159,7 @@ class WireApi:
         return envelope(rid, {"sessionId": p.get("sessionId"), "status": status.value})
 
     async def _release_async(self, owner: str, p: Params, rid: str) -> dict[str, Any]:
-        self.sessions.release_async(owner, p.get("sessionId"))
+        await self.sessions.release_async(owner, p.get("sessionId"))
         return envelope(rid, None)
 
     async def _release(self, owner: str, p: Params, rid: str) -> dict[str, Any]:

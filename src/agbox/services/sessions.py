@@ -207,9 +207,15 @@ class SessionService:
 
     # ---- release ---------------------------------------------------------------------------------
 
-    def release_async(self, owner: str, session_id: Any) -> None:
+    async def release_async(self, owner: str, session_id: Any, grace_s: float = 0.5) -> None:
+        """Start the release; wait up to ``grace_s`` for it, so that a client's first status poll
+        usually already sees FINISH (the official SDK polls at once, then every second)."""
         record = self.get(owner, session_id, touch=False)
         self._start_release(record, "released by API")
+        task = self._releasing.get(record.id)
+        if task is not None:
+            with contextlib.suppress(asyncio.TimeoutError, Exception):
+                await asyncio.wait_for(asyncio.shield(task), grace_s)
 
     async def release(self, owner: str, session_id: Any) -> None:
         record = self.get(owner, session_id, touch=False)
