@@ -29,7 +29,7 @@ _stdout = sys.stdout.buffer
 
 
 def send(obj: dict[str, Any]) -> None:
-    data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogateescape") + b"\n"
+    data = json.dumps(obj, separators=(",", ":")).encode("ascii") + b"\n"
     with _out_lock:
         _stdout.write(data)
         _stdout.flush()
