@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -43,6 +44,17 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float = 10.0, interval_s: 
         time.sleep(interval_s)
 
 
+def traversable(data_dir: Path) -> Path:
+    """Let sandbox uids traverse (not list) the directories above a data dir: pytest makes its temp
+    dirs 0700, and bwrap, running as the sandbox's uid, must reach the sandbox roots inside."""
+    for parent in data_dir.parents:
+        if parent == Path(tempfile.gettempdir()) or parent == parent.parent:
+            break
+        if parent.exists():
+            parent.chmod(parent.stat().st_mode | 0o011)
+    return data_dir
+
+
 @dataclass
 class ServerProcess:
     endpoint: str
@@ -69,6 +81,7 @@ class ServerProcess:
 def start_server(data_dir: Path, api_key: str = API_KEY, port: int | None = None,
                  extra_env: dict[str, str] | None = None, extra_args: list[str] | None = None) -> ServerProcess:
     port = port or free_port()
+    traversable(data_dir)
     log_path = data_dir.parent / f"{data_dir.name}-server-{port}.log"
     env = {**os.environ, "AGBOX_API_KEY": api_key, **(extra_env or {})}
     env.pop("AGB_ENDPOINT", None)
@@ -111,7 +124,7 @@ def _clean_agb_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def embedded_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("embedded") / "data"
+    path = traversable(tmp_path_factory.mktemp("embedded") / "data")
     yield path
     from agbox.client import backend
 

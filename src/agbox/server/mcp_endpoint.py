@@ -11,7 +11,8 @@ Wiring:
   request. Nothing depends on the Starlette lifespan (embedded mode serves the app with
   ``lifespan="off"``) and nothing outlives the request, so there is no background task to stop.
 - Auth and session checks happen before the MCP layer: wrong or missing token → 401, unknown or ended
-  session → 404, both as readable JSON (the AGB envelope shape of the rest of the server).
+  session → 404. The body is a JSON-RPC error (MCP clients surface its message) carrying the AGB
+  envelope fields too (``success``, ``code``, ``message``), like the rest of the server.
 """
 
 from __future__ import annotations
@@ -47,8 +48,11 @@ def session_token(request: Request) -> str:
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """A JSON-RPC error (so MCP clients show ``message``) that is also an AGB envelope (``success``, ``code``)."""
     request_id = new_request_id()
     body = envelope(request_id, None, success=False, code=code, message=message, status=status)
+    body.update({"jsonrpc": "2.0", "id": None,
+                 "error": {"code": types.INVALID_REQUEST, "message": message, "data": {"code": code}}})
     return JSONResponse(body, status_code=status, headers={"x-request-id": request_id, **(headers or {})})
 
 
