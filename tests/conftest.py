@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -44,17 +45,6 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float = 10.0, interval_s: 
         time.sleep(interval_s)
 
 
-def traversable(data_dir: Path) -> Path:
-    """Let sandbox uids traverse (not list) the directories above a data dir: pytest makes its temp
-    dirs 0700, and bwrap, running as the sandbox's uid, must reach the sandbox roots inside."""
-    for parent in data_dir.parents:
-        if parent == Path(tempfile.gettempdir()) or parent == parent.parent:
-            break
-        if parent.exists():
-            parent.chmod(parent.stat().st_mode | 0o011)
-    return data_dir
-
-
 @dataclass
 class ServerProcess:
     endpoint: str
@@ -81,7 +71,6 @@ class ServerProcess:
 def start_server(data_dir: Path, api_key: str = API_KEY, port: int | None = None,
                  extra_env: dict[str, str] | None = None, extra_args: list[str] | None = None) -> ServerProcess:
     port = port or free_port()
-    traversable(data_dir)
     log_path = data_dir.parent / f"{data_dir.name}-server-{port}.log"
     env = {**os.environ, "AGBOX_API_KEY": api_key, **(extra_env or {})}
     env.pop("AGB_ENDPOINT", None)
@@ -108,8 +97,20 @@ def start_server(data_dir: Path, api_key: str = API_KEY, port: int | None = None
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = start_server(tmp_path_factory.mktemp("serve") / "data")
+def agbox_tmp() -> Iterator[Path]:
+    """A scratch root for data dirs that sandbox uids can traverse (0711). Not under pytest's tmp dirs:
+    those are 0700, and every pytest run as the same user re-chmods /tmp/pytest-of-<user> to 0700,
+    so bwrap (running as the sandbox's uid) could not reach the sandbox roots inside."""
+    root = Path(tempfile.mkdtemp(prefix="agbox-test-"))
+    root.chmod(0o711)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def server(agbox_tmp: Path) -> Iterator[ServerProcess]:
+    (agbox_tmp / "serve").mkdir()
+    proc = start_server(agbox_tmp / "serve" / "data")
     try:
         yield proc
     finally:
@@ -123,8 +124,9 @@ def _clean_agb_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session")
-def embedded_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = traversable(tmp_path_factory.mktemp("embedded") / "data")
+def embedded_dir(agbox_tmp: Path) -> Iterator[Path]:
+    (agbox_tmp / "embedded").mkdir()
+    path = agbox_tmp / "embedded" / "data"
     yield path
     from agbox.client import backend
 

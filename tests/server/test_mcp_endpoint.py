@@ -8,6 +8,7 @@ wire, after server/discover) and "legacy" (the initialize handshake of 2025-11-2
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -111,6 +112,33 @@ def test_bad_tool_arguments_are_a_tool_error(make_session: Callable[..., Any]) -
     result = with_mcp(session.mcp_url, bearer(session), scenario)
     assert result.is_error is True
     assert "argument 'command' must be a string" in result.content[0].text
+
+
+def test_mcp_requests_count_as_activity(embedded_dir: Any) -> None:
+    from agbox import AGB, CreateSessionParams
+    from agbox.client import backend
+
+    agb = AGB(data_dir=embedded_dir)
+    session = agb.create(CreateSessionParams(image_id="agb-code-space-1")).session
+    try:
+        store = backend._embedded[embedded_dir].platform.store
+
+        def last_active() -> float:
+            record = store.get_session(session.session_id)
+            assert record is not None
+            return record.last_active_at
+
+        for name, args in (("list", None), ("shell", {"command": "true"})):
+            before = last_active()
+            wait_for(lambda: time.time() > before, what="the clock to move past the last activity")
+
+            async def scenario(client: Client, name: str = name, args: Any = args) -> Any:
+                return await (client.list_tools() if args is None else client.call_tool(name, args))
+
+            with_mcp(session.mcp_url, bearer(session), scenario)
+            assert last_active() > before, name
+    finally:
+        session.delete()  # the embedded platform stays up for the run (closed by embedded_dir)
 
 
 def test_wrong_or_missing_token_is_401(make_session: Callable[..., Any]) -> None:

@@ -69,7 +69,11 @@ def make_server(wire: WireApi) -> Server[Any]:
     tools = wire.tools
 
     async def list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
-        _, _, image_id = _bound_session(ctx)
+        owner, session_id, image_id = _bound_session(ctx)
+        try:
+            wire.sessions.get(owner, session_id)  # still active; listing counts as activity like a call
+        except AgboxError as exc:
+            raise MCPError(types.INVALID_PARAMS, exc.message, {"code": exc.code}) from None
         return types.ListToolsResult(tools=[
             types.Tool(name=t.name, description=t.description, input_schema=t.input_schema,
                        _meta={"server": t.server, "tool": t.name})
