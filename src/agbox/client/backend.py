@@ -87,7 +87,9 @@ class EmbeddedPlatform:
 
         # A loopback listener for what must be reachable by URL (links, session MCP endpoints,
         # streams, pre-signed URLs); the SDK's own calls skip HTTP and go straight to the wire layer.
-        self._socket = socket.socket()
+        # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on accepted sockets whose proto is TCP,
+        # and without it Nagle + delayed ACK add ~40 ms to every loopback request.
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._socket.bind(("127.0.0.1", 0))
         port = int(self._socket.getsockname()[1])
         self.settings = Settings.from_env(data_dir=data_dir, host="127.0.0.1", port=port)
