@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -97,20 +95,8 @@ def start_server(data_dir: Path, api_key: str = API_KEY, port: int | None = None
 
 
 @pytest.fixture(scope="session")
-def agbox_tmp() -> Iterator[Path]:
-    """A scratch root for data dirs that sandbox uids can traverse (0711). Not under pytest's tmp dirs:
-    those are 0700, and every pytest run as the same user re-chmods /tmp/pytest-of-<user> to 0700,
-    so bwrap (running as the sandbox's uid) could not reach the sandbox roots inside."""
-    root = Path(tempfile.mkdtemp(prefix="agbox-test-"))
-    root.chmod(0o711)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def server(agbox_tmp: Path) -> Iterator[ServerProcess]:
-    (agbox_tmp / "serve").mkdir()
-    proc = start_server(agbox_tmp / "serve" / "data")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = start_server(tmp_path_factory.mktemp("serve") / "data")
     try:
         yield proc
     finally:
@@ -124,9 +110,8 @@ def _clean_agb_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session")
-def embedded_dir(agbox_tmp: Path) -> Iterator[Path]:
-    (agbox_tmp / "embedded").mkdir()
-    path = agbox_tmp / "embedded" / "data"
+def embedded_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("embedded") / "data"
     yield path
     from agbox.client import backend
 
