@@ -288,3 +288,24 @@ def test_link_json_error_is_not_html(app_url: str) -> None:
     assert json.dumps(response.text)
 
 
+
+
+def test_links_honour_public_url(tmp_path: Path) -> None:
+    from agbox import AGB, CreateSessionParams
+    from tests.conftest import free_port, start_server
+
+    port = free_port()
+    srv = start_server(tmp_path / "data", port=port, extra_env={"AGBOX_PUBLIC_URL": f"http://localhost:{port}/"})
+    client = AGB(api_key=srv.api_key, endpoint=srv.endpoint)
+    try:
+        session = client.create(CreateSessionParams(image_id="agb-code-space-1")).session
+        result = session.command.execute("cd /tmp && nohup python3 -m http.server 30100 >/tmp/h.log 2>&1 &",
+                                         timeout_ms=10_000)
+        assert result.success, result.error_message
+        url = link(session, 30100)
+        assert url.startswith("http://localhost:")
+        assert "Directory listing" in wait_answering(url).text
+        session.delete()
+    finally:
+        client.close()
+        srv.stop()

@@ -22,6 +22,7 @@ def link_service(wire: WireApi) -> LinkService:
         service = LinkService(wire.platform)
         wire.platform.extensions["links"] = service
         wire.platform.sessions.before_release.append(service.before_release)
+        wire.platform.close_hooks.append(service.close)
     return service
 
 
