@@ -37,6 +37,8 @@ ROUTES: dict[str, tuple[str, str]] = {
     "getMcpResource": ("POST", "/mcp/getMcpResource"),
     "listTools": ("POST", "/mcp/listTools"),
     "callMcpTool": ("POST", "/mcp"),
+    # Handled by the links feature module; listed here so SDK clients know the route without a platform.
+    "getLink": ("GET", "/internet/getLink"),
 }
 
 

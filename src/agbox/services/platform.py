@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from agbox.errors import AgboxError
@@ -42,6 +43,8 @@ class Platform:
         self.sessions = SessionService(settings, self.store, self.runtime, self.images)
         self.tools = ToolService(self.sessions, self.images, ToolRegistry())
         self.extensions: dict[str, Any] = {}
+        # Called first in close(), e.g. to shut links' listeners (release hooks do not run at shutdown).
+        self.close_hooks: list[Callable[[], None]] = []
         self.started = False
 
     def _lock_data_dir(self) -> int:
@@ -66,6 +69,8 @@ class Platform:
 
     async def close(self) -> None:
         try:
+            for hook in self.close_hooks:
+                hook()
             await self.sessions.close()
             await self.runtime.close()
         finally:

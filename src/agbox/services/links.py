@@ -1,0 +1,545 @@
+"""Links: URLs that reach a server a program in a session listens on (``getLink``).
+
+Design
+------
+Each (session, port) link gets its own listener on the server's host (``settings.host``), an
+ephemeral TCP port, opened on demand by ``getLink`` and closed when the session is released. Every
+connection to it is relayed to ``127.0.0.1:<port>`` *inside* the sandbox through
+``Runtime.connect_port`` (a socket made in the sandbox's network namespace; sandboxes have no
+network interface but loopback). Because the link has a host:port of its own, the app keeps its
+own URL space: ``/static/x.js`` in the page loads ``/static/x.js`` of the app.
+
+The URL a client gets is ``http://<host>:<listener port>/_agbox/<secret>/``. The secret is an HMAC
+of the session's token and the port, so a link never reveals the session token (which would allow
+tool calls) and one link's secret opens no other link. A request is admitted when
+
+- its path starts with ``/_agbox/<secret>`` (the prefix is removed before the app sees it, and the
+  response sets the cookie ``agbox_link_<listener port>=<secret>``), or
+- it carries that cookie (so absolute paths, redirects and further page loads work in a browser).
+
+Missing secret → 401, wrong secret → 403, ended session → 410, nothing listening → 502; all as short
+plain-text messages. Our cookies are removed from every request before it reaches the app, so an
+app never sees the secret of its own or of another session's link.
+
+The relay speaks just enough HTTP/1.1 to do that: it reads each request head, rewrites the target
+and the ``Cookie`` header, and then streams the body as raw bytes (``Content-Length`` or chunked,
+chunk framing passed through verbatim); responses pass through byte for byte (only a
+``Set-Cookie`` line is added to the answer of a request that carried the secret in its path).
+Bodies are never buffered, so large uploads and downloads and server-sent events stream. A ``101
+Switching Protocols`` answer (WebSocket) turns the connection into a plain two-way byte pipe.
+Requests on one connection are handled one after the other (no pipelining; browsers and httpx do
+not pipeline).
+
+Ports and protocols: ports must lie in ``[link_port_min, link_port_max]`` (30100-30199 by
+default, as in AGB); no port means the session's default link, the first port of that range.
+``protocolType`` http/ws (default http) or https/wss; the latter only when ``settings.tls_enabled``
+(TLS terminated in front of agbox). The host of the URL is the host of ``settings.public_url`` when
+set, else ``settings.host``; the port is the link's own listener port, so a reverse proxy in front
+of agbox must pass those ports through (they are ephemeral ports of ``settings.host``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import ipaddress
+import logging
+import socket
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from agbox.errors import ConflictError, InvalidRequestError
+from agbox.models import SessionRecord, SessionStatus
+from agbox.runtime.base import SandboxHandle
+
+if TYPE_CHECKING:
+    from agbox.services.platform import Platform
+
+log = logging.getLogger(__name__)
+
+PREFIX = b"/_agbox/"
+COOKIE_PREFIX = "agbox_link_"
+PROTOCOLS = ("http", "https", "ws", "wss")
+HEAD_LIMIT = 256 * 1024  # also the StreamReader buffer size: larger buffers relay faster
+CHUNK = 256 * 1024
+CONNECT_TIMEOUT_S = 10.0
+TOUCH_INTERVAL_S = 1.0
+
+
+def link_secret(token: str, session_id: str, port: int) -> str:
+    """The secret of one link: HMAC(session token, session id + port), URL-safe."""
+    digest = hmac.new(token.encode(), f"agbox-link:{session_id}:{port}".encode(), hashlib.sha256).digest()
+    return digest[:18].hex()
+
+
+def parse_port(raw: object, low: int, high: int) -> int:
+    """The port asked for; None/empty = the default link (the first port of the range)."""
+    if raw is None or raw == "":
+        return low
+    try:
+        port = int(str(raw).strip())
+    except ValueError:
+        raise InvalidRequestError(f"port must be an integer in the link port range {low}-{high}, "
+                                  f"not {raw!r}") from None
+    if not low <= port <= high:
+        raise InvalidRequestError(f"port {port} is outside the link port range {low}-{high}")
+    return port
+
+
+def parse_protocol(raw: object, tls_enabled: bool) -> str:
+    protocol = str(raw or "http").strip().lower()
+    if protocol not in PROTOCOLS:
+        raise InvalidRequestError(f"protocolType must be one of {', '.join(PROTOCOLS)}, not {raw!r}")
+    if protocol in ("https", "wss") and not tls_enabled:
+        raise InvalidRequestError(f"protocolType {protocol} needs TLS, and this server has no TLS configured "
+                                  "(settings tls_enabled); use http or ws")
+    return protocol
+
+
+def url_host(public_url: str | None, host: str) -> str:
+    """The host part of link URLs: that of the public URL if set, else the listen host."""
+    if public_url:
+        parsed = urllib.parse.urlsplit(public_url if "//" in public_url else "//" + public_url)
+        if parsed.hostname:
+            host = parsed.hostname
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(host).version == 6:
+            return f"[{host}]"
+    return host
+
+
+# ---- a little HTTP/1.1 -------------------------------------------------------------------------
+
+
+class ProtocolError(Exception):
+    pass
+
+
+@dataclass
+class Head:
+    first: list[bytes]                      # request line (method, target, version) or status line
+    headers: list[tuple[bytes, bytes]]      # original names and values, in order
+
+    def get(self, name: bytes) -> bytes | None:
+        found = None
+        for key, value in self.headers:
+            if key.lower() == name:
+                found = value if found is None else found + b", " + value
+        return found
+
+    def tokens(self, name: bytes) -> set[bytes]:
+        value = self.get(name) or b""
+        return {t.strip().lower() for t in value.split(b",") if t.strip()}
+
+    def encode(self, extra: list[tuple[bytes, bytes]] | None = None) -> bytes:
+        lines = [b" ".join(self.first)]
+        lines.extend(k + b": " + v for k, v in [*self.headers, *(extra or [])])
+        return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def parse_head(raw: bytes, request: bool) -> Head:
+    lines = raw[:-4].split(b"\r\n") if raw.endswith(b"\r\n\r\n") else raw.rstrip(b"\r\n").split(b"\r\n")
+    first = lines[0].split(b" ", 2)
+    if len(first) < (3 if request else 2):
+        raise ProtocolError(f"malformed {'request' if request else 'status'} line")
+    headers = []
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name != name.strip():
+            raise ProtocolError("malformed header line")
+        headers.append((name, value.strip()))
+    return Head(first, headers)
+
+
+def body_kind(head: Head) -> tuple[str, int]:
+    """('chunked', 0), ('length', n) or ('none', 0) for a request; responses add 'eof' (see caller)."""
+    te = head.get(b"transfer-encoding")
+    if te is not None:
+        if te.lower().split(b",")[-1].strip() != b"chunked":
+            return "eof", 0
+        return "chunked", 0
+    length = head.get(b"content-length")
+    if length is not None:
+        values = {v.strip() for v in length.split(b",")}
+        if len(values) != 1 or not next(iter(values)).isdigit():
+            raise ProtocolError("invalid Content-Length")
+        return "length", int(next(iter(values)))
+    return "none", 0
+
+
+async def copy_exact(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+    while n > 0:
+        data = await reader.read(min(n, CHUNK))
+        if not data:
+            raise ProtocolError("connection closed in the middle of a body")
+        writer.write(data)
+        n -= len(data)
+        await writer.drain()
+
+
+async def copy_chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Pass a chunked body through verbatim, stopping after its last chunk and trailers."""
+    while True:
+        line = await reader.readuntil(b"\r\n")
+        writer.write(line)
+        try:
+            size = int(line.split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise ProtocolError("malformed chunk size") from None
+        if size == 0:
+            while True:
+                trailer = await reader.readuntil(b"\r\n")
+                writer.write(trailer)
+                if trailer == b"\r\n":
+                    await writer.drain()
+                    return
+        await copy_exact(reader, writer, size + 2)
+
+
+async def copy_until_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while True:
+        data = await reader.read(CHUNK)
+        if not data:
+            return
+        writer.write(data)
+        await writer.drain()
+
+
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """One direction of a raw two-way relay: copy until EOF, then half-close."""
+    with contextlib.suppress(OSError, ConnectionError):
+        await copy_until_eof(reader, writer)
+        if writer.can_write_eof():
+            writer.write_eof()
+
+
+def text_response(status: int, reason: str, message: str, extra: list[tuple[bytes, bytes]] | None = None) -> bytes:
+    body = (message.rstrip("\n") + "\n").encode()
+    head = Head([b"HTTP/1.1", str(status).encode(), reason.encode()],
+                [(b"Content-Type", b"text/plain; charset=utf-8"), (b"Content-Length", str(len(body)).encode()),
+                 (b"Connection", b"close"), (b"Cache-Control", b"no-store"), *(extra or [])])
+    return head.encode() + body
+
+
+# ---- one link ----------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Connection:
+    client: asyncio.StreamWriter
+    upstream: asyncio.StreamWriter | None = None
+
+    def abort(self) -> None:
+        for writer in (self.client, self.upstream):
+            if writer is not None:
+                writer.transport.abort()
+
+
+@dataclass(eq=False)
+class Link:
+    service: LinkService
+    session_id: str
+    port: int
+    secret: str
+    server: asyncio.Server | None = None
+    listen_port: int = 0
+    closed: bool = False
+    connections: set[Connection] = field(default_factory=set)
+    last_touch: float = 0.0
+
+    @property
+    def cookie_name(self) -> bytes:
+        return f"{COOKIE_PREFIX}{self.listen_port}".encode()
+
+    async def open(self, host: str) -> None:
+        self.server = await asyncio.start_server(self._serve, host, 0, limit=HEAD_LIMIT)
+        self.listen_port = int(self.server.sockets[0].getsockname()[1])
+
+    def close(self) -> None:
+        self.closed = True
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.connections):
+            conn.abort()
+        self.connections.clear()
+
+    # ---- admission -------------------------------------------------------------------------
+
+    def _admit(self, head: Head) -> tuple[int, str, bool]:
+        """(status, message, came with the secret in its path); status 0 = admitted. Rewrites head."""
+        target = head.first[1]
+        if target.lower().startswith((b"http://", b"https://")):  # absolute-form: keep the path
+            parts = urllib.parse.urlsplit(target)
+            target = parts.path or b"/"
+            if parts.query:
+                target += b"?" + parts.query
+        cookie_ok: bool | None = None
+        kept: list[bytes] = []
+        for key, value in head.headers:
+            if key.lower() != b"cookie":
+                continue
+            for item in value.split(b";"):
+                name, _, val = item.strip().partition(b"=")
+                if name.startswith(COOKIE_PREFIX.encode()):
+                    if name == self.cookie_name:
+                        cookie_ok = cookie_ok or hmac.compare_digest(val, self.secret.encode())
+                elif item.strip():
+                    kept.append(item.strip())
+        headers = [(k, v) for k, v in head.headers if k.lower() != b"cookie"]
+        if kept:
+            headers.append((b"Cookie", b"; ".join(kept)))
+        head.headers = headers
+        in_path = False
+        if target.startswith(PREFIX):
+            rest = target[len(PREFIX):]
+            cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+            given, tail = rest[:cut], rest[cut:]
+            if not hmac.compare_digest(given, self.secret.encode()):
+                return 403, "Forbidden: wrong link secret. Ask get_link for a fresh URL.", False
+            in_path = True
+            target = tail if tail.startswith(b"/") else b"/" + tail
+        elif not cookie_ok:
+            if cookie_ok is None:
+                return 401, ("Unauthorized: this link needs its secret. Open the full URL returned by "
+                             "get_link (it ends in /_agbox/<secret>/)."), False
+            return 403, "Forbidden: wrong link secret. Ask get_link for a fresh URL.", False
+        head.first[1] = target
+        return 0, "", in_path
+
+    def _active(self) -> bool:
+        if self.closed:
+            return False
+        sessions = self.service.platform.sessions
+        if self.session_id not in sessions.handles:
+            return False
+        try:
+            record = self.service.platform.store.get_session(self.session_id)
+        except Exception:  # the store is closed: the platform is stopping
+            return False
+        if record is None or record.status is not SessionStatus.RUNNING:
+            return False
+        now = time.monotonic()
+        if now - self.last_touch >= TOUCH_INTERVAL_S:  # link traffic counts as session activity
+            self.last_touch = now
+            with contextlib.suppress(Exception):
+                sessions.touch(record)
+        return True
+
+    # ---- relay -------------------------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = Connection(writer)
+        if self.closed:
+            writer.transport.abort()
+            return
+        self.connections.add(conn)
+        try:
+            await self._relay(conn, reader, writer)
+        except (ProtocolError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, OSError):
+            pass
+        except Exception:
+            log.exception("link %s:%d failed", self.session_id, self.port)
+        finally:
+            self.connections.discard(conn)
+            conn.abort()
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | str:
+        handle: SandboxHandle | None = self.service.platform.sessions.handles.get(self.session_id)
+        if handle is None:
+            return f"Session {self.session_id} has ended."
+        try:
+            sock = await asyncio.wait_for(self.service.platform.runtime.connect_port(handle, self.port),
+                                          CONNECT_TIMEOUT_S)
+        except TimeoutError:
+            return f"Bad Gateway: port {self.port} inside session {self.session_id} did not accept a connection " \
+                   f"within {CONNECT_TIMEOUT_S:g} s."
+        except ConnectionRefusedError:
+            return f"Bad Gateway: nothing is listening on port {self.port} inside session {self.session_id} " \
+                   "(connection refused). Start the server on 127.0.0.1 or 0.0.0.0 and try again."
+        except Exception as exc:
+            return f"Bad Gateway: could not reach port {self.port} inside session {self.session_id}: {exc}"
+        # asyncio sets TCP_NODELAY only on sockets made with proto IPPROTO_TCP; without it Nagle and
+        # delayed ACKs add ~40 ms to small exchanges.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return await asyncio.open_connection(sock=sock, limit=HEAD_LIMIT)
+
+    async def _relay(self, conn: Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        while True:
+            try:
+                raw = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError as exc:
+                if exc.partial.strip():
+                    writer.write(text_response(400, "Bad Request", "Bad Request: incomplete request head."))
+                return
+            except asyncio.LimitOverrunError:
+                writer.write(text_response(431, "Request Header Fields Too Large",
+                                           f"The request head exceeds {HEAD_LIMIT} bytes."))
+                return
+            try:
+                head = parse_head(raw, request=True)
+                req_body, req_length = body_kind(head)
+            except ProtocolError as exc:
+                writer.write(text_response(400, "Bad Request", f"Bad Request: {exc}."))
+                return
+            if req_body == "eof":
+                writer.write(text_response(400, "Bad Request", "Bad Request: unsupported Transfer-Encoding."))
+                return
+            status, message, in_path = self._admit(head)
+            if status:
+                reason = "Unauthorized" if status == 401 else "Forbidden"
+                writer.write(text_response(status, reason, message))
+                await writer.drain()
+                return
+            if not self._active():
+                writer.write(text_response(410, "Gone", f"Gone: session {self.session_id} has ended; "
+                                                        "its links no longer work."))
+                await writer.drain()
+                return
+            method = head.first[0].upper()
+            if method == b"CONNECT":
+                writer.write(text_response(405, "Method Not Allowed", "CONNECT is not supported on links."))
+                return
+            if upstream is None:
+                got = await self._connect()
+                if isinstance(got, str):
+                    code, reason = (410, "Gone") if got.startswith("Session") else (502, "Bad Gateway")
+                    writer.write(text_response(code, reason, got))
+                    await writer.drain()
+                    return
+                upstream = got
+                conn.upstream = upstream[1]
+            up_reader, up_writer = upstream
+            version = head.first[2].upper()
+            req_close = b"close" in head.tokens(b"connection") or (
+                version == b"HTTP/1.0" and b"keep-alive" not in head.tokens(b"connection"))
+            upgrade = b"upgrade" in head.tokens(b"connection") and head.get(b"upgrade") is not None
+            up_writer.write(head.encode())
+            body_task = asyncio.create_task(self._request_body(reader, up_writer, req_body, req_length))
+            resp_task = asyncio.create_task(self._response(up_reader, writer, method, in_path))
+            try:
+                done, _ = await asyncio.wait({body_task, resp_task}, return_when=asyncio.FIRST_EXCEPTION)
+                if resp_task.done() and resp_task.exception() is None and not body_task.done():
+                    # The app answered without reading the whole request body: the connection
+                    # cannot be reused; stop here after the answer went out.
+                    await writer.drain()
+                    return
+                for task in done:
+                    task.result()  # raises the first failure: both sides get closed
+                resp_status, resp_close = resp_task.result()
+            finally:
+                for task in (body_task, resp_task):
+                    if not task.done():
+                        task.cancel()
+                        with contextlib.suppress(BaseException):
+                            await task
+            if resp_status == 101 and upgrade:
+                await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+                return
+            if resp_status == 101 or req_close or resp_close:
+                # The client was told (or will see) the end of the connection: end both sides.
+                return
+
+    async def _request_body(self, reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter, kind: str,
+                            length: int) -> None:
+        if kind == "length":
+            await copy_exact(reader, up_writer, length)
+        elif kind == "chunked":
+            await copy_chunked(reader, up_writer)
+        else:
+            await up_writer.drain()
+
+    async def _response(self, up_reader: asyncio.StreamReader, writer: asyncio.StreamWriter, method: bytes,
+                        in_path: bool) -> tuple[int, bool]:
+        """Relay one response (after any 1xx interim answers); (status, close the connection after)."""
+        while True:
+            try:
+                raw = await up_reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                writer.write(text_response(502, "Bad Gateway", f"Bad Gateway: the server on port {self.port} "
+                                           "closed the connection without a complete answer."))
+                await writer.drain()
+                raise ProtocolError("upstream closed") from None
+            head = parse_head(raw, request=False)
+            try:
+                status = int(head.first[1])
+            except ValueError:
+                raise ProtocolError("malformed status code") from None
+            if 100 <= status < 200 and status != 101:
+                writer.write(raw)
+                await writer.drain()
+                continue
+            break
+        extra = []
+        if in_path:
+            extra.append((b"Set-Cookie", self.cookie_name + b"=" + self.secret.encode()
+                          + b"; Path=/; HttpOnly; SameSite=Lax"))
+        writer.write(head.encode(extra) if extra else raw)
+        version = head.first[0].upper()
+        close = b"close" in head.tokens(b"connection") or (
+            version == b"HTTP/1.0" and b"keep-alive" not in head.tokens(b"connection"))
+        if status == 101:
+            await writer.drain()
+            return status, True
+        if method == b"HEAD" or status in (204, 304):
+            await writer.drain()
+            return status, close
+        kind, length = body_kind(head)
+        if kind == "length":
+            await copy_exact(up_reader, writer, length)
+        elif kind == "chunked":
+            await copy_chunked(up_reader, writer)
+        else:  # delimited by the end of the connection
+            await copy_until_eof(up_reader, writer)
+            close = True
+        await writer.drain()
+        return status, close
+
+
+# ---- the service -------------------------------------------------------------------------------
+
+
+class LinkService:
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+        self.links: dict[tuple[str, int], Link] = {}
+        self._lock = asyncio.Lock()
+
+    async def get_link(self, owner: str, session_id: object, protocol_type: object, port: object) -> str:
+        settings = self.platform.settings
+        record = self.platform.sessions.get(owner, session_id)
+        if record.status is not SessionStatus.RUNNING:
+            raise ConflictError(f"session {record.id} is {record.status.value}; links need a RUNNING session")
+        protocol = parse_protocol(protocol_type, settings.tls_enabled)
+        number = parse_port(port, settings.link_port_min, settings.link_port_max)
+        link = await self.open(record, number)
+        host = url_host(settings.public_url, settings.host)
+        return f"{protocol}://{host}:{link.listen_port}{PREFIX.decode()}{link.secret}/"
+
+    async def open(self, record: SessionRecord, port: int) -> Link:
+        async with self._lock:
+            link = self.links.get((record.id, port))
+            if link is None or link.closed:
+                link = Link(self, record.id, port, link_secret(record.token, record.id, port))
+                await link.open(self.platform.settings.host)
+                self.links[(record.id, port)] = link
+            return link
+
+    def close_session(self, session_id: str) -> None:
+        for key in [k for k in self.links if k[0] == session_id]:
+            self.links.pop(key).close()
+
+    async def before_release(self, record: SessionRecord) -> None:
+        self.close_session(record.id)
+
+    def close(self) -> None:
+        for link in self.links.values():
+            link.close()
+        self.links.clear()
