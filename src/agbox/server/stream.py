@@ -139,7 +139,12 @@ class StreamConnection:
         task.add_done_callback(lambda _: self.running.pop(invocation_id, None))
 
     async def _run_code(self, invocation_id: str, target: str, params: dict[str, Any]) -> None:
+        ended = False
+
         def on_event(event: dict[str, Any]) -> None:
+            # A cancelled invocation's op may still report while it stops; its stream is over.
+            if ended:
+                return
             kind = event.get("type")
             if kind in ("stdout", "stderr"):
                 self.send(invocation_id, {"phase": "event", "eventType": kind, "chunk": str(event.get("chunk", ""))},
@@ -159,6 +164,7 @@ class StreamConnection:
         try:
             output = await self.wire.tools.call(self.owner, self.session_id, "run_code", args, on_event=on_event)
         except asyncio.CancelledError:
+            ended = True
             self.send(invocation_id, {"phase": "end", "status": "cancelled",
                                       "executionError": "KeyboardInterrupt: execution cancelled"}, target)
             return
