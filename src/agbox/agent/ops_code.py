@@ -384,8 +384,10 @@ def run_code(args: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
     result["execution_time"] = round(time.monotonic() - started, 6)
     result["language"] = language
     result["results"] = out.results
-    result["stdout"] = out.chunks["stdout"]
-    result["stderr"] = out.chunks["stderr"]
+    # The chunks as read are arbitrary pieces (they were streamed as such); the answer joins them.
+    for name in ("stdout", "stderr"):
+        text = "".join(out.chunks[name])
+        result[name] = [text] if text else []
     if out.truncated:
         result["truncated"] = True
     return result
