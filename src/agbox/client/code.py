@@ -133,8 +133,15 @@ class CodeStream:
         self._send_lock = threading.Lock()
         self._ws: ClientConnection = connect(session.ws_url, additional_headers={"X-Access-Token": session.token},
                                              open_timeout=30, max_size=None)
+        self._done = threading.Event()
+        self._result = EnhancedCodeExecutionResult(request_id=self.invocation_id, error_message="no answer yet")
         self._send({"method": "run_code", "mode": "stream",
                     "params": {"language": language, "timeoutS": timeout_s, "code": code}})
+        # Frames are read (and the callbacks called) on a thread of their own, so the caller may
+        # cancel while output is arriving.
+        self._reader = threading.Thread(target=self._read, name=f"agbox-code-stream-{self.invocation_id[:8]}",
+                                        daemon=True)
+        self._reader.start()
 
     def _send(self, data: dict[str, Any]) -> None:
         frame = {"invocationId": self.invocation_id, "source": "SDK", "target": self._target, "data": data}
@@ -148,7 +155,20 @@ class CodeStream:
         except Exception:  # the socket is already gone: nothing left to cancel
             return
 
-    def wait(self) -> EnhancedCodeExecutionResult:
+    def wait(self, timeout_s: float | None = None) -> EnhancedCodeExecutionResult:
+        """The result, once the server has ended the execution (or the stream failed)."""
+        if not self._done.wait(self.timeout_s + CLIENT_GRACE_S if timeout_s is None else timeout_s):
+            return EnhancedCodeExecutionResult(request_id=self.invocation_id, success=False,
+                                               error_message="timed out waiting for the end of the stream")
+        return self._result
+
+    def _read(self) -> None:
+        try:
+            self._result = self._collect()
+        finally:
+            self._done.set()
+
+    def _collect(self) -> EnhancedCodeExecutionResult:
         stdout: list[str] = []
         stderr: list[str] = []
         results: list[ExecutionResult] = []
