@@ -1,0 +1,205 @@
+"""The session WebSocket (``wsUrl`` = ``{base}/ws/{session_id}``): streamed ``run_code``.
+
+Authenticated by the session token (``X-Access-Token`` header, or ``?token=``). Frames are JSON
+objects ``{"invocationId", "source", "target", "data"}``. A client starts an invocation with
+``data = {"method": "run_code", "mode": "stream", "params": {"language", "timeoutS", "code"}}``;
+the server answers with frames of the same ``invocationId`` whose ``data`` is
+``{"phase": "event", "eventType": "stdout"|"stderr", "chunk"}``,
+``{"phase": "event", "eventType": "result", "result": {"isMainResult", "mime": {...}}}``,
+``{"phase": "event", "eventType": "error", "error": {"code", "message", "traceback", "traceId"}}``,
+then exactly one ``{"phase": "end", "executionCount", "executionTime", "status", "executionError"?}``.
+A frame ``data = {"method": "cancel"}`` with the invocation's id (what the official SDK's
+``WsStreamHandle.write({"method": "cancel"})`` sends) interrupts it; closing the socket cancels
+every invocation of the connection. Malformed requests get ``{"phase": "error", "error": str}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from agbox.errors import AgboxError
+
+if TYPE_CHECKING:
+    from agbox.server.wire import WireApi
+
+log = logging.getLogger(__name__)
+
+SERVER_SOURCE = "wuying_codespace"
+# Frames that never had a usable invocation id are answered under this one.
+NO_INVOCATION = "invalid-request"
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+
+
+def _owner(wire: WireApi, websocket: WebSocket, session_id: str) -> str | None:
+    token = websocket.headers.get("x-access-token") or websocket.query_params.get("token") or ""
+    record = wire.platform.store.get_session(session_id)
+    if record is None or not token or not secrets.compare_digest(token, record.token):
+        return None
+    return record.owner
+
+
+def _mime_result(item: dict[str, Any]) -> dict[str, Any]:
+    mime = {key: value for key, value in item.items() if key != "isMainResult"}
+    return {"isMainResult": bool(item.get("isMainResult")), "mime": mime}
+
+
+class StreamConnection:
+    """One accepted socket: reads frames, runs invocations as tasks, writes frames in order."""
+
+    def __init__(self, wire: WireApi, websocket: WebSocket, owner: str, session_id: str) -> None:
+        self.wire = wire
+        self.websocket = websocket
+        self.owner = owner
+        self.session_id = session_id
+        self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.running: dict[str, asyncio.Task[None]] = {}
+
+    def send(self, invocation_id: str, data: dict[str, Any], source: str = SERVER_SOURCE) -> None:
+        self.outbox.put_nowait({"invocationId": invocation_id, "source": source, "target": "SDK", "data": data})
+
+    async def _write_loop(self) -> None:
+        while True:
+            frame = await self.outbox.get()
+            await self.websocket.send_text(json.dumps(frame, ensure_ascii=False))
+
+    async def serve(self) -> None:
+        writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.session_id}")
+        try:
+            while True:
+                message = await self.websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                raw = message.get("text")
+                if raw is None and message.get("bytes") is not None:
+                    raw = message["bytes"].decode("utf-8", "replace")
+                if raw is not None:
+                    self._handle(raw)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            tasks = list(self.running.values())
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+
+    def _handle(self, raw: str) -> None:
+        if len(raw) > MAX_FRAME_BYTES:
+            self.send(NO_INVOCATION, {"phase": "error", "error": "frame too large"})
+            return
+        try:
+            frame = json.loads(raw)
+        except ValueError:
+            self.send(NO_INVOCATION, {"phase": "error", "error": "frame is not valid JSON"})
+            return
+        if not isinstance(frame, dict):
+            self.send(NO_INVOCATION, {"phase": "error", "error": "frame must be a JSON object"})
+            return
+        invocation_id = frame.get("invocationId") or frame.get("requestId")
+        if not isinstance(invocation_id, str) or not invocation_id:
+            self.send(NO_INVOCATION, {"phase": "error", "error": "invocationId is required"})
+            return
+        data = frame.get("data")
+        if isinstance(data, str):
+            with contextlib.suppress(ValueError):
+                data = json.loads(data)
+        if not isinstance(data, dict):
+            self.send(invocation_id, {"phase": "error", "error": "data must be an object"})
+            return
+        raw_target = frame.get("target")
+        target = raw_target if isinstance(raw_target, str) and raw_target else SERVER_SOURCE
+        method = data.get("method") or data.get("action")
+        if method == "cancel" or data.get("phase") == "cancel":
+            victim = data.get("invocationId") or (data.get("params") or {}).get("invocationId") or invocation_id
+            task = self.running.get(str(victim))
+            if task is not None:
+                task.cancel()
+            return
+        if method != "run_code":
+            self.send(invocation_id, {"phase": "error", "error": f"unsupported method {method!r}; "
+                                                                   "this endpoint serves run_code"}, target)
+            return
+        if invocation_id in self.running:
+            self.send(invocation_id, {"phase": "error", "error": "invocationId is already running"}, target)
+            return
+        raw_params = data.get("params")
+        params: dict[str, Any] = raw_params if isinstance(raw_params, dict) else {}
+        task = asyncio.create_task(self._run_code(invocation_id, target, params), name=f"ws-run-{invocation_id}")
+        self.running[invocation_id] = task
+        task.add_done_callback(lambda _: self.running.pop(invocation_id, None))
+
+    async def _run_code(self, invocation_id: str, target: str, params: dict[str, Any]) -> None:
+        ended = False
+
+        def on_event(event: dict[str, Any]) -> None:
+            # A cancelled invocation's op may still report while it stops; its stream is over.
+            if ended:
+                return
+            kind = event.get("type")
+            if kind in ("stdout", "stderr"):
+                self.send(invocation_id, {"phase": "event", "eventType": kind, "chunk": str(event.get("chunk", ""))},
+                          target)
+            elif kind == "result" and isinstance(event.get("result"), dict):
+                self.send(invocation_id, {"phase": "event", "eventType": "result",
+                                          "result": _mime_result(event["result"])}, target)
+
+        def fail(code: str, message: str) -> None:
+            self.send(invocation_id, {"phase": "event", "eventType": "error",
+                                      "error": {"code": code, "message": message, "traceId": invocation_id}}, target)
+            self.send(invocation_id, {"phase": "end", "status": "failed", "executionError": message,
+                                      "executionTime": 0.0}, target)
+
+        args = {"code": params.get("code"), "language": params.get("language"),
+                "timeout_s": params.get("timeoutS", params.get("timeout_s"))}
+        try:
+            output = await self.wire.tools.call(self.owner, self.session_id, "run_code", args, on_event=on_event)
+        except asyncio.CancelledError:
+            ended = True
+            self.send(invocation_id, {"phase": "end", "status": "cancelled",
+                                      "executionError": "KeyboardInterrupt: execution cancelled"}, target)
+            return
+        except AgboxError as exc:
+            fail(exc.code, exc.message)
+            return
+        except Exception:  # the top-level catch of an invocation task: log, answer, keep the socket
+            log.exception("run_code over WebSocket failed for session %s", self.session_id)
+            fail("InternalError", "internal error; see the server log")
+            return
+        if output.is_error:
+            fail("ToolError", output.text)
+            return
+        payload = json.loads(output.text)
+        error = payload.get("error")
+        if isinstance(error, dict):
+            self.send(invocation_id, {"phase": "event", "eventType": "error", "error": {
+                "code": error.get("name", "ExecutionError"), "message": error.get("value", ""),
+                "traceback": error.get("traceback", ""), "traceId": invocation_id}}, target)
+        end: dict[str, Any] = {"phase": "end", "executionCount": payload.get("execution_count"),
+                               "executionTime": payload.get("execution_time", 0.0),
+                               "status": payload.get("status", "ok")}
+        if payload.get("executionError"):
+            end["executionError"] = payload["executionError"]
+        self.send(invocation_id, end, target)
+
+
+def routes(wire: WireApi) -> list[BaseRoute]:
+    async def endpoint(websocket: WebSocket) -> None:
+        session_id = str(websocket.path_params["session_id"])
+        owner = _owner(wire, websocket, session_id)
+        if owner is None:
+            await websocket.close(code=1008, reason="missing or wrong session access token")
+            return
+        await websocket.accept()
+        await StreamConnection(wire, websocket, owner, session_id).serve()
+
+    return [WebSocketRoute("/ws/{session_id}", endpoint)]

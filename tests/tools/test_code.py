@@ -1,0 +1,168 @@
+"""run_code through our SDK, over HTTP and embedded: state, rich outputs, languages, errors, timeouts,
+streaming and cancel. Real sandboxes, real interpreters."""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.conftest import wait_for
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def session(make_session: Callable[..., Any]) -> Any:
+    return make_session()
+
+
+def test_python_keeps_state_between_runs(session: Any) -> None:
+    first = session.code.run("x = 21\nprint('set')", "python")
+    assert first.success, first.error_message
+    assert first.logs.stdout == ["set\n"]
+    assert first.results == []
+    second = session.code.run("x * 2", "python")
+    assert second.success, second.error_message
+    assert second.result == "42"
+    assert second.results[0].is_main_result
+    assert second.execution_count == first.execution_count + 1
+    assert second.execution_time >= 0
+    # Aliases are accepted like the official SDK's.
+    assert session.code.run("x", "py").result == "21"
+
+
+def test_matplotlib_figure_is_an_inline_png(session: Any) -> None:
+    result = session.code.run(
+        "import matplotlib.pyplot as plt\nplt.plot([1, 4, 9])\nplt.title('squares')\nplt.show()\nprint('drawn')",
+        "python", timeout_s=60)
+    assert result.success, result.error_message
+    pngs = [item.png for item in result.results if item.png]
+    assert len(pngs) == 1
+    assert base64.b64decode(pngs[0]).startswith(PNG_MAGIC)
+    assert result.logs.stdout == ["drawn\n"]
+    # A figure left open (no show()) is captured at the end of the run too.
+    again = session.code.run("fig = plt.figure()\n_ = plt.bar([1, 2], [3, 4])", "python")
+    assert [base64.b64decode(i.png)[:8] for i in again.results if i.png] == [PNG_MAGIC]
+
+
+def test_pandas_dataframe_is_an_html_table(session: Any) -> None:
+    result = session.code.run("import pandas as pd\npd.DataFrame({'a': [1, 2], 'b': ['x', 'y']})", "python")
+    assert result.success, result.error_message
+    main = next(item for item in result.results if item.is_main_result)
+    assert main.html is not None and "<table" in main.html and "<td>x</td>" in main.html
+    assert main.text is not None and "a" in main.text
+
+
+def test_rich_reprs_and_display(session: Any) -> None:
+    code = (
+        "class Rich:\n"
+        "    def _repr_markdown_(self): return '**bold**'\n"
+        "    def _repr_latex_(self): return r'$x^2$'\n"
+        "    def _repr_svg_(self): return '<svg xmlns=\"http://www.w3.org/2000/svg\"></svg>'\n"
+        "    def _repr_json_(self): return {'k': [1, 2]}\n"
+        "display('shown first')\n"
+        "Rich()"
+    )
+    result = session.code.run(code, "python")
+    assert result.success, result.error_message
+    shown, main = result.results
+    assert shown.text == "'shown first'" and not shown.is_main_result
+    assert main.is_main_result
+    assert (main.markdown, main.latex, main.json) == ("**bold**", "$x^2$", {"k": [1, 2]})
+    assert main.svg is not None and main.svg.startswith("<svg")
+
+
+def test_python_error_result(session: Any) -> None:
+    result = session.code.run("print('before')\ndef f():\n    return undefined_name\nf()", "python")
+    assert not result.success
+    assert result.error is not None
+    assert result.error.name == "NameError"
+    assert "undefined_name" in result.error.value
+    assert "<cell-" in result.error.traceback and "line 3" in result.error.traceback
+    assert "NameError" in result.error_message
+    assert result.logs.stdout == ["before\n"]
+    # The session is still usable.
+    assert session.code.run("1 + 1", "python").result == "2"
+
+
+def test_timeout_interrupts_and_the_session_survives(session: Any) -> None:
+    assert session.code.run("kept = 'still here'", "python").success
+    started = time.monotonic()
+    result = session.code.run("import time\nwhile True:\n    time.sleep(0.05)", "python", timeout_s=1)
+    assert time.monotonic() - started < 10
+    assert not result.success
+    assert result.error is not None and result.error.name == "TimeoutError"
+    after = session.code.run("kept", "python")
+    assert after.success and after.result == "'still here'"
+
+
+def test_javascript(session: Any) -> None:
+    result = session.code.run("const xs = [1, 2, 3];\nconsole.log(xs.map(x => x * 2).join(','));", "javascript")
+    assert result.success, result.error_message
+    assert result.logs.stdout == ["2,4,6\n"]
+    failed = session.code.run("console.log('a'); nope();", "js")
+    assert not failed.success
+    assert failed.error is not None and failed.error.name == "ReferenceError"
+
+
+def test_r(session: Any) -> None:
+    result = session.code.run("x <- c(1, 2, 3)\ncat(sum(x), '\\n')", "r")
+    assert result.success, result.error_message
+    assert result.logs.stdout == ["6 \n"]
+    failed = session.code.run("stop('broken')", "R")
+    assert not failed.success and failed.error is not None and failed.error.value == "broken"
+
+
+def test_unsupported_language(session: Any) -> None:
+    result = session.code.run("x", "cobol")
+    assert not result.success
+    assert result.error_message == "Unsupported language: cobol. Supported languages are java, javascript, python, r"
+
+
+def test_stream_chunks_arrive_while_running(session: Any) -> None:
+    chunks: list[str] = []
+    seen_before_end = threading.Event()
+
+    def on_stdout(chunk: str) -> None:
+        chunks.append(chunk)
+        if "tick 2" in "".join(chunks):
+            seen_before_end.set()
+
+    code = "import time\nfor i in range(5):\n    print('tick', i, flush=True)\n    time.sleep(0.05)\n'done'"
+    result = session.code.run(code, "python", stream_beta=True, on_stdout=on_stdout)
+    assert result.success, result.error_message
+    assert seen_before_end.is_set()
+    assert "".join(result.logs.stdout) == "".join(f"tick {i}\n" for i in range(5))
+    assert len(result.logs.stdout) >= 5  # streamed as produced, not in one piece at the end
+    assert result.result == "'done'"
+    assert result.execution_count is not None
+
+
+def test_stream_cancel_interrupts_and_the_session_survives(session: Any) -> None:
+    chunks: list[str] = []
+    handle = session.code.stream("import time\nn = 0\nwhile True:\n    n += 1\n    print(n, flush=True)\n"
+                                 "    time.sleep(0.02)", "python", timeout_s=60, on_stdout=chunks.append)
+    wait_for(lambda: len(chunks) >= 3, 20, what="streamed stdout chunks")
+    started = time.monotonic()
+    handle.cancel()
+    result = handle.wait()
+    assert time.monotonic() - started < 10
+    assert not result.success
+    assert "cancelled" in result.error_message
+    # The interpreter stopped the loop (the next run can only start then) and kept its state.
+    first = session.code.run("n", "python")
+    assert first.success, first.error_message
+    assert int(session.code.run("n", "python").result) == int(first.result)
+
+
+def test_stream_errors(session: Any) -> None:
+    errors: list[Any] = []
+    result = session.code.run("raise ValueError('bad value')", "python", stream_beta=True, on_error=errors.append)
+    assert not result.success
+    assert result.error is not None and result.error.name == "ValueError" and result.error.value == "bad value"
+    assert errors and errors[0]["code"] == "ValueError"
