@@ -20,7 +20,7 @@ import secrets
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from agbox.errors import LimitExceededError
 
@@ -69,7 +69,7 @@ class BlobStore(abc.ABC):
         """Drop leftovers of interrupted writes (called at start)."""
 
 
-def read_chunks(handle: BinaryIO, size: int = CHUNK) -> Iterator[bytes]:
+def read_chunks(handle: IO[bytes], size: int = CHUNK) -> Iterator[bytes]:
     while True:
         chunk = handle.read(size)
         if not chunk:
