@@ -6,7 +6,6 @@ over its manifest, so a reader sees the old or the new version, never a mix, and
 half-way leaves the previous version as it was.
 """
 
-# ruff: noqa: S608  (only module constants and checked column names are interpolated into SQL)
 from __future__ import annotations
 
 import abc
