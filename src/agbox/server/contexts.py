@@ -28,6 +28,23 @@ log = logging.getLogger(__name__)
 
 Params = dict[str, Any]
 
+# (HTTP method, path) of every context operation, as the official SDK sends them. The SDK client
+# adds these to its route table too (it does not build a WireApi when it talks HTTP).
+CONTEXT_ROUTES: dict[str, tuple[str, str]] = {
+    "listContexts": ("GET", "/sdk/ListContexts"),
+    "getContext": ("GET", "/sdk/GetContext"),
+    "modifyContext": ("POST", "/sdk/ModifyContext"),
+    "deleteContext": ("POST", "/sdk/DeleteContext"),
+    "clearContext": ("POST", "/sdk/ClearContext"),
+    "syncContext": ("POST", "/sdk/SyncContext"),
+    "getContextInfo": ("GET", "/sdk/GetContextInfo"),
+    "getContextFileUploadUrl": ("POST", "/sdk/GetContextFileUploadUrl"),
+    "getContextFileDownloadUrl": ("POST", "/sdk/GetContextFileDownloadUrl"),
+    "deleteContextFile": ("POST", "/sdk/DeleteContextFile"),
+    "describeContextFiles": ("POST", "/sdk/DescribeContextFiles"),
+    "getAndLoadInternalContext": ("POST", "/sdk/GetAndLoadInternalContext"),
+}
+
 
 def service_of(wire: WireApi) -> ContextService:
     platform = wire.platform
@@ -60,8 +77,9 @@ def context_data(record: ContextRecord) -> dict[str, Any]:
 def register_ops(wire: WireApi) -> None:
     service = service_of(wire)
 
-    def op(name: str, method: str, path: str) -> Callable[[Callable[[str, Params, str], Awaitable[dict[str, Any]]]],
-                                                          None]:
+    def op(name: str) -> Callable[[Callable[[str, Params, str], Awaitable[dict[str, Any]]]], None]:
+        method, path = CONTEXT_ROUTES[name]
+
         def decorate(handler: Callable[[str, Params, str], Awaitable[dict[str, Any]]]) -> None:
             async def wrapped(owner: str, params: Params, rid: str) -> dict[str, Any]:
                 service.ensure_started()
@@ -71,63 +89,63 @@ def register_ops(wire: WireApi) -> None:
 
         return decorate
 
-    @op("listContexts", "GET", "/sdk/ListContexts")
+    @op("listContexts")
     async def list_contexts(owner: str, p: Params, rid: str) -> dict[str, Any]:
         page, token, limit, total = service.list_contexts(owner, p.get("maxResults"), p.get("nextToken"))
         return envelope(rid, [context_data(r) for r in page], nextToken=token, maxResults=limit, totalCount=total)
 
-    @op("getContext", "GET", "/sdk/GetContext")
+    @op("getContext")
     async def get_context(owner: str, p: Params, rid: str) -> dict[str, Any]:
         record = service.get(owner, p.get("id"), p.get("name"), p.get("allowCreate"))
         return envelope(rid, context_data(record))
 
-    @op("modifyContext", "POST", "/sdk/ModifyContext")
+    @op("modifyContext")
     async def modify_context(owner: str, p: Params, rid: str) -> dict[str, Any]:
         service.modify(owner, p.get("id"), p.get("name"))
         return envelope(rid, None)
 
-    @op("deleteContext", "POST", "/sdk/DeleteContext")
+    @op("deleteContext")
     async def delete_context(owner: str, p: Params, rid: str) -> dict[str, Any]:
         service.delete(owner, p.get("id"))
         return envelope(rid, None)
 
-    @op("clearContext", "POST", "/sdk/ClearContext")
+    @op("clearContext")
     async def clear_context(owner: str, p: Params, rid: str) -> dict[str, Any]:
         service.clear_async(owner, p.get("id"))
         return envelope(rid, None)
 
-    @op("syncContext", "POST", "/sdk/SyncContext")
+    @op("syncContext")
     async def sync_context(owner: str, p: Params, rid: str) -> dict[str, Any]:
         await service.sync(owner, p.get("sessionId"), p.get("contextId"), p.get("path"), p.get("mode"))
         return envelope(rid, None)
 
-    @op("getContextInfo", "GET", "/sdk/GetContextInfo")
+    @op("getContextInfo")
     async def get_context_info(owner: str, p: Params, rid: str) -> dict[str, Any]:
         status = service.info(owner, p.get("sessionId"), p.get("contextId"), p.get("path"), p.get("taskType"))
         return envelope(rid, {"contextStatus": status})
 
-    @op("getContextFileUploadUrl", "POST", "/sdk/GetContextFileUploadUrl")
+    @op("getContextFileUploadUrl")
     async def upload_url(owner: str, p: Params, rid: str) -> dict[str, Any]:
         url, expires = service.file_url(owner, p.get("contextId"), p.get("filePath"), "PUT")
         return envelope(rid, {"url": url, "expireTime": expires})
 
-    @op("getContextFileDownloadUrl", "POST", "/sdk/GetContextFileDownloadUrl")
+    @op("getContextFileDownloadUrl")
     async def download_url(owner: str, p: Params, rid: str) -> dict[str, Any]:
         url, expires = service.file_url(owner, p.get("contextId"), p.get("filePath"), "GET")
         return envelope(rid, {"url": url, "expireTime": expires})
 
-    @op("deleteContextFile", "POST", "/sdk/DeleteContextFile")
+    @op("deleteContextFile")
     async def delete_file(owner: str, p: Params, rid: str) -> dict[str, Any]:
         service.delete_file(owner, p.get("contextId"), p.get("filePath"))
         return envelope(rid, None)
 
-    @op("describeContextFiles", "POST", "/sdk/DescribeContextFiles")
+    @op("describeContextFiles")
     async def describe_files(owner: str, p: Params, rid: str) -> dict[str, Any]:
         entries, count = service.describe_files(owner, p.get("contextId"), p.get("parentFolderPath"),
                                                 p.get("pageNumber"), p.get("pageSize"))
         return envelope(rid, entries, count=count)
 
-    @op("getAndLoadInternalContext", "POST", "/sdk/GetAndLoadInternalContext")
+    @op("getAndLoadInternalContext")
     async def load_internal(owner: str, p: Params, rid: str) -> dict[str, Any]:
         return envelope(rid, service.load_internal(owner, p.get("sessionId"), p.get("contextTypes")))
 

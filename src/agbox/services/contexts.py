@@ -521,6 +521,8 @@ class ContextService:
         policy = Policy.parse(binding.policy)
         files = [f for f in self.store.files(binding.context_id, scope) if policy.selects(f.path)]
         if not files:
+            if not binding.internal:  # the mount point exists even for an empty context
+                await self._call(record, "archive_mkdir", {"path": binding.path})
             return
         loop = asyncio.get_running_loop()
         spool = await loop.run_in_executor(None, self._build_tar, files)
