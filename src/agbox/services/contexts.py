@@ -182,7 +182,7 @@ class ContextService:
         self.spool = settings.data_dir / "contexts" / "spool"
         self.spool.mkdir(parents=True, exist_ok=True)
         self._session_locks: dict[str, asyncio.Lock] = {}
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[Any]] = set()
         blobs.cleanup()
         for entry in os.scandir(self.spool):
@@ -195,11 +195,20 @@ class ContextService:
                 store.update_context(record.id, state="available")
 
     def ensure_started(self) -> None:
-        if self._sweeper is None or self._sweeper.done():
-            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop(), name="agbox-context-sweeper")
+        # A timer chain rather than a long-lived task: nothing is left pending when the loop stops.
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL_S, self._tick)
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(None, self.sweep, time.time())
+        future.add_done_callback(_log_sweep_failure)
+        self._sweeper = loop.call_later(SWEEP_INTERVAL_S, self._tick)
 
     async def close(self) -> None:
-        tasks = [t for t in (self._sweeper, *self._background) if t is not None]
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        tasks = list(self._background)
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -659,14 +668,6 @@ class ContextService:
 
     # ---- expiry and garbage ----------------------------------------------------------------------
 
-    async def _sweep_loop(self) -> None:
-        while True:
-            await asyncio.sleep(SWEEP_INTERVAL_S)
-            try:
-                await asyncio.get_running_loop().run_in_executor(None, self.sweep, time.time())
-            except Exception:
-                log.exception("context sweep failed")
-
     def sweep(self, now: float) -> dict[str, int]:
         """Remove expired files and contexts, bindings of ended sessions, and unreferenced blobs."""
         expired_files = self.store.expire_files(now)
@@ -690,6 +691,11 @@ class ContextService:
     def blob_chunks(self, blob: str) -> Iterator[bytes]:
         with self.blobs.open(blob) as handle:
             yield from read_chunks(handle)
+
+
+def _log_sweep_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("context sweep failed: %s", future.exception())
 
 
 def load_secret(path: Path) -> bytes:

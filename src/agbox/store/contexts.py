@@ -157,7 +157,8 @@ class ContextStore(abc.ABC):
     def bindings(self, session_id: str) -> list[Binding]: ...
 
     @abc.abstractmethod
-    def delete_bindings(self, session_id: str) -> None: ...
+    def delete_bindings(self, session_id: str) -> None:
+        """Forget a session: its bindings and its task status."""
 
     @abc.abstractmethod
     def put_task(self, task: TaskRecord) -> None: ...
@@ -301,6 +302,7 @@ class SqliteContextStore(ContextStore):
 
     def delete_bindings(self, session_id: str) -> None:
         self._exec("DELETE FROM context_bindings WHERE session_id = ?", (session_id,))
+        self._exec("DELETE FROM context_tasks WHERE session_id = ?", (session_id,))
 
     def put_task(self, task: TaskRecord) -> None:
         self._exec("INSERT OR REPLACE INTO context_tasks (session_id, context_id, path, task_type, status, error, "
