@@ -41,7 +41,7 @@ def _ping(args: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
 
 def _register_all() -> None:
     OPS["ping"] = _ping
-    for name in ("ops_shell", "ops_files", "ops_code"):
+    for name in ("ops_shell", "ops_files", "ops_code", "ops_archive"):
         try:
             module = __import__(name)
         except ImportError:

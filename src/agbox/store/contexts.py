@@ -1,0 +1,314 @@
+"""Context records: contexts, their file manifests, session bindings and sync task status.
+
+A context's content is a manifest (path -> content-addressed blob) kept in the database; the bytes
+live in a blob store (services/context_files.py). Changing a context is one database transaction
+over its manifest, so a reader sees the old or the new version, never a mix, and a process killed
+half-way leaves the previous version as it was.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS contexts (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    last_used_at REAL NOT NULL,
+    expires_at REAL,
+    version INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS contexts_owner_name ON contexts (owner, name);
+CREATE TABLE IF NOT EXISTS context_files (
+    context_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    blob TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    modified_at REAL NOT NULL,
+    expires_at REAL,
+    PRIMARY KEY (context_id, path)
+);
+CREATE TABLE IF NOT EXISTS context_bindings (
+    session_id TEXT NOT NULL,
+    context_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    internal INTEGER NOT NULL DEFAULT 0,
+    base TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (session_id, context_id, path)
+);
+CREATE TABLE IF NOT EXISTS context_tasks (
+    session_id TEXT NOT NULL,
+    context_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    task_type TEXT NOT NULL,
+    status TEXT NOT NULL,
+    error TEXT NOT NULL DEFAULT '',
+    start_time INTEGER NOT NULL,
+    finish_time INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (session_id, context_id, path, task_type)
+);
+"""
+
+
+@dataclasses.dataclass
+class ContextRecord:
+    id: str
+    owner: str
+    name: str
+    state: str
+    kind: str
+    created_at: float
+    last_used_at: float
+    expires_at: float | None = None
+    version: int = 0
+
+
+@dataclasses.dataclass
+class FileRecord:
+    path: str
+    blob: str
+    size: int
+    created_at: float
+    modified_at: float
+    expires_at: float | None = None
+
+
+@dataclasses.dataclass
+class Binding:
+    session_id: str
+    context_id: str
+    path: str
+    policy: dict[str, Any]
+    internal: bool = False
+    # path -> blob of the files this session last exchanged with the context (for 3-way merges).
+    base: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class TaskRecord:
+    session_id: str
+    context_id: str
+    path: str
+    task_type: str
+    status: str
+    error: str
+    start_time: int
+    finish_time: int
+
+
+class ContextStore(abc.ABC):
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    # contexts
+    @abc.abstractmethod
+    def add_context(self, record: ContextRecord) -> None: ...
+
+    @abc.abstractmethod
+    def get_context(self, context_id: str) -> ContextRecord | None: ...
+
+    @abc.abstractmethod
+    def context_by_name(self, owner: str, name: str) -> ContextRecord | None: ...
+
+    @abc.abstractmethod
+    def contexts(self, owner: str | None = None, kind: str | None = "") -> list[ContextRecord]: ...
+
+    @abc.abstractmethod
+    def update_context(self, context_id: str, **fields: Any) -> None: ...
+
+    @abc.abstractmethod
+    def delete_context(self, context_id: str) -> None:
+        """The context, its manifest, bindings and tasks, in one transaction."""
+
+    # manifests
+    @abc.abstractmethod
+    def files(self, context_id: str, prefix: str = "") -> list[FileRecord]: ...
+
+    @abc.abstractmethod
+    def commit(self, context_id: str, upserts: Iterable[FileRecord], deletes: Iterable[str], *,
+               clear: bool = False, when: float, expires_at: float | None = None) -> int:
+        """Apply a change set atomically; returns the new version."""
+
+    @abc.abstractmethod
+    def referenced_blobs(self) -> set[str]: ...
+
+    @abc.abstractmethod
+    def expire_files(self, now: float) -> int: ...
+
+    # bindings and tasks
+    @abc.abstractmethod
+    def put_binding(self, binding: Binding) -> None: ...
+
+    @abc.abstractmethod
+    def bindings(self, session_id: str) -> list[Binding]: ...
+
+    @abc.abstractmethod
+    def delete_bindings(self, session_id: str) -> None:
+        """Forget a session: its bindings and its task status."""
+
+    @abc.abstractmethod
+    def put_task(self, task: TaskRecord) -> None: ...
+
+    @abc.abstractmethod
+    def tasks(self, session_id: str) -> list[TaskRecord]: ...
+
+
+_CTX_COLUMNS = "id, owner, name, state, kind, created_at, last_used_at, expires_at, version"
+_FILE_COLUMNS = "path, blob, size, created_at, modified_at, expires_at"
+
+
+class SqliteContextStore(ContextStore):
+    """Uses the platform's SQLite file (its own connection; WAL lets both share it)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        os.chmod(path, 0o600)
+        self._lock = threading.RLock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed manifest survives power loss as well as a killed process.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _exec(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    # ---- contexts
+
+    def add_context(self, record: ContextRecord) -> None:
+        self._exec(f"INSERT INTO contexts ({_CTX_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   tuple(dataclasses.astuple(record)))
+
+    def get_context(self, context_id: str) -> ContextRecord | None:
+        rows = self._exec(f"SELECT {_CTX_COLUMNS} FROM contexts WHERE id = ?", (context_id,))
+        return ContextRecord(*rows[0]) if rows else None
+
+    def context_by_name(self, owner: str, name: str) -> ContextRecord | None:
+        rows = self._exec(f"SELECT {_CTX_COLUMNS} FROM contexts WHERE owner = ? AND name = ?", (owner, name))
+        return ContextRecord(*rows[0]) if rows else None
+
+    def contexts(self, owner: str | None = None, kind: str | None = "") -> list[ContextRecord]:
+        sql = f"SELECT {_CTX_COLUMNS} FROM contexts WHERE 1=1"
+        params: list[Any] = []
+        if owner is not None:
+            sql += " AND owner = ?"
+            params.append(owner)
+        if kind is not None:
+            sql += " AND kind = ?"
+            params.append(kind)
+        sql += " ORDER BY created_at, id"
+        return [ContextRecord(*row) for row in self._exec(sql, tuple(params))]
+
+    def update_context(self, context_id: str, **fields: Any) -> None:
+        allowed = {"name", "state", "last_used_at", "expires_at"}
+        if not fields or set(fields) - allowed:
+            raise ValueError(f"cannot update {sorted(set(fields) - allowed)}")
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        self._exec(f"UPDATE contexts SET {assignments} WHERE id = ?", (*fields.values(), context_id))
+
+    def delete_context(self, context_id: str) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for table, column in (("context_files", "context_id"), ("context_bindings", "context_id"),
+                                      ("context_tasks", "context_id"), ("contexts", "id")):
+                    self._db.execute(f"DELETE FROM {table} WHERE {column} = ?", (context_id,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    # ---- manifests
+
+    def files(self, context_id: str, prefix: str = "") -> list[FileRecord]:
+        if prefix:
+            rows = self._exec(f"SELECT {_FILE_COLUMNS} FROM context_files WHERE context_id = ? AND "
+                              "(path = ? OR substr(path, 1, ?) = ?) ORDER BY path",
+                              (context_id, prefix.rstrip("/"), len(prefix.rstrip("/")) + 1,
+                               prefix.rstrip("/") + "/"))
+        else:
+            rows = self._exec(f"SELECT {_FILE_COLUMNS} FROM context_files WHERE context_id = ? ORDER BY path",
+                              (context_id,))
+        return [FileRecord(*row) for row in rows]
+
+    def commit(self, context_id: str, upserts: Iterable[FileRecord], deletes: Iterable[str], *,
+               clear: bool = False, when: float, expires_at: float | None = None) -> int:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if clear:
+                    self._db.execute("DELETE FROM context_files WHERE context_id = ?", (context_id,))
+                for path in deletes:
+                    self._db.execute("DELETE FROM context_files WHERE context_id = ? AND path = ?", (context_id, path))
+                for f in upserts:
+                    self._db.execute(
+                        "INSERT INTO context_files (context_id, path, blob, size, created_at, modified_at, expires_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (context_id, path) DO UPDATE SET "
+                        "blob = excluded.blob, size = excluded.size, modified_at = excluded.modified_at, "
+                        "expires_at = excluded.expires_at",
+                        (context_id, f.path, f.blob, f.size, f.created_at, f.modified_at, f.expires_at))
+                self._db.execute("UPDATE contexts SET version = version + 1, last_used_at = ? WHERE id = ?",
+                                 (when, context_id))
+                if expires_at is not None:
+                    self._db.execute("UPDATE contexts SET expires_at = ? WHERE id = ?", (expires_at, context_id))
+                rows = self._db.execute("SELECT version FROM contexts WHERE id = ?", (context_id,)).fetchall()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return int(rows[0][0]) if rows else 0
+
+    def referenced_blobs(self) -> set[str]:
+        return {row[0] for row in self._exec("SELECT DISTINCT blob FROM context_files")}
+
+    def expire_files(self, now: float) -> int:
+        with self._lock:
+            cursor = self._db.execute("DELETE FROM context_files WHERE expires_at IS NOT NULL AND expires_at <= ?",
+                                      (now,))
+            return cursor.rowcount
+
+    # ---- bindings and tasks
+
+    def put_binding(self, binding: Binding) -> None:
+        self._exec("INSERT OR REPLACE INTO context_bindings (session_id, context_id, path, policy, internal, base) "
+                   "VALUES (?, ?, ?, ?, ?, ?)",
+                   (binding.session_id, binding.context_id, binding.path, json.dumps(binding.policy),
+                    int(binding.internal), json.dumps(binding.base)))
+
+    def bindings(self, session_id: str) -> list[Binding]:
+        rows = self._exec("SELECT session_id, context_id, path, policy, internal, base FROM context_bindings "
+                          "WHERE session_id = ? ORDER BY rowid", (session_id,))
+        return [Binding(sid, cid, path, json.loads(policy), bool(internal), json.loads(base))
+                for sid, cid, path, policy, internal, base in rows]
+
+    def delete_bindings(self, session_id: str) -> None:
+        self._exec("DELETE FROM context_bindings WHERE session_id = ?", (session_id,))
+        self._exec("DELETE FROM context_tasks WHERE session_id = ?", (session_id,))
+
+    def put_task(self, task: TaskRecord) -> None:
+        self._exec("INSERT OR REPLACE INTO context_tasks (session_id, context_id, path, task_type, status, error, "
+                   "start_time, finish_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", tuple(dataclasses.astuple(task)))
+
+    def tasks(self, session_id: str) -> list[TaskRecord]:
+        rows = self._exec("SELECT session_id, context_id, path, task_type, status, error, start_time, finish_time "
+                          "FROM context_tasks WHERE session_id = ? ORDER BY start_time, rowid", (session_id,))
+        return [TaskRecord(*row) for row in rows]
