@@ -66,6 +66,7 @@ def service_of(wire: WireApi) -> ContextService:
         await service.on_create(record, params)
 
     platform.extensions["on_create"] = on_create
+    platform.async_close_hooks.append(service.close)
     return service
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agbox.errors import AgboxError
@@ -45,6 +45,8 @@ class Platform:
         self.extensions: dict[str, Any] = {}
         # Called first in close(), e.g. to shut links' listeners (release hooks do not run at shutdown).
         self.close_hooks: list[Callable[[], None]] = []
+        # Run after every session is released (so their auto-uploads finished), before the runtime stops.
+        self.async_close_hooks: list[Callable[[], Awaitable[None]]] = []
         self.started = False
 
     def _lock_data_dir(self) -> int:
@@ -72,6 +74,8 @@ class Platform:
             for hook in self.close_hooks:
                 hook()
             await self.sessions.close()
+            for async_hook in self.async_close_hooks:
+                await async_hook()
             await self.runtime.close()
         finally:
             self.store.close()

@@ -98,7 +98,8 @@ class SessionService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._lifecycle_task
         for record in self.store.sessions(statuses=[*ACTIVE_STATUSES, SessionStatus.DELETING]):
-            await self._release_now(record, "server stopped", run_hooks=False)
+            # Graceful stop: release hooks run (auto-upload of contexts), as on any release.
+            await self._release_now(record, "server stopped")
         for task in list(self._releasing.values()):
             with contextlib.suppress(Exception):
                 await task
