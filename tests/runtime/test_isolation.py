@@ -79,3 +79,16 @@ def test_fork_bomb_and_memory_hog_are_contained(pair: Any, server: ServerProcess
     assert sh(b, "echo alive").stdout == "alive\n"
     metrics = json.loads(b.call_mcp_tool("get_metrics", {}).data)
     assert metrics["mem_used"] <= metrics["mem_total"]
+
+
+def test_kernel_attack_surface_is_narrowed(pair: Any) -> None:
+    a, _ = pair
+    # seccomp: bpf(2), keyctl(2), io_uring_setup(2) and mount(2) are refused with EPERM.
+    probe = ("python3 -c \"import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); "
+             "print([(libc.syscall(n, 0, 0, 0, 0, 0), ctypes.get_errno()) for n in (321, 250, 425, 165)])\"")
+    assert sh(a, probe).stdout.strip() == "[(-1, 1), (-1, 1), (-1, 1), (-1, 1)]"
+    # No nested user namespaces (and so no private root inside the sandbox).
+    nested = sh(a, "unshare -U true")
+    assert nested.exit_code != 0
+    # Ordinary work still runs.
+    assert sh(a, "python3 -c 'import subprocess; print(subprocess.run([\"echo\", \"ok\"], capture_output=True).stdout)'").stdout

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from agbox.errors import SandboxError
-from agbox.runtime import reaper, sysutil
+from agbox.runtime import reaper, seccomp, sysutil
 from agbox.runtime.base import EventCallback, Runtime, SandboxHandle, SandboxSpec, SandboxStats
 from agbox.runtime.cgroups import CgroupManager, CgroupSet
 from agbox.runtime.channel import AgentChannel
@@ -77,6 +77,7 @@ class LocalRuntime(Runtime):
         self._spawner = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="agbox-spawner")
         self._used_uids: set[int] = set()
         self._bwrap = shutil.which("bwrap") or "/usr/bin/bwrap"
+        self._seccomp = seccomp.build_filter()
 
     # ---- node set-up ---------------------------------------------------------------------------
 
@@ -130,7 +131,7 @@ class LocalRuntime(Runtime):
                 self._used_uids.add(uid)
                 return uid
 
-    def _argv(self, spec: SandboxSpec, root: Path, info_fd: int) -> list[str]:
+    def _argv(self, spec: SandboxSpec, root: Path, info_fd: int, seccomp_fd: int | None) -> list[str]:
         argv = [
             self._bwrap,
             "--bind", str(root), "/",
@@ -142,11 +143,13 @@ class LocalRuntime(Runtime):
         ]
         for source, target in spec.ro_binds:
             argv += ["--ro-bind", source, target]
+        if seccomp_fd is not None:
+            argv += ["--seccomp", str(seccomp_fd)]
         argv += [
             "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm",
             "--chdir", SANDBOX_HOME, "--hostname", spec.hostname,
-            "--unshare-all", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID),
-            "--die-with-parent", "--new-session", "--info-fd", str(info_fd),
+            "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID),
+            "--die-with-parent", "--new-session", "--disable-userns", "--info-fd", str(info_fd),
             "/usr/bin/python3", "-I", "-S", f"{AGENT_MOUNT}/main.py",
         ]
         return argv
@@ -177,6 +180,11 @@ class LocalRuntime(Runtime):
         """Runs on the spawner thread. Returns (bwrap pid, sandbox pid, agent stdin, agent stdout)."""
         procs_fds = [os.open(path, os.O_WRONLY) for path in group.procs_files()]
         info_r, info_w = os.pipe()
+        seccomp_r: int | None = None
+        if self._seccomp is not None:
+            seccomp_r, seccomp_w = os.pipe()
+            os.write(seccomp_w, self._seccomp)  # a few hundred bytes: fits the pipe buffer
+            os.close(seccomp_w)
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
         log_fd = os.open(str(self.sandbox_dir / f"{spec.session_id}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -190,12 +198,15 @@ class LocalRuntime(Runtime):
 
         try:
             proc = subprocess.Popen(
-                self._argv(spec, root, info_w), stdin=in_r, stdout=out_w, stderr=log_fd, env=self._env(spec),
-                pass_fds=(info_w,), preexec_fn=enter_cgroup_and_drop_privileges, close_fds=True,
+                self._argv(spec, root, info_w, seccomp_r), stdin=in_r, stdout=out_w, stderr=log_fd, env=self._env(spec),
+                pass_fds=(info_w,) if seccomp_r is None else (info_w, seccomp_r),
+                preexec_fn=enter_cgroup_and_drop_privileges, close_fds=True,
             )
         finally:
             for fd in (*procs_fds, info_w, in_r, out_w, log_fd):
                 os.close(fd)
+            if seccomp_r is not None:
+                os.close(seccomp_r)
         # Popen never waits for it: the reaper owns the exit status.
         proc.returncode = 0
         reaper.own(proc.pid)
