@@ -39,6 +39,10 @@ class Settings:
     public_url: str | None = None
     tls_enabled: bool = False
     runtime: str = "local"
+    # Started sandboxes kept ready per image (0 = start each sandbox on demand), and the images to
+    # warm at start-up (others warm after their first create).
+    warm_pool_size: int = 2
+    prewarm_images: tuple[str, ...] = ("agb-code-space-1",)
     # Extra image files (TOML); an image here with a built-in id replaces it (e.g. other limits).
     images_dir: Path | None = None
     reap_interval_s: float = 1.0
@@ -60,11 +64,14 @@ class Settings:
             "AGBOX_LINK_PORT_MAX": ("link_port_max", int),
             "AGBOX_RUNTIME": ("runtime", str),
             "AGBOX_IMAGES_DIR": ("images_dir", Path),
+            "AGBOX_WARM_POOL": ("warm_pool_size", int),
         }
         for var, (field, kind) in mapping.items():
             raw = env.get(var)
             if raw:
                 values[field] = kind(raw)
+        if env.get("AGBOX_PREWARM_IMAGES") is not None:
+            values["prewarm_images"] = tuple(i for i in env["AGBOX_PREWARM_IMAGES"].split(",") if i.strip())
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "data_dir" in values:
             values["data_dir"] = Path(str(values["data_dir"])).expanduser().resolve()

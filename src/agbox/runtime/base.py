@@ -102,6 +102,10 @@ class Runtime(abc.ABC):
     def alive(self, handle: SandboxHandle) -> bool:
         """Cheap liveness check used by the lifecycle loop."""
 
+    async def prewarm(self, spec: SandboxSpec) -> None:
+        """Start sandboxes for specs like this one ahead of demand (optional)."""
+        return None
+
     async def connect_port(self, handle: SandboxHandle, port: int) -> socket.socket:
         """A connected TCP socket to ``127.0.0.1:port`` inside the sandbox (for links)."""
         raise SandboxError(f"the {self.name} runtime cannot reach ports inside sandboxes")

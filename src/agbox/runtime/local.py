@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import random
+import secrets
 import select
 import shutil
 import socket
@@ -51,6 +52,7 @@ READY_TIMEOUT_S = 15.0
 
 @dataclass
 class _Sandbox:
+    id: str
     spec: SandboxSpec
     uid: int
     root: Path
@@ -63,8 +65,14 @@ class _Sandbox:
 class LocalRuntime(Runtime):
     name = "local"
 
-    def __init__(self, data_dir: Path, run_dir: Path = Path("/run/agbox")) -> None:
+    def __init__(self, data_dir: Path, run_dir: Path = Path("/run/agbox"), warm_pool_size: int = 0) -> None:
         self.data_dir = data_dir
+        # Started sandboxes kept ready per spec, so a create is a hand-over instead of a start.
+        self.warm_pool_size = warm_pool_size
+        self._pools: dict[tuple[Any, ...], list[_Sandbox]] = {}
+        self._refilling: set[tuple[Any, ...]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
         tag = hashlib.sha256(str(data_dir).encode()).hexdigest()[:10]
         # Sandbox roots and the read-only base live outside the (private) data dir, in a tree the
         # sandbox uids may traverse but not list: bwrap resolves them after dropping privileges.
@@ -117,6 +125,15 @@ class LocalRuntime(Runtime):
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
 
     async def close(self) -> None:
+        self._closing = True
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+        warm = [sandbox for pool in self._pools.values() for sandbox in pool]
+        self._pools.clear()
+        for sandbox in warm:
+            with contextlib.suppress(Exception):
+                await self._destroy_sandbox(sandbox)
         for session_id in list(self._sandboxes):
             with contextlib.suppress(Exception):
                 await self.destroy(SandboxHandle(session_id, self.node, {}))
@@ -159,13 +176,13 @@ class LocalRuntime(Runtime):
             "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
             "HOME": SANDBOX_HOME, "USER": SANDBOX_USER, "LOGNAME": SANDBOX_USER, "SHELL": "/bin/bash",
             "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TERM": "xterm", "TMPDIR": "/tmp",
-            "PYTHONUNBUFFERED": "1", "AGBOX_SESSION_ID": spec.session_id,
+            "PYTHONUNBUFFERED": "1",
         }
         env.update(spec.env)
         return env
 
-    def _prepare_root(self, spec: SandboxSpec, uid: int) -> Path:
-        root = self.sandbox_dir / spec.session_id
+    def _prepare_root(self, spec: SandboxSpec, sandbox_id: str, uid: int) -> Path:
+        root = self.sandbox_dir / sandbox_id
         root.mkdir(mode=0o700)
         sysutil.mount_tmpfs(str(root), spec.limits.disk_bytes, uid, uid)
         for sub in ("home/user", "tmp", "var/tmp", "run", "opt/agbox/agent", "etc", "usr"):
@@ -176,7 +193,8 @@ class LocalRuntime(Runtime):
         os.chmod(root / "var/tmp", 0o1777)
         return root
 
-    def _spawn(self, spec: SandboxSpec, uid: int, root: Path, group: CgroupSet) -> tuple[int, int, int, int]:
+    def _spawn(self, spec: SandboxSpec, sandbox_id: str, uid: int, root: Path,
+               group: CgroupSet) -> tuple[int, int, int, int]:
         """Runs on the spawner thread. Returns (bwrap pid, sandbox pid, agent stdin, agent stdout)."""
         procs_fds = [os.open(path, os.O_WRONLY) for path in group.procs_files()]
         info_r, info_w = os.pipe()
@@ -187,7 +205,7 @@ class LocalRuntime(Runtime):
             os.close(seccomp_w)
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
-        log_fd = os.open(str(self.sandbox_dir / f"{spec.session_id}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        log_fd = os.open(str(self.sandbox_dir / f"{sandbox_id}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
         def enter_cgroup_and_drop_privileges() -> None:
             for fd in procs_fds:
@@ -227,44 +245,98 @@ class LocalRuntime(Runtime):
         except (ValueError, KeyError) as exc:
             os.close(in_w)
             os.close(out_r)
-            raise SandboxError(f"bwrap did not start the sandbox: {self._log_tail(spec.session_id)}") from exc
+            raise SandboxError(f"bwrap did not start the sandbox: {self._log_tail(sandbox_id)}") from exc
         return proc.pid, child_pid, in_w, out_r
 
-    def _log_tail(self, session_id: str) -> str:
+    def _log_tail(self, sandbox_id: str) -> str:
         with contextlib.suppress(OSError):
-            return (self.sandbox_dir / f"{session_id}.log").read_text()[-500:].strip() or "no output"
+            return (self.sandbox_dir / f"{sandbox_id}.log").read_text()[-500:].strip() or "no output"
         return "no output"
 
-    async def create(self, spec: SandboxSpec) -> SandboxHandle:
+    async def _start_sandbox(self, spec: SandboxSpec) -> _Sandbox:
+        """Start one sandbox for ``spec`` (not yet bound to a session); cleans up after itself on failure."""
         loop = asyncio.get_running_loop()
+        sandbox_id = "sbx-" + secrets.token_hex(8)
         uid = self._allocate_uid()
         root: Path | None = None
         group: CgroupSet | None = None
+        channel: AgentChannel | None = None
         try:
-            root = self._prepare_root(spec, uid)
-            group = self.cgroups.create(spec.session_id, spec.limits.memory_bytes, spec.limits.cpus, spec.limits.pids)
-            bwrap_pid, child_pid, in_w, out_r = await loop.run_in_executor(self._spawner, self._spawn, spec, uid, root, group)
-            channel = AgentChannel(in_w, out_r, spec.session_id)
+            root = self._prepare_root(spec, sandbox_id, uid)
+            group = self.cgroups.create(sandbox_id, spec.limits.memory_bytes, spec.limits.cpus, spec.limits.pids)
+            bwrap_pid, child_pid, in_w, out_r = await loop.run_in_executor(
+                self._spawner, self._spawn, spec, sandbox_id, uid, root, group)
+            channel = AgentChannel(in_w, out_r, sandbox_id)
             await channel.open()
-            sandbox = _Sandbox(spec, uid, root, group, bwrap_pid, child_pid, channel)
-            self._sandboxes[spec.session_id] = sandbox
             assert channel.ready is not None
             try:
                 await asyncio.wait_for(channel.ready, READY_TIMEOUT_S)
             except (TimeoutError, SandboxError) as exc:
-                raise SandboxError(f"the sandbox agent did not start: {self._log_tail(spec.session_id)}") from exc
+                raise SandboxError(f"the sandbox agent did not start: {self._log_tail(sandbox_id)}") from exc
+            return _Sandbox(sandbox_id, spec, uid, root, group, bwrap_pid, child_pid, channel)
         except BaseException:
-            if spec.session_id in self._sandboxes:
-                await self.destroy(SandboxHandle(spec.session_id, self.node, {}))
-            else:
-                if group is not None:
-                    await loop.run_in_executor(None, self._kill_group, group)
-                if root is not None:
-                    self._remove_root(root)
-                self._used_uids.discard(uid)
+            if group is not None:
+                await loop.run_in_executor(None, self._kill_group, group)
+            if channel is not None:
+                await channel.close()
+            if root is not None:
+                self._remove_root(root)
+            self._used_uids.discard(uid)
             raise
+
+    @staticmethod
+    def _pool_key(spec: SandboxSpec) -> tuple[Any, ...]:
+        return (spec.limits, tuple(sorted(spec.env.items())), spec.hostname, spec.ro_binds)
+
+    def _take_warm(self, spec: SandboxSpec) -> _Sandbox | None:
+        pool = self._pools.get(self._pool_key(spec), [])
+        while pool:
+            sandbox = pool.pop(0)
+            if not sandbox.channel.closed.is_set():
+                return sandbox
+            self._background(self._destroy_sandbox(sandbox))
+        return None
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def prewarm(self, spec: SandboxSpec) -> None:
+        self._refill(spec)
+
+    def _refill(self, spec: SandboxSpec) -> None:
+        """Keep ``warm_pool_size`` started sandboxes ready for specs like this one (one refill at a time)."""
+        key = self._pool_key(spec)
+        if self.warm_pool_size <= 0 or self._closing or key in self._refilling:
+            return
+        self._refilling.add(key)
+
+        async def refill() -> None:
+            try:
+                pool = self._pools.setdefault(key, [])
+                while len(pool) < self.warm_pool_size and not self._closing:
+                    sandbox = await self._start_sandbox(spec)
+                    if self._closing:
+                        await self._destroy_sandbox(sandbox)
+                        return
+                    pool.append(sandbox)
+            except Exception:
+                log.exception("refilling the warm pool failed")
+            finally:
+                self._refilling.discard(key)
+
+        self._background(refill())
+
+    async def create(self, spec: SandboxSpec) -> SandboxHandle:
+        sandbox = self._take_warm(spec)
+        if sandbox is None:
+            sandbox = await self._start_sandbox(spec)
+        self._sandboxes[spec.session_id] = sandbox
+        self._refill(spec)
         return SandboxHandle(spec.session_id, self.node, {
-            "uid": uid, "bwrap_pid": bwrap_pid, "child_pid": child_pid, "cgroups": group.dirs,
+            "sandbox_id": sandbox.id, "uid": sandbox.uid, "bwrap_pid": sandbox.bwrap_pid,
+            "child_pid": sandbox.child_pid, "cgroups": sandbox.group.dirs,
         })
 
     # ---- use -------------------------------------------------------------------------------------
@@ -338,13 +410,17 @@ class LocalRuntime(Runtime):
 
     async def destroy(self, handle: SandboxHandle) -> None:
         sandbox = self._sandboxes.pop(handle.session_id, None)
-        loop = asyncio.get_running_loop()
         if sandbox is None:
             # Not ours in memory (e.g. a record from an earlier process): make sure nothing is left.
-            group = self.cgroups.group_for(handle.session_id)
-            await loop.run_in_executor(None, self._kill_group, group)
-            self._remove_root(self.sandbox_dir / handle.session_id)
+            sandbox_id = str(handle.details.get("sandbox_id") or handle.session_id)
+            group = self.cgroups.group_for(sandbox_id)
+            await asyncio.get_running_loop().run_in_executor(None, self._kill_group, group)
+            self._remove_root(self.sandbox_dir / sandbox_id)
             return
+        await self._destroy_sandbox(sandbox)
+
+    async def _destroy_sandbox(self, sandbox: _Sandbox) -> None:
+        loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._kill_group, sandbox.group)
         await sandbox.channel.close()
         await loop.run_in_executor(None, self._remove_root, sandbox.root)

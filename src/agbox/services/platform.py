@@ -27,7 +27,7 @@ def make_runtime(settings: Settings) -> Runtime:
     if settings.runtime == "local":
         from agbox.runtime.local import LocalRuntime
 
-        return LocalRuntime(settings.data_dir)
+        return LocalRuntime(settings.data_dir, warm_pool_size=settings.warm_pool_size)
     raise AgboxError(f"unknown runtime {settings.runtime!r} (available: local)")
 
 
@@ -66,6 +66,8 @@ class Platform:
     async def start(self) -> None:
         await self.runtime.start()
         await self.sessions.recover()
+        for image_id in self.settings.prewarm_images:
+            await self.runtime.prewarm(self.sessions.spec_for(self.images.get(image_id), ""))
         self.sessions.start_lifecycle()
         self.started = True
 

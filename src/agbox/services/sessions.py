@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agbox.errors import InvalidRequestError, LimitExceededError, SessionNotFoundError
-from agbox.images import ImageCatalog
+from agbox.images import Image, ImageCatalog
 from agbox.models import ACTIVE_STATUSES, SessionRecord, SessionStatus
 from agbox.runtime.base import Runtime, SandboxHandle, SandboxSpec
 from agbox.settings import Settings
@@ -131,7 +131,7 @@ class SessionService:
             node=getattr(self.runtime, "node", self.runtime.name), policy_id=policy_id or "",
         )
         self.store.put_session(record)
-        spec = SandboxSpec(session_id=record.id, image_id=image.id, limits=image.limits, env=dict(image.env))
+        spec = self.spec_for(image, record.id)
         try:
             handle = await self.runtime.create(spec)
         except BaseException as exc:
@@ -144,6 +144,10 @@ class SessionService:
         for hook in self.after_create:
             await hook(record)
         return record
+
+    @staticmethod
+    def spec_for(image: Image, session_id: str) -> SandboxSpec:
+        return SandboxSpec(session_id=session_id, image_id=image.id, limits=image.limits, env=dict(image.env))
 
     # ---- lookup ----------------------------------------------------------------------------------
 

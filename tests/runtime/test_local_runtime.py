@@ -1,0 +1,50 @@
+"""The local runtime directly: warm pool hand-over, distinct sandboxes, clean teardown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+from agbox.runtime.base import Limits, SandboxSpec
+from agbox.runtime.local import LocalRuntime
+
+
+async def _eventually(predicate: object, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def test_warm_pool_hands_over_started_sandboxes(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        runtime = LocalRuntime(tmp_path / "data", warm_pool_size=2)
+        await runtime.start()
+        try:
+            spec = SandboxSpec("", "img", Limits(memory_bytes=256 * 1024 * 1024, pids=64))
+            await runtime.prewarm(spec)
+            key = runtime._pool_key(spec)
+            await _eventually(lambda: len(runtime._pools.get(key, [])) == 2)
+            warm_ids = {s.id for s in runtime._pools[key]}
+
+            a = await runtime.create(SandboxSpec("session-a", "img", spec.limits))
+            b = await runtime.create(SandboxSpec("session-b", "img", spec.limits))
+            assert {a.details["sandbox_id"], b.details["sandbox_id"]} == warm_ids
+            assert a.details["uid"] != b.details["uid"]
+            await runtime.call(a, "shell", {"command": "echo a > /home/user/mine"}, timeout_s=10)
+            seen = await runtime.call(b, "shell", {"command": "ls /home/user"}, timeout_s=10)
+            assert seen["stdout"] == ""
+            # The pool refills behind the hand-over.
+            await _eventually(lambda: len(runtime._pools.get(key, [])) == 2)
+
+            other = await runtime.create(SandboxSpec("session-c", "img", Limits(memory_bytes=128 * 1024 * 1024)))
+            assert other.details["sandbox_id"] not in warm_ids  # a different spec is started on demand
+            await runtime.destroy(a)
+            assert not Path(runtime.sandbox_dir / str(a.details["sandbox_id"])).exists()
+        finally:
+            await runtime.close()
+        assert [p for p in os.listdir(runtime.sandbox_dir)] == []
+
+    asyncio.run(scenario())
