@@ -14,7 +14,6 @@ import json
 import os
 import sys
 import threading
-import traceback
 from typing import Any, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -39,19 +38,35 @@ def _ping(args: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
     return {"pid": os.getpid(), "uid": os.getuid()}
 
 
+# Op modules load on first use (by op-name prefix): the agent starts in about a third of the time and
+# an idle sandbox that never touches files or code keeps a small heap.
+OP_MODULES = (("shell", "ops_shell"), ("fs_", "ops_files"), ("archive_", "ops_archive"), ("run_code", "ops_code"))
+_import_lock = threading.Lock()
+
+
 def _register_all() -> None:
     OPS["ping"] = _ping
-    for name in ("ops_shell", "ops_files", "ops_code", "ops_archive"):
-        try:
-            module = __import__(name)
-        except ImportError:
-            continue
-        OPS.update(getattr(module, "OPS", {}))
+
+
+def _find_op(name: str) -> Callable[[dict[str, Any], Ctx], Any] | None:
+    op = OPS.get(name)
+    if op is not None:
+        return op
+    for prefix, module_name in OP_MODULES:
+        if name.startswith(prefix):
+            with _import_lock:
+                try:
+                    module = __import__(module_name)
+                except ImportError:
+                    return None
+                OPS.update(getattr(module, "OPS", {}))
+            return OPS.get(name)
+    return None
 
 
 def _handle(request: dict[str, Any]) -> None:
     rid = request.get("id")
-    op = OPS.get(str(request.get("op")))
+    op = _find_op(str(request.get("op")))
     if op is None:
         send({"id": rid, "ok": False, "error": {"kind": "unknown_op", "message": f"unknown op {request.get('op')!r}"}})
         return
@@ -69,6 +84,8 @@ def _handle(request: dict[str, Any]) -> None:
         where = f": {exc.filename}" if exc.filename else ""
         send({"id": rid, "ok": False, "error": {"kind": "os", "errno": exc.errno, "message": f"{exc.strerror or exc}{where}"}})
     except Exception as exc:  # the top-level handler of a request thread: report, never die
+        import traceback
+
         send({"id": rid, "ok": False, "error": {"kind": "internal", "message": f"{type(exc).__name__}: {exc}",
                                                  "trace": traceback.format_exc()}})
     finally:
@@ -80,6 +97,8 @@ def main() -> None:
     _register_all()
     os.umask(0o022)
     send({"id": 0, "ok": True, "result": {"ready": True, "pid": os.getpid()}})
+    # Most sessions run a command first: load the shell op behind the ready signal, not in front of it.
+    threading.Thread(target=_find_op, args=("shell",), daemon=True).start()
     for line in sys.stdin.buffer:
         if not line.strip():
             continue
