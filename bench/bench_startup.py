@@ -1,0 +1,164 @@
+"""Where a create's time goes: the pieces of a sandbox start, each timed on its own in this run.
+
+- bare bwrap (typical command) as root and as an unprivileged uid (agbox runs bwrap as a fresh uid);
+- ``python3 -I -S -c pass`` bare and inside bwrap (interpreter start-up);
+- bwrap + the agbox agent until its ready line, from a read-only copy without ``__pycache__`` (as the
+  local runtime binds it) and with precompiled ``.pyc`` files;
+- bwrap + a ``/bin/sh`` stand-in that prints a ready line (what a lighter agent could cost);
+- a tmpfs mount + unmount (the sandbox root) and a cgroup set create + remove (agbox's CgroupManager).
+
+Baseline: the typical bare ``bwrap ... /bin/true`` (and ``subprocess.run(["true"])`` for it).
+"""
+
+from __future__ import annotations
+
+import compileall
+import os
+import random
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import benchlib as B
+
+FAMILY = "startup breakdown"
+AGENT_MOUNT = "/opt/agbox/agent"
+UNPRIV_UID = 200_000 + random.randrange(1_000_000)
+SANDBOX_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/home/user", "LANG": "C.UTF-8",
+               "PYTHONUNBUFFERED": "1"}
+
+
+def _drop() -> Callable[[], None]:
+    def drop() -> None:
+        os.setgroups([])
+        os.setresgid(UNPRIV_UID, UNPRIV_UID, UNPRIV_UID)
+        os.setresuid(UNPRIV_UID, UNPRIV_UID, UNPRIV_UID)
+    return drop
+
+
+def _sandboxed(home: str, command: list[str], agent_dir: Path | None = None, unpriv: bool = False) -> list[str]:
+    argv = B.bwrap_typical(home, [])
+    if agent_dir is not None:
+        argv += ["--ro-bind", str(agent_dir), AGENT_MOUNT]
+    if unpriv:
+        argv += ["--uid", "1000", "--gid", "1000"]
+    return argv + command
+
+
+def _time_ready(argv: list[str], n: int, unpriv: bool) -> list[float]:
+    """Start ``argv`` and time until its first output line; ending it afterwards is not timed."""
+    out = []
+    for i in range(n + 2):
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=SANDBOX_ENV, preexec_fn=_drop() if unpriv else None)
+        assert proc.stdout is not None and proc.stdin is not None
+        line = proc.stdout.readline()
+        elapsed = time.perf_counter() - start
+        _, err = proc.communicate(b"", timeout=30)  # closing stdin ends the agent and the stand-in
+        if not line:
+            raise RuntimeError(f"no ready line from {argv[-1]}: {err.decode(errors='replace')[-300:]}")
+        if i >= 2:
+            out.append(elapsed)
+    return out
+
+
+def _agent_copy(target: Path, compiled: bool) -> Path:
+    from agbox.runtime.local import AGENT_DIR
+
+    shutil.copytree(AGENT_DIR, target, ignore=shutil.ignore_patterns("__pycache__", "__init__.py"))
+    if compiled:
+        compileall.compile_dir(str(target), quiet=1, legacy=False)
+    for path in [target, *target.rglob("*")]:
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    return target
+
+
+def _cgroup_cycle(n: int) -> list[float]:
+    from agbox.runtime.cgroups import CgroupManager
+
+    manager = CgroupManager(f"agbox-bench-{secrets.token_hex(4)}")
+    manager.prepare()
+    out = []
+    try:
+        for i in range(n + 2):
+            start = time.perf_counter()
+            group = manager.create(f"session-{secrets.token_hex(10)}", 1 << 30, 1.0, 512)
+            manager.remove(group)
+            if i >= 2:
+                out.append(time.perf_counter() - start)
+    finally:
+        for parent in manager.parents.values():
+            try:
+                os.rmdir(parent)
+            except OSError:
+                pass
+    return out
+
+
+def _tmpfs_cycle(root: Path, n: int) -> list[float]:
+    from agbox.runtime import sysutil
+
+    target = root / "mnt"
+    target.mkdir()
+    out = []
+    for i in range(n + 2):
+        start = time.perf_counter()
+        sysutil.mount_tmpfs(str(target), 2 << 30, UNPRIV_UID, UNPRIV_UID)
+        sysutil.umount(str(target))
+        if i >= 2:
+            out.append(time.perf_counter() - start)
+    return out
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    n = B.samples(quick, 60, 15)
+    rows: list[dict[str, Any]] = []
+    with B.temp_root("agbox-bench-startup-") as root:
+        home = root / "home"
+        home.mkdir()
+        os.chown(home, UNPRIV_UID, UNPRIV_UID)
+        plain_agent = _agent_copy(root / "agent-src", compiled=False)
+        compiled_agent = _agent_copy(root / "agent-pyc", compiled=True)
+        os.chmod(root, 0o755)
+
+        B.say(f"baselines (n={n})")
+        sub = B.measure_subprocess_true(n)
+        bwrap = B.measure_bwrap_true(n, str(home))
+        rows.append(B.row(FAMILY, B.SUBPROCESS_NAME, sub, key="startup.subprocess"))
+        rows.append(B.row(FAMILY, B.BWRAP_NAME + " (root)", bwrap, key="startup.bwrap", baseline=B.SUBPROCESS_NAME,
+                          baseline_s=sub))
+
+        def add(name: str, key: str, samples_s: list[float], note: str = "") -> None:
+            rows.append(B.row(FAMILY, name, samples_s, key=key, baseline=B.BWRAP_NAME + " (root)", baseline_s=bwrap,
+                              note=note))
+
+        B.say("bwrap as an unprivileged uid, python start-up")
+        unpriv_argv = _sandboxed(str(home), ["/bin/true"], unpriv=True)
+        add("bare bwrap ... /bin/true as an unprivileged uid (as agbox runs it)", "startup.bwrap_unpriv",
+            B.time_calls(lambda: B._run_ok(unpriv_argv, preexec_fn=_drop()), n))
+        add("/usr/bin/python3 -I -S -c pass (no sandbox)", "startup.python",
+            B.time_calls(lambda: B._run_ok(["/usr/bin/python3", "-I", "-S", "-c", "pass"]), n))
+        py_argv = _sandboxed(str(home), ["/usr/bin/python3", "-I", "-S", "-c", "pass"])
+        add("bwrap + python3 -I -S -c pass", "startup.python_bwrap", B.time_calls(lambda: B._run_ok(py_argv), n))
+
+        B.say("bwrap + agent until its ready line (source only, and precompiled)")
+        agent_cmd = ["/usr/bin/python3", "-I", "-S", f"{AGENT_MOUNT}/main.py"]
+        add("bwrap (unprivileged) + agbox agent until ready line, no .pyc (as agbox binds it)", "startup.agent",
+            _time_ready(_sandboxed(str(home), agent_cmd, plain_agent, unpriv=True), n, True),
+            note="the local runtime copies the agent without __pycache__ into a read-only bind, so it compiles "
+                 "its modules at every start")
+        add("bwrap (unprivileged) + agbox agent until ready line, precompiled .pyc", "startup.agent_pyc",
+            _time_ready(_sandboxed(str(home), agent_cmd, compiled_agent, unpriv=True), n, True))
+        add("bwrap (unprivileged) + /bin/sh stand-in agent until ready line", "startup.sh_agent",
+            _time_ready(_sandboxed(str(home), ["/bin/sh", "-c", "echo ready; read line"], unpriv=True), n, True),
+            note="what a lighter (shell or compiled) agent would cost to become ready")
+
+        B.say("tmpfs root and cgroups")
+        add("tmpfs mount + unmount (the sandbox root)", "startup.tmpfs", _tmpfs_cycle(root, n))
+        add("cgroup set create (limits written) + remove, agbox CgroupManager", "startup.cgroup", _cgroup_cycle(n))
+    return rows
