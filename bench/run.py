@@ -122,7 +122,7 @@ def ratio_text(r: dict[str, Any]) -> str:
 
 def value_text(r: dict[str, Any]) -> str:
     if r.get("value") is None:
-        return "-"
+        return "n/a (see note)" if r.get("p50_ms") is None else "-"
     return f"{fmt(r['value'])} {r.get('unit', '')}".strip()
 
 
@@ -149,6 +149,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print("  ".join(cell[:62].ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
         if index == 0:
             print("  ".join("-" * width for width in widths))
+    for r in rows:
+        if r.get("p50_ms") is None and r.get("value") is None:
+            print(f"  note on {r['family']} / {r['name']}: {r.get('note', '')}")
 
 
 def md_escape(text: str) -> str:
