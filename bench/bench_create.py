@@ -8,6 +8,7 @@ machine-measurements §1 and a plain ``subprocess.run(["true"])``.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import tempfile
 import threading
@@ -21,54 +22,66 @@ import benchlib as B
 FAMILY = "create"
 
 
-async def _platform_direct(data_dir: Path, n: int, warmup: int) -> tuple[list[float], list[float]]:
-    """(create via SessionService, create via LocalRuntime only) latencies, each followed by a release."""
+async def _platform_direct(data_dir: Path, n: int, warmup: int, bwrap: Any) -> dict[str, list[float]]:
+    """Creates via SessionService and via LocalRuntime only, each followed by a release (not timed) and by
+    one bare bwrap (the interleaved baseline). Also the CPU each create costs: inside the sandbox's cgroup
+    (cpuacct, from the spawn until idle) and in this process (the control plane, all threads)."""
     from agbox.runtime.base import SandboxSpec
+    from agbox.runtime.cgroups import CgroupSet
     from agbox.services.platform import Platform
     from agbox.settings import Settings
 
     platform = Platform(Settings.from_env(environ={}, data_dir=data_dir))
     await platform.start()
-    service: list[float] = []
-    runtime: list[float] = []
+    out: dict[str, list[float]] = {k: [] for k in ("service", "service_base", "runtime", "runtime_base",
+                                                   "sandbox_cpu", "control_cpu")}
+    runtime = platform.runtime
     try:
         record, _ = platform.keys.create("bench")
         for i in range(warmup + n):
+            cpu0 = time.process_time()
             start = time.perf_counter()
             session = await platform.sessions.create(record.id, B.IMAGE)
             elapsed = time.perf_counter() - start
+            control_cpu = time.process_time() - cpu0
+            group = CgroupSet(dict(session.handle["cgroups"]), runtime.cgroups.version)
+            await asyncio.sleep(0.05)  # let the agent settle idle, then read what its start cost
+            sandbox_cpu = runtime.cgroups.cpu_usage_ns(group) / 1e9
             await platform.sessions.release(record.id, session.id)
+            base = B.timed(bwrap)()
             if i >= warmup:
-                service.append(elapsed)
+                out["service"].append(elapsed)
+                out["service_base"].append(base)
+                out["control_cpu"].append(control_cpu)
+                out["sandbox_cpu"].append(sandbox_cpu)
         image = platform.images.get(B.IMAGE)
         for i in range(warmup + n):
             spec = SandboxSpec(session_id="session-" + secrets.token_hex(10), image_id=image.id, limits=image.limits,
                                env=dict(image.env))
             start = time.perf_counter()
-            handle = await platform.runtime.create(spec)
+            handle = await runtime.create(spec)
             elapsed = time.perf_counter() - start
-            await platform.runtime.destroy(handle)
+            await runtime.destroy(handle)
+            base = B.timed(bwrap)()
             if i >= warmup:
-                runtime.append(elapsed)
+                out["runtime"].append(elapsed)
+                out["runtime_base"].append(base)
     finally:
         await platform.close()
-    return service, runtime
+    return out
 
 
-def _sdk_sequential(agb: Any, n: int, warmup: int) -> list[float]:
+def _sdk_create(agb: Any) -> float:
+    """One create (timed) and its delete (not timed)."""
     from agbox import CreateSessionParams
 
-    out = []
-    for i in range(warmup + n):
-        start = time.perf_counter()
-        result = agb.create(CreateSessionParams(image_id=B.IMAGE))
-        elapsed = time.perf_counter() - start
-        if not result.success:
-            raise RuntimeError(f"create failed: {result.error_message}")
-        result.session.delete()
-        if i >= warmup:
-            out.append(elapsed)
-    return out
+    start = time.perf_counter()
+    result = agb.create(CreateSessionParams(image_id=B.IMAGE))
+    elapsed = time.perf_counter() - start
+    if not result.success:
+        raise RuntimeError(f"create failed: {result.error_message}")
+    result.session.delete()
+    return elapsed
 
 
 def _burst(srv: B.Server, concurrency: int, rounds: int) -> tuple[list[float], list[float]]:
@@ -155,6 +168,11 @@ def _sustained(srv: B.Server, workers: int, duration_s: float,
     return rate, done, failed, latencies
 
 
+def _server_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+
+
 def run(quick: bool) -> list[dict[str, Any]]:
     opts = B.OPTIONS
     n = B.samples(quick, 100, 15)
@@ -162,70 +180,90 @@ def run(quick: bool) -> list[dict[str, Any]]:
     duration = opts.duration_s or (5.0 if quick else 30.0)
     rounds = 1 if quick else 3
     rows: list[dict[str, Any]] = []
+    interleaved = B.BWRAP_NAME + " (interleaved)"
 
     B.say("baselines: bare bwrap and subprocess")
     sub = B.measure_subprocess_true(max(n, 30))
-    bwrap = B.measure_bwrap_true(max(n, 30))
+    bwrap_samples = B.measure_bwrap_true(max(n, 30))
     rows.append(B.row(FAMILY, B.SUBPROCESS_NAME, sub, key="create.subprocess"))
-    rows.append(B.row(FAMILY, B.BWRAP_NAME, bwrap, key="create.bwrap", baseline=B.SUBPROCESS_NAME, baseline_s=sub))
+    rows.append(B.row(FAMILY, B.BWRAP_NAME, bwrap_samples, key="create.bwrap", baseline=B.SUBPROCESS_NAME,
+                      baseline_s=sub))
 
-    def vs_bwrap(name: str, samples_s: list[float], key: str, note: str = "") -> dict[str, Any]:
-        return B.row(FAMILY, name, samples_s, key=key, baseline=B.BWRAP_NAME, baseline_s=bwrap, note=note)
+    def vs_bwrap(name: str, pair: tuple[list[float], list[float]], key: str, note: str = "") -> dict[str, Any]:
+        return B.row(FAMILY, name, pair[0], key=key, baseline=interleaved, baseline_s=pair[1], note=note)
 
-    B.say(f"sequential creates, platform direct and runtime only (n={n})")
-    with B.temp_root("agbox-bench-create-") as root:
-        service, runtime = asyncio.run(_platform_direct(root / "data", n, warmup))
-    rows.append(vs_bwrap("create, platform direct (SessionService.create, embedded)", service, "create.platform"))
-    rows.append(vs_bwrap("create, LocalRuntime.create only (no store, no service)", runtime, "create.runtime"))
-
-    B.say(f"sequential creates, our SDK embedded (n={n})")
-    from agbox import AGB
-
-    with B.temp_root("agbox-bench-create-") as root:
-        agb = AGB(data_dir=root / "data")
-        try:
-            embedded = _sdk_sequential(agb, n, warmup)
-        finally:
-            agb.close()
-    rows.append(vs_bwrap("create, our SDK embedded (AGB(data_dir=...))", embedded, "create.sdk_embedded"))
-
-    with B.server("agbox-bench-create-http-") as srv:
-        B.say(f"sequential creates, our SDK over HTTP (n={n})")
-        agb = srv.sdk()
-        try:
-            http = _sdk_sequential(agb, n, warmup)
-        finally:
-            agb.close()
-        rows.append(vs_bwrap("create, our SDK over HTTP (agbox serve)", http, "create.sdk_http"))
-
-        conc = opts.concurrency
-        B.say(f"{conc} concurrent creates over HTTP x {rounds}")
-        bwrap_burst, bwrap_walls = _bwrap_burst(conc, rounds)
-        burst, walls = _burst(srv, conc, rounds)
-        rows.append(B.row(FAMILY, f"create, {conc} concurrent over HTTP (latency of each)", burst,
-                          key="create.concurrent", baseline=f"{conc} concurrent bare bwrap /bin/true",
-                          baseline_s=bwrap_burst,
-                          note=f"{rounds} round(s); batch of {conc} done in p50 {B.percentile(walls, 50):.2f} s"))
-        burst_rate = conc / B.percentile(walls, 50)
-        rows.append(B.row(FAMILY, f"burst: {conc} concurrent creates, creates/s", key="create.burst_rate",
-                          unit="creates/s", value=burst_rate, baseline=f"{conc} concurrent bare bwrap, launches/s",
-                          baseline_value=conc / B.percentile(bwrap_walls, 50),
+    with B.bwrap_true() as bwrap:
+        B.say(f"sequential creates, platform direct and runtime only (n={n})")
+        with B.temp_root("agbox-bench-create-") as root:
+            direct = asyncio.run(_platform_direct(root / "data", n, warmup, bwrap))
+        rows.append(vs_bwrap("create, platform direct (SessionService.create, embedded)",
+                             (direct["service"], direct["service_base"]), "create.platform"))
+        rows.append(vs_bwrap("create, LocalRuntime.create only (no store, no service)",
+                             (direct["runtime"], direct["runtime_base"]), "create.runtime"))
+        sandbox_cpu = B.percentile(direct["sandbox_cpu"], 50) * 1000
+        control_cpu = B.percentile(direct["control_cpu"], 50) * 1000
+        cores = os.cpu_count() or 1
+        rows.append(B.row(FAMILY, "CPU per create inside the sandbox cgroup (cpuacct: bwrap set-up + agent start)",
+                          key="create.sandbox_cpu", unit="CPU ms", value=sandbox_cpu))
+        rows.append(B.row(FAMILY, "CPU per create in the control plane (process_time of the platform process)",
+                          key="create.control_cpu", unit="CPU ms", value=control_cpu))
+        rows.append(B.row(FAMILY, f"CPU-bound ceiling on {cores} cores: {cores} s / CPU per create",
+                          key="create.cpu_ceiling", unit="creates/s", value=cores * 1000 / (sandbox_cpu + control_cpu),
+                          note="what the sustained rate could reach with every core doing nothing but creates",
                           higher_is_better=True))
 
-        workers = opts.workers
-        B.say(f"sustained create rate over HTTP: {workers} workers for {duration:g} s")
-        made: list[str] = []
-        rate, done, failed, lat = _sustained(srv, workers, duration, made)
-        B.wait_sessions_gone(set(made), 120)
-        with tempfile.TemporaryDirectory(prefix="agbox-bench-home-") as home:
-            argv = B.bwrap_typical(home)
-            base_rate, _, _ = B.rate_for(lambda: B._run_ok(argv), workers, min(duration, 10.0))
-        note = f"{done} creates in {duration:g} s by {workers} client threads (create, then async release)"
-        if failed:
-            note += f"; {failed} failed"
-        if lat:
-            note += f"; create latency under load p50 {B.percentile(lat, 50) * 1000:.0f} ms"
-        rows.append(B.row(FAMILY, f"sustained creates/s for {duration:g} s over HTTP", key="create.sustained",
-                          unit="creates/s", value=rate, baseline=f"bare bwrap /bin/true launches/s ({workers} threads)",
-                          baseline_value=base_rate, note=note, higher_is_better=True))
+        B.say(f"sequential creates, our SDK embedded (n={n})")
+        from agbox import AGB
+
+        with B.temp_root("agbox-bench-create-") as root:
+            agb = AGB(data_dir=root / "data")
+            try:
+                embedded = B.paired(lambda: _sdk_create(agb), bwrap, n, warmup)
+            finally:
+                agb.close()
+        rows.append(vs_bwrap("create, our SDK embedded (AGB(data_dir=...))", embedded, "create.sdk_embedded"))
+
+        with B.server("agbox-bench-create-http-") as srv:
+            B.say(f"sequential creates, our SDK over HTTP (n={n})")
+            agb = srv.sdk()
+            try:
+                http = B.paired(lambda: _sdk_create(agb), bwrap, n, warmup)
+            finally:
+                agb.close()
+            rows.append(vs_bwrap("create, our SDK over HTTP (agbox serve)", http, "create.sdk_http"))
+
+            conc = opts.concurrency
+            B.say(f"{conc} concurrent creates over HTTP x {rounds}")
+            bwrap_burst, bwrap_walls = _bwrap_burst(conc, rounds)
+            burst, walls = _burst(srv, conc, rounds)
+            rows.append(B.row(FAMILY, f"create, {conc} concurrent over HTTP (latency of each)", burst,
+                              key="create.concurrent", baseline=f"{conc} concurrent bare bwrap /bin/true",
+                              baseline_s=bwrap_burst,
+                              note=f"{rounds} round(s); batch of {conc} done in p50 {B.percentile(walls, 50):.2f} s"))
+            rows.append(B.row(FAMILY, f"burst: {conc} concurrent creates, creates/s", key="create.burst_rate",
+                              unit="creates/s", value=conc / B.percentile(walls, 50),
+                              baseline=f"{conc} concurrent bare bwrap, launches/s",
+                              baseline_value=conc / B.percentile(bwrap_walls, 50), higher_is_better=True))
+
+            workers = opts.workers
+            B.say(f"sustained create rate over HTTP: {workers} workers for {duration:g} s")
+            made: list[str] = []
+            cpu0 = _server_cpu_s(srv.pid)
+            rate, done, failed, lat = _sustained(srv, workers, duration, made)
+            server_cpu = _server_cpu_s(srv.pid) - cpu0
+            B.wait_sessions_gone(set(made), 120)
+            with tempfile.TemporaryDirectory(prefix="agbox-bench-home-") as home:
+                argv = B.bwrap_typical(home)
+                base_rate, _, _ = B.rate_for(lambda: B._run_ok(argv), workers, min(duration, 10.0))
+            note = f"{done} creates in {duration:g} s by {workers} client threads (create, then release)"
+            if failed:
+                note += f"; {failed} failed"
+            if lat:
+                note += f"; create latency under load p50 {B.percentile(lat, 50) * 1000:.0f} ms"
+            if done:
+                note += f"; server process CPU {server_cpu / len(made) * 1000:.1f} ms per create"
+            rows.append(B.row(FAMILY, f"sustained creates/s for {duration:g} s over HTTP", key="create.sustained",
+                              unit="creates/s", value=rate,
+                              baseline=f"bare bwrap /bin/true launches/s ({workers} threads)",
+                              baseline_value=base_rate, note=note, higher_is_better=True))
     return rows

@@ -22,7 +22,7 @@ from typing import Any
 
 import benchlib as B
 
-FAMILY = "peer (docker)"
+FAMILY = "peer_docker"
 CANDIDATES = ("debian:bookworm-slim", "debian:bookworm", "debian", "ubuntu", "busybox", "alpine")
 
 

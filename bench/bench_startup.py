@@ -13,19 +13,20 @@ Baseline: the typical bare ``bwrap ... /bin/true`` (and ``subprocess.run(["true"
 from __future__ import annotations
 
 import compileall
+import contextlib
 import os
 import random
 import secrets
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import benchlib as B
 
-FAMILY = "startup breakdown"
+FAMILY = "startup_breakdown"
 AGENT_MOUNT = "/opt/agbox/agent"
 UNPRIV_UID = 200_000 + random.randrange(1_000_000)
 SANDBOX_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/home/user", "LANG": "C.UTF-8",
@@ -49,22 +50,22 @@ def _sandboxed(home: str, command: list[str], agent_dir: Path | None = None, unp
     return argv + command
 
 
-def _time_ready(argv: list[str], n: int, unpriv: bool) -> list[float]:
+def _ready(argv: list[str], unpriv: bool) -> Callable[[], float]:
     """Start ``argv`` and time until its first output line; ending it afterwards is not timed."""
-    out = []
-    for i in range(n + 2):
+
+    def once() -> float:
         start = time.perf_counter()
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 env=SANDBOX_ENV, preexec_fn=_drop() if unpriv else None)
-        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout is not None
         line = proc.stdout.readline()
         elapsed = time.perf_counter() - start
         _, err = proc.communicate(b"", timeout=30)  # closing stdin ends the agent and the stand-in
         if not line:
             raise RuntimeError(f"no ready line from {argv[-1]}: {err.decode(errors='replace')[-300:]}")
-        if i >= 2:
-            out.append(elapsed)
-    return out
+        return elapsed
+
+    return once
 
 
 def _agent_copy(target: Path, compiled: bool) -> Path:
@@ -78,41 +79,39 @@ def _agent_copy(target: Path, compiled: bool) -> Path:
     return target
 
 
-def _cgroup_cycle(n: int) -> list[float]:
+@contextlib.contextmanager
+def _cgroup_cycle() -> Iterator[Callable[[], float]]:
     from agbox.runtime.cgroups import CgroupManager
 
     manager = CgroupManager(f"agbox-bench-{secrets.token_hex(4)}")
     manager.prepare()
-    out = []
+
+    def once() -> float:
+        start = time.perf_counter()
+        group = manager.create(f"session-{secrets.token_hex(10)}", 1 << 30, 1.0, 512)
+        manager.remove(group)
+        return time.perf_counter() - start
+
     try:
-        for i in range(n + 2):
-            start = time.perf_counter()
-            group = manager.create(f"session-{secrets.token_hex(10)}", 1 << 30, 1.0, 512)
-            manager.remove(group)
-            if i >= 2:
-                out.append(time.perf_counter() - start)
+        yield once
     finally:
         for parent in manager.parents.values():
-            try:
+            with contextlib.suppress(OSError):
                 os.rmdir(parent)
-            except OSError:
-                pass
-    return out
 
 
-def _tmpfs_cycle(root: Path, n: int) -> list[float]:
+def _tmpfs_cycle(target: Path) -> Callable[[], float]:
     from agbox.runtime import sysutil
 
-    target = root / "mnt"
     target.mkdir()
-    out = []
-    for i in range(n + 2):
+
+    def once() -> float:
         start = time.perf_counter()
         sysutil.mount_tmpfs(str(target), 2 << 30, UNPRIV_UID, UNPRIV_UID)
         sysutil.umount(str(target))
-        if i >= 2:
-            out.append(time.perf_counter() - start)
-    return out
+        return time.perf_counter() - start
+
+    return once
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
@@ -128,37 +127,42 @@ def run(quick: bool) -> list[dict[str, Any]]:
 
         B.say(f"baselines (n={n})")
         sub = B.measure_subprocess_true(n)
-        bwrap = B.measure_bwrap_true(n, str(home))
+        bwrap_argv = B.bwrap_typical(str(home))
+        bwrap, bwrap_base = B.paired(B.timed(lambda: B._run_ok(bwrap_argv)), B.subprocess_true, n)
+        root_name = B.BWRAP_NAME + " (root)"
         rows.append(B.row(FAMILY, B.SUBPROCESS_NAME, sub, key="startup.subprocess"))
-        rows.append(B.row(FAMILY, B.BWRAP_NAME + " (root)", bwrap, key="startup.bwrap", baseline=B.SUBPROCESS_NAME,
-                          baseline_s=sub))
+        rows.append(B.row(FAMILY, root_name, bwrap, key="startup.bwrap",
+                          baseline=B.SUBPROCESS_NAME + " (interleaved)", baseline_s=bwrap_base))
 
-        def add(name: str, key: str, samples_s: list[float], note: str = "") -> None:
-            rows.append(B.row(FAMILY, name, samples_s, key=key, baseline=B.BWRAP_NAME + " (root)", baseline_s=bwrap,
+        def add(name: str, key: str, fn: Callable[[], float], note: str = "") -> None:
+            """Time ``fn`` (returns its own elapsed seconds) interleaved with the bare root bwrap."""
+            measured, base = B.paired(fn, lambda: B._run_ok(bwrap_argv), n)
+            rows.append(B.row(FAMILY, name, measured, key=key, baseline=root_name + " (interleaved)", baseline_s=base,
                               note=note))
 
         B.say("bwrap as an unprivileged uid, python start-up")
         unpriv_argv = _sandboxed(str(home), ["/bin/true"], unpriv=True)
         add("bare bwrap ... /bin/true as an unprivileged uid (as agbox runs it)", "startup.bwrap_unpriv",
-            B.time_calls(lambda: B._run_ok(unpriv_argv, preexec_fn=_drop()), n))
+            B.timed(lambda: B._run_ok(unpriv_argv, preexec_fn=_drop())))
         add("/usr/bin/python3 -I -S -c pass (no sandbox)", "startup.python",
-            B.time_calls(lambda: B._run_ok(["/usr/bin/python3", "-I", "-S", "-c", "pass"]), n))
+            B.timed(lambda: B._run_ok(["/usr/bin/python3", "-I", "-S", "-c", "pass"])))
         py_argv = _sandboxed(str(home), ["/usr/bin/python3", "-I", "-S", "-c", "pass"])
-        add("bwrap + python3 -I -S -c pass", "startup.python_bwrap", B.time_calls(lambda: B._run_ok(py_argv), n))
+        add("bwrap + python3 -I -S -c pass", "startup.python_bwrap", B.timed(lambda: B._run_ok(py_argv)))
 
         B.say("bwrap + agent until its ready line (source only, and precompiled)")
         agent_cmd = ["/usr/bin/python3", "-I", "-S", f"{AGENT_MOUNT}/main.py"]
         add("bwrap (unprivileged) + agbox agent until ready line, no .pyc (as agbox binds it)", "startup.agent",
-            _time_ready(_sandboxed(str(home), agent_cmd, plain_agent, unpriv=True), n, True),
+            _ready(_sandboxed(str(home), agent_cmd, plain_agent, unpriv=True), True),
             note="the local runtime copies the agent without __pycache__ into a read-only bind, so it compiles "
                  "its modules at every start")
         add("bwrap (unprivileged) + agbox agent until ready line, precompiled .pyc", "startup.agent_pyc",
-            _time_ready(_sandboxed(str(home), agent_cmd, compiled_agent, unpriv=True), n, True))
+            _ready(_sandboxed(str(home), agent_cmd, compiled_agent, unpriv=True), True))
         add("bwrap (unprivileged) + /bin/sh stand-in agent until ready line", "startup.sh_agent",
-            _time_ready(_sandboxed(str(home), ["/bin/sh", "-c", "echo ready; read line"], unpriv=True), n, True),
+            _ready(_sandboxed(str(home), ["/bin/sh", "-c", "echo ready; read line"], unpriv=True), True),
             note="what a lighter (shell or compiled) agent would cost to become ready")
 
         B.say("tmpfs root and cgroups")
-        add("tmpfs mount + unmount (the sandbox root)", "startup.tmpfs", _tmpfs_cycle(root, n))
-        add("cgroup set create (limits written) + remove, agbox CgroupManager", "startup.cgroup", _cgroup_cycle(n))
+        add("tmpfs mount + unmount (the sandbox root)", "startup.tmpfs", _tmpfs_cycle(root / "mnt"))
+        with _cgroup_cycle() as cycle:
+            add("cgroup set create (limits written) + remove, agbox CgroupManager", "startup.cgroup", cycle)
     return rows

@@ -4,9 +4,10 @@
 - the LinkUrl route, ``POST {linkUrl}/callTool`` with ``X-Access-Token``, raw httpx, keep-alive;
 - our SDK over HTTP (``session.command.execute``: it takes the LinkUrl route);
 - the official SDK over HTTP (``session.command.execute``: LinkUrl route, a new HTTP client per call);
-- the session's own MCP endpoint (``mcpUrl``, streamable HTTP JSON-RPC ``tools/call``), when this build serves it;
 - embedded, our SDK (no HTTP at all);
 - the agent channel alone (``LocalRuntime.call``), to split the agent from the layers above it.
+
+The session's own MCP endpoint (``mcpUrl``) is timed by ``bench_mcp.py`` (same family).
 
 Baselines in the same run: ``subprocess.run(["true"])`` and ``subprocess.run(["bash", "-c", "true"])``
 (the shell tool runs its command through bash).
@@ -20,7 +21,7 @@ from typing import Any
 import benchlib as B
 import httpx
 
-FAMILY = "tool round trip"
+FAMILY = "tool_round_trip"  # shared with bench_mcp.py (the session MCP endpoint)
 ARGS = {"command": "true", "timeout_ms": 5000}
 
 
@@ -36,56 +37,6 @@ def _check_link(response: httpx.Response) -> None:
         raise RuntimeError(f"shell via LinkUrl failed: HTTP {response.status_code} {str(body)[:300]}")
 
 
-class McpEndpoint:
-    """A minimal streamable-HTTP MCP client (JSON-RPC over POST; JSON or SSE answers)."""
-
-    def __init__(self, url: str, token: str) -> None:
-        self.url = url
-        self.client = httpx.Client(timeout=30, headers={
-            "authorization": f"Bearer {token}", "accept": "application/json, text/event-stream"})
-        self.next_id = 1
-        self.session_header: dict[str, str] = {}
-        answer = self.request("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
-                                             "clientInfo": {"name": "agbox-bench", "version": "1"}})
-        if "result" not in answer:
-            raise RuntimeError(f"initialize failed: {str(answer)[:200]}")
-        self.notify("notifications/initialized")
-
-    def _post(self, payload: dict[str, Any]) -> httpx.Response:
-        response = self.client.post(self.url, json=payload, headers=self.session_header)
-        if response.status_code == 404:
-            raise RuntimeError("not available on this build: the session MCP endpoint answers HTTP 404")
-        if response.status_code >= 400:
-            raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
-        if "mcp-session-id" in response.headers:
-            self.session_header = {"mcp-session-id": response.headers["mcp-session-id"]}
-        return response
-
-    def notify(self, method: str) -> None:
-        self._post({"jsonrpc": "2.0", "method": method})
-
-    def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        rid = self.next_id
-        self.next_id += 1
-        response = self._post({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
-        if response.headers.get("content-type", "").startswith("text/event-stream"):
-            for line in response.text.splitlines():
-                if line.startswith("data:"):
-                    message = json.loads(line[5:])
-                    if message.get("id") == rid:
-                        return dict(message)
-            raise RuntimeError("no answer in the event stream")
-        return dict(response.json())
-
-    def shell(self) -> None:
-        answer = self.request("tools/call", {"name": "shell", "arguments": ARGS})
-        if (answer.get("result") or {}).get("isError") or "result" not in answer:
-            raise RuntimeError(f"tools/call failed: {str(answer)[:200]}")
-
-    def close(self) -> None:
-        self.client.close()
-
-
 def run(quick: bool) -> list[dict[str, Any]]:
     from agbox import AGB, CreateSessionParams
 
@@ -93,13 +44,16 @@ def run(quick: bool) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     B.say(f"baselines: subprocess true and bash -c true (n={n})")
     sub = B.measure_subprocess_true(n)
-    bash = B.time_calls(lambda: B._run_ok(["bash", "-c", "true"]), n)
+    bash, bash_base = B.paired(B.timed(lambda: B._run_ok(["bash", "-c", "true"])), B.subprocess_true, n)
     rows.append(B.row(FAMILY, B.SUBPROCESS_NAME, sub, key="tool.subprocess"))
     rows.append(B.row(FAMILY, 'subprocess.run(["bash", "-c", "true"])', bash, key="tool.bash_baseline",
-                      baseline=B.SUBPROCESS_NAME, baseline_s=sub))
+                      baseline=B.SUBPROCESS_NAME + " (interleaved)", baseline_s=bash_base))
 
-    def add(name: str, key: str, samples_s: list[float], note: str = "") -> None:
-        rows.append(B.row(FAMILY, name, samples_s, key=key, baseline=B.SUBPROCESS_NAME, baseline_s=sub, note=note))
+    def add(name: str, key: str, fn: Any, note: str = "", count: int = n) -> None:
+        """Time ``fn`` interleaved with subprocess.run(["true"]), so both see the same load."""
+        measured, base = B.paired(B.timed(fn), B.subprocess_true, count)
+        rows.append(B.row(FAMILY, name, measured, key=key, baseline=B.SUBPROCESS_NAME + " (interleaved)",
+                          baseline_s=base, note=note))
 
     with B.server("agbox-bench-tool-") as srv:
         ours = srv.sdk()
@@ -115,15 +69,14 @@ def run(quick: bool) -> list[dict[str, Any]]:
             B.say(f"POST /mcp, raw httpx (n={n})")
             mcp_body = {"sessionId": sid, "name": "shell", "args": json.dumps(ARGS)}
             add("shell true via POST /mcp (HTTP, raw httpx, keep-alive)", "tool.mcp_http",
-                B.time_calls(lambda: _check_mcp(http.post(f"{srv.endpoint}/mcp", json=mcp_body).json()), n))
+                lambda: _check_mcp(http.post(f"{srv.endpoint}/mcp", json=mcp_body).json()))
 
             B.say(f"LinkUrl route, raw httpx (n={n})")
             link_body = {"args": ARGS, "server": "wuying_shell", "tool": "shell", "token": session.token,
                          "requestId": "bench"}
             link_headers = {"X-Access-Token": session.token}
             add("shell true via LinkUrl POST {linkUrl}/callTool (HTTP, raw httpx)", "tool.link_http",
-                B.time_calls(lambda: _check_link(link.post(f"{session.link_url}/callTool", json=link_body,
-                                                           headers=link_headers)), n))
+                lambda: _check_link(link.post(f"{session.link_url}/callTool", json=link_body, headers=link_headers)))
 
             B.say(f"our SDK over HTTP (n={n})")
 
@@ -133,7 +86,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
                     raise RuntimeError(result.error_message)
 
             add("shell true via our SDK over HTTP (command.execute, LinkUrl route)", "tool.sdk_http",
-                B.time_calls(sdk_call, n))
+                sdk_call)
 
             B.say(f"official SDK over HTTP (n={max(n // 5, 10)})")
             import bench_tti
@@ -150,20 +103,9 @@ def run(quick: bool) -> list[dict[str, Any]]:
                     raise RuntimeError(result.error_message)
 
             add("shell true via official SDK over HTTP (command.execute, LinkUrl route)", "tool.official_http",
-                B.time_calls(official_call, max(n // 5, 10)),
+                official_call, count=max(n // 5, 10),
                 note="the official SDK opens a new httpx.Client (and TLS context) for every LinkUrl call")
 
-            B.say("session MCP endpoint")
-            try:
-                endpoint = McpEndpoint(session.mcp_url or f"{srv.endpoint}/sessions/{sid}/mcp", session.token)
-                try:
-                    add("shell true via the session MCP endpoint (streamable HTTP tools/call)", "tool.mcp_endpoint",
-                        B.time_calls(endpoint.shell, n))
-                finally:
-                    endpoint.close()
-            except Exception as exc:
-                rows.append(B.row(FAMILY, "shell true via the session MCP endpoint", key="tool.mcp_endpoint",
-                                  note=f"not measured: {exc}"))
             session.delete()
         finally:
             link.close()
@@ -181,7 +123,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
                 if not result.success:
                     raise RuntimeError(result.error_message)
 
-            add("shell true via our SDK embedded (no HTTP)", "tool.embedded", B.time_calls(embedded_call, n))
+            add("shell true via our SDK embedded (no HTTP)", "tool.embedded", embedded_call)
             embedded = agb._backend.platform  # the EmbeddedPlatform: reach below the wire on purpose
             platform = embedded.platform
             handle = platform.sessions.handles[session.session_id]
@@ -194,7 +136,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
                     raise RuntimeError(str(result))
 
             add("shell true via the agent channel only (LocalRuntime.call, embedded)", "tool.agent",
-                B.time_calls(agent_call, n), note="no wire, no service, no tool layer: pipe to the agent and back")
+                agent_call, note="no wire, no service, no tool layer: pipe to the agent and back")
             session.delete()
         finally:
             agb.close()

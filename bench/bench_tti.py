@@ -13,7 +13,7 @@ from typing import Any
 
 import benchlib as B
 
-FAMILY = "time to interactive"
+FAMILY = "time_to_interactive"
 
 
 def quiet_official_sdk() -> None:
@@ -23,9 +23,10 @@ def quiet_official_sdk() -> None:
     AGBLogger.set_level(os.environ.get("AGB_LOG_LEVEL", "ERROR"))
 
 
-def _tti(create: Any, execute: Any, delete: Any, n: int, warmup: int) -> tuple[list[float], list[float], list[float]]:
-    """(create→first result, create part, first-command part) latencies."""
-    total, creates, firsts = [], [], []
+def _tti(create: Any, execute: Any, delete: Any, n: int, warmup: int,
+         bwrap: Any) -> tuple[list[float], list[float], list[float], list[float]]:
+    """(create→first result, create part, first-command part, interleaved bare bwrap) latencies."""
+    total, creates, firsts, base = [], [], [], []
     for i in range(warmup + n):
         start = time.perf_counter()
         session = create()
@@ -35,11 +36,13 @@ def _tti(create: Any, execute: Any, delete: Any, n: int, warmup: int) -> tuple[l
         delete(session)
         if not result.success:
             raise RuntimeError(f"first command failed: {result.error_message or result}")
+        base_elapsed = B.timed(bwrap)()
         if i >= warmup:
             total.append(done - start)
             creates.append(created - start)
             firsts.append(done - created)
-    return total, creates, firsts
+            base.append(base_elapsed)
+    return total, creates, firsts, base
 
 
 def _created(result: Any) -> Any:
@@ -60,15 +63,14 @@ def run(quick: bool) -> list[dict[str, Any]]:
     warmup = 2
     rows: list[dict[str, Any]] = []
     B.say("baseline: bare bwrap")
-    bwrap = B.measure_bwrap_true(max(n, 30))
-    rows.append(B.row(FAMILY, B.BWRAP_NAME, bwrap, key="tti.bwrap"))
+    rows.append(B.row(FAMILY, B.BWRAP_NAME, B.measure_bwrap_true(max(n, 30)), key="tti.bwrap"))
 
-    def add(name: str, key: str, measured: tuple[list[float], list[float], list[float]]) -> None:
-        total, creates, firsts = measured
-        rows.append(B.row(FAMILY, name, total, key=key, baseline=B.BWRAP_NAME, baseline_s=bwrap,
+    def add(name: str, key: str, measured: tuple[list[float], list[float], list[float], list[float]]) -> None:
+        total, creates, firsts, base = measured
+        rows.append(B.row(FAMILY, name, total, key=key, baseline=B.BWRAP_NAME + " (interleaved)", baseline_s=base,
                           note=_note(creates, firsts)))
 
-    with B.server("agbox-bench-tti-") as srv:
+    with B.bwrap_true() as bwrap, B.server("agbox-bench-tti-") as srv:
         B.say(f"official SDK over HTTP (n={n})")
         quiet_official_sdk()
         from agb.session_params import CreateSessionParams as OfficialParams
@@ -76,23 +78,23 @@ def run(quick: bool) -> list[dict[str, Any]]:
         official = srv.official()
         add("create -> first shell result, official SDK over HTTP", "tti.official_http",
             _tti(lambda: _created(official.create(OfficialParams(image_id=B.IMAGE))),
-                 lambda s: s.command.execute("true"), official.delete, n, warmup))
+                 lambda s: s.command.execute("true"), official.delete, n, warmup, bwrap))
         B.say(f"our SDK over HTTP (n={n})")
         ours = srv.sdk()
         try:
             add("create -> first shell result, our SDK over HTTP", "tti.sdk_http",
                 _tti(lambda: _created(ours.create(CreateSessionParams(image_id=B.IMAGE))),
-                     lambda s: s.command.execute("true"), lambda s: s.delete(), n, warmup))
+                     lambda s: s.command.execute("true"), lambda s: s.delete(), n, warmup, bwrap))
         finally:
             ours.close()
 
     B.say(f"our SDK embedded (n={n})")
-    with B.temp_root("agbox-bench-tti-emb-") as root:
+    with B.bwrap_true() as bwrap, B.temp_root("agbox-bench-tti-emb-") as root:
         agb = AGB(data_dir=root / "data")
         try:
             add("create -> first shell result, our SDK embedded", "tti.embedded",
                 _tti(lambda: _created(agb.create(CreateSessionParams(image_id=B.IMAGE))),
-                     lambda s: s.command.execute("true"), lambda s: s.delete(), n, warmup))
+                     lambda s: s.command.execute("true"), lambda s: s.delete(), n, warmup, bwrap))
         finally:
             agb.close()
     return rows

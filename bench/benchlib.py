@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
 import re
 import shutil
@@ -120,6 +121,34 @@ def time_calls(fn: Callable[[], Any], n: int, warmup: int = 3) -> list[float]:
     return out
 
 
+def paired(measure: Callable[[], float], baseline: Callable[[], Any], n: int, warmup: int = 3,
+           settle_s: float = 0.003) -> tuple[list[float], list[float]]:
+    """Alternate ``measure`` (returns its own elapsed seconds, so it may leave teardown out) with a timed
+    ``baseline`` call, so both see the same machine load: (samples, baseline samples). A short pause
+    after ``measure`` lets its asynchronous tail (agent reaping, server bookkeeping) finish, so that the
+    baseline does not absorb it."""
+    out: list[float] = []
+    base: list[float] = []
+    for i in range(warmup + n):
+        elapsed = measure()
+        time.sleep(settle_s)
+        start = time.perf_counter()
+        baseline()
+        base_elapsed = time.perf_counter() - start
+        if i >= warmup:
+            out.append(elapsed)
+            base.append(base_elapsed)
+    return out, base
+
+
+def timed(fn: Callable[[], Any]) -> Callable[[], float]:
+    def run() -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+    return run
+
+
 # ---- baselines ----------------------------------------------------------------------------------
 
 
@@ -144,6 +173,18 @@ def _run_ok(argv: Sequence[str], **kwargs: Any) -> None:
 
 def measure_subprocess_true(n: int) -> list[float]:
     return time_calls(lambda: _run_ok(["true"]), n)
+
+
+@contextlib.contextmanager
+def bwrap_true() -> Iterator[Callable[[], None]]:
+    """A callable that runs the typical bare ``bwrap ... /bin/true`` once."""
+    with tempfile.TemporaryDirectory(prefix="agbox-bench-home-") as home:
+        argv = bwrap_typical(home)
+        yield lambda: _run_ok(argv)
+
+
+def subprocess_true() -> None:
+    _run_ok(["true"])
 
 
 def measure_bwrap_true(n: int, home: str | None = None) -> list[float]:
@@ -193,7 +234,24 @@ def temp_root(prefix: str) -> Iterator[Path]:
         yield path
     finally:
         unmount_below(path)
+        for child in path.iterdir():
+            remove_run_dir(child)
         shutil.rmtree(path, ignore_errors=True)
+
+
+RUN_ROOT = Path("/run/agbox")
+
+
+def remove_run_dir(data_dir: Path) -> None:
+    """The local runtime keeps sandbox roots and a base copy of /etc in /run/agbox/<tag of the data dir>
+    and leaves them there when it closes; remove ours."""
+    resolved = str(data_dir.resolve())
+    run_dir = RUN_ROOT / hashlib.sha256(resolved.encode()).hexdigest()[:10]
+    with contextlib.suppress(OSError):
+        if (run_dir / "data_dir").read_text().strip() != resolved:
+            return
+        unmount_below(run_dir)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def unmount_below(path: Path) -> int:
@@ -208,6 +266,20 @@ def unmount_below(path: Path) -> int:
     for target in sorted(targets, key=len, reverse=True):
         subprocess.run(["umount", "-l", target], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return len(targets)
+
+
+def sweep_run_dirs(prefix: str = "/tmp/agbox-bench-") -> int:
+    """Remove /run/agbox trees left by benchmark data dirs that no longer exist (any family's); returns how many."""
+    removed = 0
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(RUN_ROOT):
+            with contextlib.suppress(OSError):
+                data_dir = Path(entry.path, "data_dir").read_text().strip()
+                if data_dir.startswith(prefix) and not os.path.exists(data_dir):
+                    unmount_below(Path(entry.path))
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                    removed += 1
+    return removed
 
 
 def free_port() -> int:

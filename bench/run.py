@@ -37,7 +37,7 @@ if str(BENCH_DIR) not in sys.path:
 import benchlib as B  # noqa: E402
 
 # Families run in this order; any other bench_*.py follows alphabetically.
-ORDER = ["create", "tti", "tool", "links", "files", "startup", "density", "peer"]
+ORDER = ["create", "tti", "tool", "mcp", "links", "files", "startup", "density", "peer"]
 
 # (label, row key, field, comparison, threshold, unit). "field" may be p50_ms, value or delta_ms.
 TARGETS: list[tuple[str, str, str, str, float, str]] = [
@@ -48,6 +48,8 @@ TARGETS: list[tuple[str, str, str, str, float, str]] = [
     ("shell round trip <= 2 ms above subprocess (embedded)", "tool.embedded", "delta_ms", "<=", 2, "ms"),
     ("shell round trip <= 2 ms above subprocess (POST /mcp)", "tool.mcp_http", "delta_ms", "<=", 2, "ms"),
     ("shell round trip <= 2 ms above subprocess (LinkUrl)", "tool.link_http", "delta_ms", "<=", 2, "ms"),
+    ("shell round trip <= 2 ms above subprocess (session MCP endpoint)", "mcp_endpoint_shell_true", "delta_ms", "<=", 2,
+     "ms"),
     (">= 100 creates/s sustained", "create.sustained", "value", ">=", 100, "creates/s"),
     (">= 1000 idle sessions alive (shell p50 <= 100 ms)", "density.max_sessions", "value", ">=", 1000, "sessions"),
     ("<= 10 MiB per idle session (PSS)", "density.pss", "value", "<=", 10, "MiB"),
@@ -494,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {family} ({'quick' if args.quick else 'full'})", flush=True)
         family_rows, reason, elapsed = run_family(path, args.quick)
         durations[family] = elapsed
+        B.sweep_run_dirs()
         if reason is not None:
             print(f"!! skipping {family}: {reason}", flush=True)
             skipped[family] = reason
