@@ -34,8 +34,20 @@ async def _platform_direct(data_dir: Path, n: int, warmup: int, bwrap: Any) -> d
     platform = Platform(Settings.from_env(environ={}, data_dir=data_dir))
     await platform.start()
     out: dict[str, list[float]] = {k: [] for k in ("service", "service_base", "runtime", "runtime_base",
-                                                   "sandbox_cpu", "control_cpu")}
+                                                   "sandbox_cpu", "control_cpu", "spawn")}
     runtime = platform.runtime
+    spawn = runtime._spawn  # type: ignore[attr-defined]
+
+    def timed_spawn(*args: Any) -> Any:
+        # Runs on the runtime's single spawner thread: fork/exec bwrap, wait for its info fd.
+        start = time.perf_counter()
+        try:
+            return spawn(*args)
+        finally:
+            spawns.append(time.perf_counter() - start)
+
+    spawns: list[float] = []
+    runtime._spawn = timed_spawn  # type: ignore[attr-defined]  # instrument this instance only
     try:
         record, _ = platform.keys.create("bench")
         for i in range(warmup + n):
@@ -50,6 +62,7 @@ async def _platform_direct(data_dir: Path, n: int, warmup: int, bwrap: Any) -> d
             await platform.sessions.release(record.id, session.id)
             base = B.timed(bwrap)()
             if i >= warmup:
+                out["spawn"].append(spawns[-1])
                 out["service"].append(elapsed)
                 out["service_base"].append(base)
                 out["control_cpu"].append(control_cpu)
@@ -207,6 +220,12 @@ def run(quick: bool) -> list[dict[str, Any]]:
                           key="create.sandbox_cpu", unit="CPU ms", value=sandbox_cpu))
         rows.append(B.row(FAMILY, "CPU per create in the control plane (process_time of the platform process)",
                           key="create.control_cpu", unit="CPU ms", value=control_cpu))
+        spawn_ms = B.percentile(direct["spawn"], 50) * 1000
+        rows.append(B.row(FAMILY, "spawner thread time per create (fork+exec bwrap, wait for its set-up)",
+                          direct["spawn"], key="create.spawn", baseline=interleaved,
+                          baseline_s=direct["service_base"],
+                          note=f"the local runtime spawns from ONE thread, so creates cannot exceed "
+                               f"{1000 / spawn_ms:.0f}/s however many run at once"))
         rows.append(B.row(FAMILY, f"CPU-bound ceiling on {cores} cores: {cores} s / CPU per create",
                           key="create.cpu_ceiling", unit="creates/s", value=cores * 1000 / (sandbox_cpu + control_cpu),
                           note="what the sustained rate could reach with every core doing nothing but creates",

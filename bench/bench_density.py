@@ -124,6 +124,9 @@ def run(quick: bool) -> list[dict[str, Any]]:
     last_creates: list[float] = []
     release_s = 0.0
     leftovers = -1
+    live_left: list[int] = []
+    zombies_left: list[int] = []
+    zombie_text = live_text = ""
     env = {"AGBOX_MAX_SESSIONS": str(cap + 100), "AGBOX_MAX_LIFETIME": "86400",
            "AGBOX_DEFAULT_IDLE_TIMEOUT": "86400"}
     with B.server("agbox-bench-density-", env) as srv:
@@ -195,17 +198,26 @@ def run(quick: bool) -> list[dict[str, Any]]:
 
             with ThreadPoolExecutor(8) as pool:
                 list(pool.map(release, ids))
-            B.wait_sessions_gone(set(ids), 300)
+            live_left, zombies_left = B.wait_sessions_gone(set(ids), 300)
+            zombie_text, live_text = B.describe(zombies_left), B.describe(live_left)
             release_s = time.monotonic() - start
             http.close()
             for agb in clients:
                 agb.close()
-    leftovers = sum(len(p) for p in B.session_pids(set(ids)).values())
+    live_after, zombies_after = B.live_session_pids(set(ids))
+    leftovers = len(live_after)
 
     last = series[-1] if series else {}
     passing = [p for p in series if p["sessions"] <= best] or series
     at_best = passing[-1] if passing else {}
-    cleanup = f"released {len(ids)} sessions in {release_s:.1f} s; {leftovers} sandbox processes left afterwards"
+    cleanup = f"released {len(ids)} sessions in {release_s:.1f} s; {leftovers} live sandbox processes left"
+    if zombies_left:
+        cleanup += (f"; while the server ran, {len(zombies_left)} zombie(s) of released sessions stayed unreaped: "
+                    f"{zombie_text}")
+    if live_left:
+        cleanup += f"; {len(live_left)} live process(es) outlived the release: {live_text}"
+    if zombies_after:
+        cleanup += f"; {len(zombies_after)} zombie(s) after the server stopped"
     if at_best:
         server_growth_kib = (at_best["server_pss_mib"] * MIB_KIB - server_pss0) / max(at_best["sessions"], 1)
         rows.append(B.row(FAMILY, f"PSS per idle session at {at_best['sessions']} sessions (kernel smaps_rollup)",

@@ -401,14 +401,56 @@ def session_pids(session_ids: set[str] | None = None) -> dict[str, list[int]]:
     return found
 
 
-def wait_sessions_gone(session_ids: set[str], timeout_s: float) -> bool:
-    """Poll the kernel until no process of these sessions is left (bounded)."""
+def proc_state(pid: int) -> tuple[str, int, str]:
+    """(state letter, parent pid, command name) of a process, ("?", 0, "?") if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "?", 0, "?"
+    comm = stat[stat.find("(") + 1:stat.rfind(")")]
+    fields = stat[stat.rfind(")") + 2:].split()
+    return fields[0], int(fields[1]), comm
+
+
+def live_session_pids(session_ids: set[str]) -> tuple[list[int], list[int]]:
+    """(live, zombie) processes of these sessions."""
+    live, zombies = [], []
+    for pids in session_pids(session_ids).values():
+        for pid in pids:
+            state = proc_state(pid)[0]
+            if state == "Z":
+                zombies.append(pid)
+            elif state != "?":
+                live.append(pid)
+    return live, zombies
+
+
+def describe(pids: list[int]) -> str:
+    out = []
+    for pid in pids[:5]:
+        state, ppid, comm = proc_state(pid)
+        parent = proc_state(ppid)[2] if ppid else "?"
+        out.append(f"{comm}[{pid}] state {state}, parent {parent}[{ppid}]")
+    return "; ".join(out) + (f" (+{len(pids) - 5} more)" if len(pids) > 5 else "")
+
+
+def wait_sessions_gone(session_ids: set[str], timeout_s: float) -> tuple[list[int], list[int]]:
+    """Poll the kernel until no live process of these sessions is left and no zombie either (bounded);
+    zombies left alone for 3 s are reported rather than waited for. Returns (live, zombie) leftovers."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not session_pids(session_ids):
-            return True
+    zombie_since: float | None = None
+    while True:
+        live, zombies = live_session_pids(session_ids)
+        now = time.monotonic()
+        if not live and not zombies:
+            return [], []
+        if not live:
+            zombie_since = zombie_since or now
+            if now - zombie_since > 3:
+                return [], zombies
+        if now > deadline:
+            return live, zombies
         time.sleep(0.2)
-    return not session_pids(session_ids)
 
 
 def pss_kib(pid: int) -> int:
