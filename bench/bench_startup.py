@@ -33,12 +33,43 @@ SANDBOX_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/home/user", "LA
                "PYTHONUNBUFFERED": "1"}
 
 
-def _drop() -> Callable[[], None]:
-    def drop() -> None:
-        os.setgroups([])
-        os.setresgid(UNPRIV_UID, UNPRIV_UID, UNPRIV_UID)
-        os.setresuid(UNPRIV_UID, UNPRIV_UID, UNPRIV_UID)
-    return drop
+class CpuMeter:
+    """A cgroup of its own (agbox's CgroupManager, all controllers) that measured processes join before
+    exec: its cpuacct usage is the CPU of everything they ran, however deep the process tree (bwrap's
+    nested children are not all reaped into getrusage's RUSAGE_CHILDREN)."""
+
+    def __init__(self) -> None:
+        from agbox.runtime.cgroups import CgroupManager
+
+        self.manager = CgroupManager(f"agbox-bench-{secrets.token_hex(4)}")
+        self.manager.prepare()
+        self.group = self.manager.create("meter", 8 << 30, float(os.cpu_count() or 1), 8192)
+
+    def usage_s(self) -> float:
+        return self.manager.cpu_usage_ns(self.group) / 1e9
+
+    def preexec(self, unpriv: bool) -> Callable[[], None]:
+        paths = self.group.procs_files()
+
+        def enter() -> None:
+            for path in paths:
+                fd = os.open(path, os.O_WRONLY)
+                os.write(fd, b"0")
+                os.close(fd)
+            if unpriv:
+                os.setgroups([])
+                os.setresgid(UNPRIV_UID, UNPRIV_UID, UNPRIV_UID)
+                os.setresuid(UNPRIV_UID, UNPRIV_UID, UNPRIV_UID)
+
+        return enter
+
+    def close(self) -> None:
+        self.manager.kill(self.group)
+        self.manager.wait_empty(self.group, 5.0, lambda: None)
+        self.manager.remove(self.group)
+        for parent in self.manager.parents.values():
+            with contextlib.suppress(OSError):
+                os.rmdir(parent)
 
 
 def _sandboxed(home: str, command: list[str], agent_dir: Path | None = None, unpriv: bool = False) -> list[str]:
@@ -50,13 +81,13 @@ def _sandboxed(home: str, command: list[str], agent_dir: Path | None = None, unp
     return argv + command
 
 
-def _ready(argv: list[str], unpriv: bool) -> Callable[[], float]:
+def _ready(argv: list[str], preexec: Callable[[], None]) -> Callable[[], float]:
     """Start ``argv`` and time until its first output line; ending it afterwards is not timed."""
 
     def once() -> float:
         start = time.perf_counter()
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=SANDBOX_ENV, preexec_fn=_drop() if unpriv else None)
+                                env=SANDBOX_ENV, preexec_fn=preexec)
         assert proc.stdout is not None
         line = proc.stdout.readline()
         elapsed = time.perf_counter() - start
@@ -126,43 +157,71 @@ def run(quick: bool) -> list[dict[str, Any]]:
         os.chmod(root, 0o755)
 
         B.say(f"baselines (n={n})")
-        sub = B.measure_subprocess_true(n)
-        bwrap_argv = B.bwrap_typical(str(home))
-        bwrap, bwrap_base = B.paired(B.timed(lambda: B._run_ok(bwrap_argv)), B.subprocess_true, n)
-        root_name = B.BWRAP_NAME + " (root)"
-        rows.append(B.row(FAMILY, B.SUBPROCESS_NAME, sub, key="startup.subprocess"))
-        rows.append(B.row(FAMILY, root_name, bwrap, key="startup.bwrap",
-                          baseline=B.SUBPROCESS_NAME + " (interleaved)", baseline_s=bwrap_base))
+        meter = CpuMeter()
+        try:
+            rows.extend(_measure_all(n, home, plain_agent, compiled_agent, root, meter))
+        finally:
+            meter.close()
+    return rows
 
-        def add(name: str, key: str, fn: Callable[[], float], note: str = "") -> None:
-            """Time ``fn`` (returns its own elapsed seconds) interleaved with the bare root bwrap."""
-            measured, base = B.paired(fn, lambda: B._run_ok(bwrap_argv), n)
-            rows.append(B.row(FAMILY, name, measured, key=key, baseline=root_name + " (interleaved)", baseline_s=base,
-                              note=note))
 
-        B.say("bwrap as an unprivileged uid, python start-up")
-        unpriv_argv = _sandboxed(str(home), ["/bin/true"], unpriv=True)
-        add("bare bwrap ... /bin/true as an unprivileged uid (as agbox runs it)", "startup.bwrap_unpriv",
-            B.timed(lambda: B._run_ok(unpriv_argv, preexec_fn=_drop())))
-        add("/usr/bin/python3 -I -S -c pass (no sandbox)", "startup.python",
-            B.timed(lambda: B._run_ok(["/usr/bin/python3", "-I", "-S", "-c", "pass"])))
-        py_argv = _sandboxed(str(home), ["/usr/bin/python3", "-I", "-S", "-c", "pass"])
-        add("bwrap + python3 -I -S -c pass", "startup.python_bwrap", B.timed(lambda: B._run_ok(py_argv)))
+def _measure_all(n: int, home: Path, plain_agent: Path, compiled_agent: Path, root: Path,
+                 meter: CpuMeter) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    sub = B.measure_subprocess_true(n)
+    bwrap_argv = B.bwrap_typical(str(home))
+    root_name = B.BWRAP_NAME + " (root)"
+    rows.append(B.row(FAMILY, B.SUBPROCESS_NAME, sub, key="startup.subprocess"))
 
-        B.say("bwrap + agent until its ready line (source only, and precompiled)")
-        agent_cmd = ["/usr/bin/python3", "-I", "-S", f"{AGENT_MOUNT}/main.py"]
-        add("bwrap (unprivileged) + agbox agent until ready line, no .pyc (as agbox binds it)", "startup.agent",
-            _ready(_sandboxed(str(home), agent_cmd, plain_agent, unpriv=True), True),
-            note="the local runtime copies the agent without __pycache__ into a read-only bind, so it compiles "
-                 "its modules at every start")
-        add("bwrap (unprivileged) + agbox agent until ready line, precompiled .pyc", "startup.agent_pyc",
-            _ready(_sandboxed(str(home), agent_cmd, compiled_agent, unpriv=True), True))
-        add("bwrap (unprivileged) + /bin/sh stand-in agent until ready line", "startup.sh_agent",
-            _ready(_sandboxed(str(home), ["/bin/sh", "-c", "echo ready; read line"], unpriv=True), True),
-            note="what a lighter (shell or compiled) agent would cost to become ready")
+    def add(name: str, key: str, fn: Callable[[], float], note: str = "", baseline: Callable[[], Any] | None = None,
+            baseline_name: str = root_name + " (interleaved)", in_process: bool = False) -> None:
+        """Time ``fn`` (returns its own elapsed seconds) interleaved with ``baseline`` (the root bare bwrap),
+        and record the CPU of each call: the meter cgroup's cpuacct for spawned processes, this thread's
+        CPU time for work done in this process."""
+        cpu: list[float] = []
 
-        B.say("tmpfs root and cgroups")
-        add("tmpfs mount + unmount (the sandbox root)", "startup.tmpfs", _tmpfs_cycle(root / "mnt"))
-        with _cgroup_cycle() as cycle:
-            add("cgroup set create (limits written) + remove, agbox CgroupManager", "startup.cgroup", cycle)
+        def with_cpu() -> float:
+            before = time.thread_time() if in_process else meter.usage_s()
+            elapsed = fn()
+            cpu.append((time.thread_time() if in_process else meter.usage_s()) - before)
+            return elapsed
+
+        measured, base = B.paired(with_cpu, baseline or (lambda: B._run_ok(bwrap_argv)), n)
+        cpu_ms = B.percentile(cpu[-n:], 50) * 1000
+        text = f"CPU p50 {cpu_ms:.1f} ms per call ({'thread time' if in_process else 'cgroup cpuacct'})"
+        rows.append(B.row(FAMILY, name, measured, key=key, baseline=baseline_name, baseline_s=base,
+                          note=f"{note}; {text}" if note else text, cpu_ms=cpu_ms))
+
+    root_pre = meter.preexec(False)
+    unpriv_pre = meter.preexec(True)
+    add(root_name, "startup.bwrap", B.timed(lambda: B._run_ok(bwrap_argv, preexec_fn=root_pre)),
+        baseline=B.subprocess_true, baseline_name=B.SUBPROCESS_NAME + " (interleaved)")
+
+    B.say("bwrap as an unprivileged uid, python start-up")
+    unpriv_argv = _sandboxed(str(home), ["/bin/true"], unpriv=True)
+    add("bare bwrap ... /bin/true as an unprivileged uid (as agbox runs it)", "startup.bwrap_unpriv",
+        B.timed(lambda: B._run_ok(unpriv_argv, preexec_fn=unpriv_pre)))
+    add("/usr/bin/python3 -I -S -c pass (no sandbox)", "startup.python",
+        B.timed(lambda: B._run_ok(["/usr/bin/python3", "-I", "-S", "-c", "pass"], preexec_fn=root_pre)))
+    py_argv = _sandboxed(str(home), ["/usr/bin/python3", "-I", "-S", "-c", "pass"])
+    add("bwrap + python3 -I -S -c pass", "startup.python_bwrap",
+        B.timed(lambda: B._run_ok(py_argv, preexec_fn=root_pre)))
+
+    B.say("bwrap + agent until its ready line (source only, and precompiled)")
+    agent_cmd = ["/usr/bin/python3", "-I", "-S", f"{AGENT_MOUNT}/main.py"]
+    add("bwrap (unprivileged) + agbox agent until ready line, no .pyc (as agbox binds it)", "startup.agent",
+        _ready(_sandboxed(str(home), agent_cmd, plain_agent, unpriv=True), unpriv_pre),
+        note="the local runtime copies the agent without __pycache__ into a read-only bind, so it compiles "
+             "its modules at every start")
+    add("bwrap (unprivileged) + agbox agent until ready line, precompiled .pyc", "startup.agent_pyc",
+        _ready(_sandboxed(str(home), agent_cmd, compiled_agent, unpriv=True), unpriv_pre))
+    add("bwrap (unprivileged) + /bin/sh stand-in agent until ready line", "startup.sh_agent",
+        _ready(_sandboxed(str(home), ["/bin/sh", "-c", "echo ready; read line"], unpriv=True), unpriv_pre),
+        note="what a lighter (shell or compiled) agent would cost to become ready")
+
+    B.say("tmpfs root and cgroups")
+    add("tmpfs mount + unmount (the sandbox root)", "startup.tmpfs", _tmpfs_cycle(root / "mnt"), in_process=True)
+    with _cgroup_cycle() as cycle:
+        add("cgroup set create (limits written) + remove, agbox CgroupManager", "startup.cgroup", cycle,
+            in_process=True)
     return rows
