@@ -395,7 +395,10 @@ def field_section(rows: list[dict[str, Any]]) -> list[str]:
         r = by_key.get(key)
         ours = "-"
         if r is not None and r.get(field) is not None:
-            ours = f"{fmt(float(r[field]))} {r.get('unit', 'ms') if field == 'value' else 'ms'} ({r['name']})"
+            if field == "value":
+                ours = f"{fmt(float(r[field]))} {r.get('unit', '')} ({r['name']})"
+            else:
+                ours = f"p50 {fmt(r['p50_ms'])} ms, p95 {fmt(r['p95_ms'])} ms ({r['name']})"
         lines.append(f"| {md_escape(label)} | {figure} | {md_escape(ours)} | {source} |")
     return [*lines, ""]
 
