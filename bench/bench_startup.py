@@ -1,13 +1,16 @@
 """Where a create's time goes: the pieces of a sandbox start, each timed on its own in this run.
 
-- bare bwrap (typical command) as root and as an unprivileged uid (agbox runs bwrap as a fresh uid);
-- ``python3 -I -S -c pass`` bare and inside bwrap (interpreter start-up);
+- bare bwrap (typical command) as root, and as agbox runs it: a fresh unprivileged host uid, its own user
+  namespace (uid 1000 inside), agbox's seccomp filter, ``--disable-userns``;
+- ``python3 -I -S -c pass`` bare and inside bwrap as agbox runs it (interpreter start-up);
 - bwrap + the agbox agent until its ready line, from a read-only copy without ``__pycache__`` (as the
   local runtime binds it) and with precompiled ``.pyc`` files;
 - bwrap + a ``/bin/sh`` stand-in that prints a ready line (what a lighter agent could cost);
 - a tmpfs mount + unmount (the sandbox root) and a cgroup set create + remove (agbox's CgroupManager).
 
-Baseline: the typical bare ``bwrap ... /bin/true`` (and ``subprocess.run(["true"])`` for it).
+Baseline: the typical bare ``bwrap ... /bin/true`` as root, interleaved (and ``subprocess.run(["true"])`` for
+it). CPU per call comes from a cgroup the measured processes join (cpuacct), or from the thread's CPU time
+for the in-process pieces.
 """
 
 from __future__ import annotations
@@ -72,22 +75,63 @@ class CpuMeter:
                 os.rmdir(parent)
 
 
-def _sandboxed(home: str, command: list[str], agent_dir: Path | None = None, unpriv: bool = False) -> list[str]:
-    argv = B.bwrap_typical(home, [])
-    if agent_dir is not None:
-        argv += ["--ro-bind", str(agent_dir), AGENT_MOUNT]
-    if unpriv:
-        argv += ["--uid", "1000", "--gid", "1000"]
-    return argv + command
+Spawn = Callable[[], tuple[list[str], list[int]]]
 
 
-def _ready(argv: list[str], preexec: Callable[[], None]) -> Callable[[], float]:
-    """Start ``argv`` and time until its first output line; ending it afterwards is not timed."""
+def _sandboxed(home: str, command: list[str], agent_dir: Path | None = None, unpriv: bool = False) -> Spawn:
+    """A maker of (argv, fds to pass) for one sandbox start. ``unpriv`` mirrors how the local runtime starts
+    bwrap: as a fresh unprivileged uid, with its own user namespace (uid 1000 inside), the agbox seccomp
+    filter on a pipe, and ``--disable-userns``."""
+    from agbox.runtime import seccomp
+
+    program = seccomp.build_filter() if unpriv else None
+
+    def make() -> tuple[list[str], list[int]]:
+        argv = B.bwrap_typical(home, [])
+        fds: list[int] = []
+        if agent_dir is not None:
+            argv += ["--ro-bind", str(agent_dir), AGENT_MOUNT]
+        if unpriv:
+            argv += ["--unshare-user", "--uid", "1000", "--gid", "1000", "--disable-userns"]
+            if program is not None:
+                read, write = os.pipe()
+                os.write(write, program)
+                os.close(write)
+                fds.append(read)
+                argv += ["--seccomp", str(read)]
+        return argv + command, fds
+
+    return make
+
+
+def _run(make: Spawn, preexec: Callable[[], None]) -> Callable[[], float]:
+    """Run one sandbox to completion (timed)."""
 
     def once() -> float:
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=SANDBOX_ENV, preexec_fn=preexec)
+        argv, fds = make()
+        try:
+            start = time.perf_counter()
+            B._run_ok(argv, preexec_fn=preexec, pass_fds=fds)
+            return time.perf_counter() - start
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    return once
+
+
+def _ready(make: Spawn, preexec: Callable[[], None]) -> Callable[[], float]:
+    """Start a sandbox and time until its first output line; ending it afterwards is not timed."""
+
+    def once() -> float:
+        argv, fds = make()
+        try:
+            start = time.perf_counter()
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    env=SANDBOX_ENV, preexec_fn=preexec, pass_fds=fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
         assert proc.stdout is not None
         line = proc.stdout.readline()
         elapsed = time.perf_counter() - start
@@ -198,24 +242,22 @@ def _measure_all(n: int, home: Path, plain_agent: Path, compiled_agent: Path, ro
         baseline=B.subprocess_true, baseline_name=B.SUBPROCESS_NAME + " (interleaved)")
 
     B.say("bwrap as an unprivileged uid, python start-up")
-    unpriv_argv = _sandboxed(str(home), ["/bin/true"], unpriv=True)
-    add("bare bwrap ... /bin/true as an unprivileged uid (as agbox runs it)", "startup.bwrap_unpriv",
-        B.timed(lambda: B._run_ok(unpriv_argv, preexec_fn=unpriv_pre)))
+    add("bwrap ... /bin/true as agbox runs it (fresh uid, user ns, seccomp, --disable-userns)",
+        "startup.bwrap_unpriv", _run(_sandboxed(str(home), ["/bin/true"], unpriv=True), unpriv_pre))
     add("/usr/bin/python3 -I -S -c pass (no sandbox)", "startup.python",
         B.timed(lambda: B._run_ok(["/usr/bin/python3", "-I", "-S", "-c", "pass"], preexec_fn=root_pre)))
-    py_argv = _sandboxed(str(home), ["/usr/bin/python3", "-I", "-S", "-c", "pass"])
-    add("bwrap + python3 -I -S -c pass", "startup.python_bwrap",
-        B.timed(lambda: B._run_ok(py_argv, preexec_fn=root_pre)))
+    add("bwrap (as agbox runs it) + python3 -I -S -c pass", "startup.python_bwrap",
+        _run(_sandboxed(str(home), ["/usr/bin/python3", "-I", "-S", "-c", "pass"], unpriv=True), unpriv_pre))
 
     B.say("bwrap + agent until its ready line (source only, and precompiled)")
     agent_cmd = ["/usr/bin/python3", "-I", "-S", f"{AGENT_MOUNT}/main.py"]
-    add("bwrap (unprivileged) + agbox agent until ready line, no .pyc (as agbox binds it)", "startup.agent",
+    add("bwrap (as agbox runs it) + agbox agent until ready line, no .pyc (as agbox binds it)", "startup.agent",
         _ready(_sandboxed(str(home), agent_cmd, plain_agent, unpriv=True), unpriv_pre),
         note="the local runtime copies the agent without __pycache__ into a read-only bind, so it compiles "
              "its modules at every start")
-    add("bwrap (unprivileged) + agbox agent until ready line, precompiled .pyc", "startup.agent_pyc",
+    add("bwrap (as agbox runs it) + agbox agent until ready line, precompiled .pyc", "startup.agent_pyc",
         _ready(_sandboxed(str(home), agent_cmd, compiled_agent, unpriv=True), unpriv_pre))
-    add("bwrap (unprivileged) + /bin/sh stand-in agent until ready line", "startup.sh_agent",
+    add("bwrap (as agbox runs it) + /bin/sh stand-in agent until ready line", "startup.sh_agent",
         _ready(_sandboxed(str(home), ["/bin/sh", "-c", "echo ready; read line"], unpriv=True), unpriv_pre),
         note="what a lighter (shell or compiled) agent would cost to become ready")
 
