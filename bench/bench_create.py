@@ -34,7 +34,7 @@ async def _platform_direct(data_dir: Path, n: int, warmup: int, bwrap: Any) -> d
     platform = Platform(Settings.from_env(environ={}, data_dir=data_dir))
     await platform.start()
     out: dict[str, list[float]] = {k: [] for k in ("service", "service_base", "runtime", "runtime_base",
-                                                   "sandbox_cpu", "control_cpu", "spawn")}
+                                                   "sandbox_cpu", "control_cpu", "spawn", "overhead")}
     runtime = platform.runtime
     spawn = runtime._spawn  # type: ignore[attr-defined]
 
@@ -48,6 +48,17 @@ async def _platform_direct(data_dir: Path, n: int, warmup: int, bwrap: Any) -> d
 
     spawns: list[float] = []
     runtime._spawn = timed_spawn  # type: ignore[attr-defined]  # instrument this instance only
+    create = runtime.create
+    inner: list[float] = []
+
+    async def timed_create(spec: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return await create(spec)
+        finally:
+            inner.append(time.perf_counter() - start)
+
+    runtime.create = timed_create  # type: ignore[method-assign]
     try:
         record, _ = platform.keys.create("bench")
         for i in range(warmup + n):
@@ -62,6 +73,7 @@ async def _platform_direct(data_dir: Path, n: int, warmup: int, bwrap: Any) -> d
             await platform.sessions.release(record.id, session.id)
             base = B.timed(bwrap)()
             if i >= warmup:
+                out["overhead"].append(elapsed - inner[-1])
                 out["spawn"].append(spawns[-1])
                 out["service"].append(elapsed)
                 out["service_base"].append(base)
@@ -72,7 +84,7 @@ async def _platform_direct(data_dir: Path, n: int, warmup: int, bwrap: Any) -> d
             spec = SandboxSpec(session_id="session-" + secrets.token_hex(10), image_id=image.id, limits=image.limits,
                                env=dict(image.env))
             start = time.perf_counter()
-            handle = await runtime.create(spec)
+            handle = await create(spec)
             elapsed = time.perf_counter() - start
             await runtime.destroy(handle)
             base = B.timed(bwrap)()
@@ -220,6 +232,10 @@ def run(quick: bool) -> list[dict[str, Any]]:
                           key="create.sandbox_cpu", unit="CPU ms", value=sandbox_cpu))
         rows.append(B.row(FAMILY, "CPU per create in the control plane (process_time of the platform process)",
                           key="create.control_cpu", unit="CPU ms", value=control_cpu))
+        rows.append(B.row(FAMILY, "service overhead per create (SessionService.create minus its runtime.create)",
+                          direct["overhead"], key="create.overhead", baseline=interleaved,
+                          baseline_s=direct["service_base"],
+                          note="store writes, checks, the session record: what a warm pool would leave per create"))
         spawn_ms = B.percentile(direct["spawn"], 50) * 1000
         rows.append(B.row(FAMILY, "spawner thread time per create (fork+exec bwrap, wait for its set-up)",
                           direct["spawn"], key="create.spawn", baseline=interleaved,

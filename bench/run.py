@@ -427,7 +427,8 @@ def build_analysis(rows: list[dict[str, Any]], targets: list[dict[str, Any]]) ->
 
     if create_missed and agent is not None:
         line = (f"- **Create is bounded by starting the in-sandbox Python agent.** In this run a bare bwrap sandbox "
-                f"started in {ms(bwrap)} as root and {ms(unpriv)} as an unprivileged uid (how agbox runs it); "
+                f"started in {ms(bwrap)} as root and {ms(unpriv)} as agbox starts it (fresh uid, user namespace, "
+                "seccomp); "
                 f"`python3 -I -S -c pass` inside bwrap took {ms(py_sandbox)}, and the agbox agent until its ready "
                 f"line {ms(agent)}")
         if agent_cpu is not None:
@@ -447,20 +448,20 @@ def build_analysis(rows: list[dict[str, Any]], targets: list[dict[str, Any]]) ->
                        f"(unprivileged) sandbox was ready in {ms(sh_agent)}"
                        + (f" and {fmt(sh_cpu)} ms of CPU" if sh_cpu is not None else "")
                        + f", against {ms(agent)} for the Python agent. A small compiled agent (shell, files, "
-                         "process control) that starts Python only for `run_code` would bring create near "
-                         f"{ms((service or 0) - (agent or 0) + sh_agent)} (service create minus the agent's start plus "
-                         "the stand-in's): the only way to the 20 ms target without a pool.")
+                         "process control) that starts Python only for `run_code` would bring create to about "
+                         f"{ms(max((service or 0) - (agent or 0) + sh_agent, 0.0))} (estimate: service create minus the "
+                         "agent's start plus the stand-in's): the way to the 20 ms target without a pool.")
         if agent_pyc is not None and agent - agent_pyc > max(2.0, 0.05 * agent):
             out.append(f"- **Precompiled agent modules**: the runtime copies the agent without `__pycache__` into a "
                        f"read-only bind, so every sandbox recompiles the agent's modules: {ms(agent)} to ready from "
                        f"source against {ms(agent_pyc)} with `.pyc` files made once when the base is built. Importing "
                        "the op modules (files, code) lazily, on their first request, would cut further.")
-        if service is not None and runtime is not None:
-            claim = max(service - runtime, 0.0)
+        claim = get("create.overhead")
+        if claim is not None:
             first = get("tool.embedded")
             out.append(f"- **A warm pool** (sandboxes started ahead of demand and handed out on create) takes the sandbox "
                        f"start off the request path: what remains is the service's own work, {ms(claim)} here "
-                       f"(service create minus runtime create)"
+                       f"(the service's create minus the runtime create inside it)"
                        + (f", and about {ms(first)} for the first embedded `shell` round trip" if first else "")
                        + ". It meets the create and time-to-interactive targets for bursts up to the pool's size, at "
                          "the idle memory of each pooled sandbox (see density); it does not raise the sustained "
@@ -496,7 +497,7 @@ def build_analysis(rows: list[dict[str, Any]], targets: list[dict[str, Any]]) ->
             line += (f": {fmt(pss - python_pss)} MiB of each idle session is the agent's own modules and state beyond a "
                      "bare interpreter (it imports every op module at start), so lazy imports or a compiled agent "
                      "shrink it")
-        line += ". The ramp: " + reason
+        line += ". The ramp " + reason
         out.append(line)
     tool_missed = missed & {"tool.embedded", "tool.mcp_http", "tool.link_http", "mcp_endpoint_shell_true"}
     if tool_missed:
