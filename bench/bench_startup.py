@@ -175,6 +175,25 @@ def _cgroup_cycle() -> Iterator[Callable[[], float]]:
                 os.rmdir(parent)
 
 
+@contextlib.contextmanager
+def _cgroup_set() -> Iterator[list[str]]:
+    """A sandbox-like cgroup set (every hierarchy the runtime uses); yields its cgroup.procs paths."""
+    from agbox.runtime.cgroups import CgroupManager
+
+    manager = CgroupManager(f"agbox-bench-{secrets.token_hex(4)}")
+    manager.prepare()
+    group = manager.create(f"session-{secrets.token_hex(10)}", 1 << 30, 1.0, 512)
+    try:
+        yield group.procs_files()
+    finally:
+        manager.kill(group)
+        manager.wait_empty(group, 5.0, lambda: None)
+        manager.remove(group)
+        for parent in manager.parents.values():
+            with contextlib.suppress(OSError):
+                os.rmdir(parent)
+
+
 def _tmpfs_cycle(target: Path) -> Callable[[], float]:
     from agbox.runtime import sysutil
 
@@ -209,61 +228,99 @@ def run(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def _drop() -> None:
+    os.setgroups([])
+    os.setresgid(UNPRIV_UID, UNPRIV_UID, UNPRIV_UID)
+    os.setresuid(UNPRIV_UID, UNPRIV_UID, UNPRIV_UID)
+
+
+Factory = Callable[[Callable[[], None] | None], Callable[[], float]]
+
+
 def _measure_all(n: int, home: Path, plain_agent: Path, compiled_agent: Path, root: Path,
                  meter: CpuMeter) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
+    n_cpu = min(n, 20)
     sub = B.measure_subprocess_true(n)
     bwrap_argv = B.bwrap_typical(str(home))
     root_name = B.BWRAP_NAME + " (root)"
     rows.append(B.row(FAMILY, B.SUBPROCESS_NAME, sub, key="startup.subprocess"))
 
-    def add(name: str, key: str, fn: Callable[[], float], note: str = "", baseline: Callable[[], Any] | None = None,
-            baseline_name: str = root_name + " (interleaved)", in_process: bool = False) -> None:
-        """Time ``fn`` (returns its own elapsed seconds) interleaved with ``baseline`` (the root bare bwrap),
-        and record the CPU of each call: the meter cgroup's cpuacct for spawned processes, this thread's
-        CPU time for work done in this process."""
-        cpu: list[float] = []
-
-        def with_cpu() -> float:
-            before = time.thread_time() if in_process else meter.usage_s()
-            elapsed = fn()
-            cpu.append((time.thread_time() if in_process else meter.usage_s()) - before)
-            return elapsed
-
-        measured, base = B.paired(with_cpu, baseline or (lambda: B._run_ok(bwrap_argv)), n)
-        cpu_ms = B.percentile(cpu[-n:], 50) * 1000
-        text = f"CPU p50 {cpu_ms:.1f} ms per call ({'thread time' if in_process else 'cgroup cpuacct'})"
+    def add(name: str, key: str, make: Factory, unpriv: bool, note: str = "",
+            baseline: Callable[[], Any] | None = None, baseline_name: str = root_name + " (interleaved)") -> None:
+        """Time ``make(preexec)()`` (it returns its own elapsed seconds) interleaved with ``baseline`` (the root bare
+        bwrap); then, in a second pass, the CPU of a call, with the processes in the meter cgroup (joining it
+        needs a preexec_fn, which costs a fork instead of a vfork: kept out of the timed pass)."""
+        plain = make(_drop if unpriv else None)
+        measured, base = B.paired(plain, baseline or (lambda: B._run_ok(bwrap_argv)), n)
+        metered = make(meter.preexec(unpriv))
+        cpu = []
+        for _ in range(n_cpu):
+            before = meter.usage_s()
+            metered()
+            cpu.append(meter.usage_s() - before)
+        cpu_ms = B.percentile(cpu, 50) * 1000
+        text = f"CPU p50 {cpu_ms:.1f} ms per call (cgroup cpuacct, {n_cpu} calls)"
         rows.append(B.row(FAMILY, name, measured, key=key, baseline=baseline_name, baseline_s=base,
                           note=f"{note}; {text}" if note else text, cpu_ms=cpu_ms))
 
-    root_pre = meter.preexec(False)
-    unpriv_pre = meter.preexec(True)
-    add(root_name, "startup.bwrap", B.timed(lambda: B._run_ok(bwrap_argv, preexec_fn=root_pre)),
-        baseline=B.subprocess_true, baseline_name=B.SUBPROCESS_NAME + " (interleaved)")
+    def add_in_process(name: str, key: str, fn: Callable[[], float]) -> None:
+        cpu: list[float] = []
 
-    B.say("bwrap as an unprivileged uid, python start-up")
+        def with_cpu() -> float:
+            before = time.thread_time()
+            elapsed = fn()
+            cpu.append(time.thread_time() - before)
+            return elapsed
+
+        measured, base = B.paired(with_cpu, lambda: B._run_ok(bwrap_argv), n)
+        cpu_ms = B.percentile(cpu[-n:], 50) * 1000
+        rows.append(B.row(FAMILY, name, measured, key=key, baseline=root_name + " (interleaved)", baseline_s=base,
+                          note=f"CPU p50 {cpu_ms:.1f} ms per call (thread time)", cpu_ms=cpu_ms))
+
+    def command(argv: list[str]) -> Factory:
+        return lambda pre: B.timed(lambda: B._run_ok(argv, preexec_fn=pre))
+
+    add(root_name, "startup.bwrap", command(bwrap_argv), False, baseline=B.subprocess_true,
+        baseline_name=B.SUBPROCESS_NAME + " (interleaved)")
+
+    B.say("spawning the way agbox does, bwrap as agbox runs it, python start-up")
+    with _cgroup_set() as procs:
+        def join_and_drop() -> None:
+            for path in procs:
+                fd = os.open(path, os.O_WRONLY)
+                os.write(fd, b"0")
+                os.close(fd)
+            _drop()
+
+        add('subprocess.run(["true"]) with a preexec_fn that joins a cgroup set and drops to a fresh uid',
+            "startup.preexec",
+            lambda pre: B.timed(lambda: B._run_ok(["true"], preexec_fn=join_and_drop if pre is _drop else pre)), True,
+            baseline=B.subprocess_true, baseline_name=B.SUBPROCESS_NAME + " (interleaved)",
+            note="how the local runtime spawns bwrap: a preexec_fn makes Python fork the whole parent instead of "
+                 "vfork-ing (the CPU figure is the child's only)")
     add("bwrap ... /bin/true as agbox runs it (fresh uid, user ns, seccomp, --disable-userns)",
-        "startup.bwrap_unpriv", _run(_sandboxed(str(home), ["/bin/true"], unpriv=True), unpriv_pre))
+        "startup.bwrap_unpriv", lambda pre: _run(_sandboxed(str(home), ["/bin/true"], unpriv=True), pre), True)
     add("/usr/bin/python3 -I -S -c pass (no sandbox)", "startup.python",
-        B.timed(lambda: B._run_ok(["/usr/bin/python3", "-I", "-S", "-c", "pass"], preexec_fn=root_pre)))
+        command(["/usr/bin/python3", "-I", "-S", "-c", "pass"]), False)
     add("bwrap (as agbox runs it) + python3 -I -S -c pass", "startup.python_bwrap",
-        _run(_sandboxed(str(home), ["/usr/bin/python3", "-I", "-S", "-c", "pass"], unpriv=True), unpriv_pre))
+        lambda pre: _run(_sandboxed(str(home), ["/usr/bin/python3", "-I", "-S", "-c", "pass"], unpriv=True), pre),
+        True)
 
     B.say("bwrap + agent until its ready line (source only, and precompiled)")
     agent_cmd = ["/usr/bin/python3", "-I", "-S", f"{AGENT_MOUNT}/main.py"]
     add("bwrap (as agbox runs it) + agbox agent until ready line, no .pyc (as agbox binds it)", "startup.agent",
-        _ready(_sandboxed(str(home), agent_cmd, plain_agent, unpriv=True), unpriv_pre),
+        lambda pre: _ready(_sandboxed(str(home), agent_cmd, plain_agent, unpriv=True), pre), True,
         note="the local runtime copies the agent without __pycache__ into a read-only bind, so it compiles "
              "its modules at every start")
     add("bwrap (as agbox runs it) + agbox agent until ready line, precompiled .pyc", "startup.agent_pyc",
-        _ready(_sandboxed(str(home), agent_cmd, compiled_agent, unpriv=True), unpriv_pre))
+        lambda pre: _ready(_sandboxed(str(home), agent_cmd, compiled_agent, unpriv=True), pre), True)
     add("bwrap (as agbox runs it) + /bin/sh stand-in agent until ready line", "startup.sh_agent",
-        _ready(_sandboxed(str(home), ["/bin/sh", "-c", "echo ready; read line"], unpriv=True), unpriv_pre),
-        note="what a lighter (shell or compiled) agent would cost to become ready")
+        lambda pre: _ready(_sandboxed(str(home), ["/bin/sh", "-c", "echo ready; read line"], unpriv=True), pre),
+        True, note="what a lighter (shell or compiled) agent would cost to become ready")
 
     B.say("tmpfs root and cgroups")
-    add("tmpfs mount + unmount (the sandbox root)", "startup.tmpfs", _tmpfs_cycle(root / "mnt"), in_process=True)
+    add_in_process("tmpfs mount + unmount (the sandbox root)", "startup.tmpfs", _tmpfs_cycle(root / "mnt"))
     with _cgroup_cycle() as cycle:
-        add("cgroup set create (limits written) + remove, agbox CgroupManager", "startup.cgroup", cycle,
-            in_process=True)
+        add_in_process("cgroup set create (limits written) + remove, agbox CgroupManager", "startup.cgroup", cycle)
     return rows

@@ -483,6 +483,12 @@ def build_analysis(rows: list[dict[str, Any]], targets: list[dict[str, Any]]) ->
             line += (f" Spawns are also serialized on the runtime's single spawner thread ({ms(spawn)} each: fork of "
                      f"the server process with a `preexec_fn`, exec of bwrap, wait for its info fd), capping creates at "
                      f"{fmt(1000 / spawn)}/s regardless of cores.")
+            pre, pre_base = get("startup.preexec"), get("startup.preexec", "baseline_p50_ms")
+            if pre is not None and pre_base is not None:
+                line += (f" A `preexec_fn` alone makes a spawn cost {ms(pre)} against {ms(pre_base)} for a plain "
+                         "`subprocess.run` (Python forks the whole parent instead of vfork-ing), and more as the "
+                         "server grows; dropping the uid with Popen's `user=`/`group=` and joining the cgroups in a "
+                         "small exec'd helper would keep the vfork path.")
         if sh_cpu is not None and agent_cpu is not None:
             line += (f" The agent's start is most of it ({fmt(agent_cpu)} ms CPU against {fmt(sh_cpu)} ms for the "
                      "shell stand-in): a lighter agent is what raises the rate; a pool only moves the work in time.")
