@@ -89,6 +89,11 @@ def _measure(ids: set[str]) -> dict[str, float]:
             "cgroup_mib": sum(cgroups.values()) / max(len(cgroups), 1) / (1 << 20)}
 
 
+def _host_mounts() -> int:
+    with open("/proc/self/mountinfo") as handle:
+        return sum(1 for _ in handle)
+
+
 def _probe(client: Any, endpoint: str, ids: list[str], count: int) -> list[float]:
     out = []
     for _ in range(count):
@@ -129,7 +134,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
     zombie_text = live_text = ""
     env = {"AGBOX_MAX_SESSIONS": str(cap + 100), "AGBOX_MAX_LIFETIME": "86400",
            "AGBOX_DEFAULT_IDLE_TIMEOUT": "86400"}
-    with B.server("agbox-bench-density-", env) as srv:
+    with B.bwrap_true() as bwrap, B.server("agbox-bench-density-", env) as srv:
         clients = [srv.sdk() for _ in range(CREATE_THREADS)]
         http = srv.http()
         server_pss0 = B.pss_kib(srv.pid)
@@ -171,10 +176,12 @@ def run(quick: bool) -> list[dict[str, Any]]:
                     last_creates = creates
                     time.sleep(1.0)  # let the lifecycle sweep run at this size
                     probe = _probe(http, srv.endpoint, ids, probes)
+                    bare = B.time_calls(bwrap, 5 if quick else 10, warmup=1)
                     figures = _measure(set(ids))
                     point = {"sessions": len(ids), "create_p50_ms": B.percentile(creates, 50) * 1000,
                              "shell_p50_ms": B.percentile(probe, 50) * 1000,
                              "shell_p95_ms": B.percentile(probe, 95) * 1000,
+                             "bwrap_p50_ms": B.percentile(bare, 50) * 1000, "host_mounts": _host_mounts(),
                              "mem_available_gib": B.meminfo_kib()["MemAvailable"] / MIB_KIB / 1024,
                              "server_pss_mib": B.pss_kib(srv.pid) / MIB_KIB,
                              "elapsed_s": time.monotonic() - ramp_start, **figures}
@@ -246,6 +253,13 @@ def run(quick: bool) -> list[dict[str, Any]]:
     if last_probe:
         rows.append(B.row(FAMILY, f"shell true via POST /mcp with {best} sessions alive", last_probe,
                           key="density.shell", baseline=B.SUBPROCESS_NAME, baseline_s=sub))
+    if len(series) >= 2:
+        first, final = series[0], series[-1]
+        rows.append(B.row(FAMILY, f"bare bwrap /bin/true with {final['sessions']} sessions alive",
+                          key="density.bwrap_last", unit="ms", value=final["bwrap_p50_ms"],
+                          baseline=f"the same with {first['sessions']} sessions alive", baseline_value=first["bwrap_p50_ms"],
+                          note=f"host mount table: {first['host_mounts']} -> {final['host_mounts']} entries (each "
+                               "sandbox root is a tmpfs mounted in the host namespace, which every new bwrap copies)"))
     if first_creates and last_creates:
         rows.append(B.row(FAMILY, f"create over HTTP with {last.get('sessions', 0)} sessions alive (last step)",
                           last_creates, key="density.create_last", baseline="create in the first step",
@@ -268,6 +282,9 @@ def plot(rows: list[dict[str, Any]], path: Path, plt: Any) -> None:
     axes[0].legend(fontsize=8)
     axes[0].set_title("density: idle sessions alive vs responsiveness and memory")
     axes[1].plot(n, [p["create_p50_ms"] for p in series], marker="o", color="#55a868", label="create p50 in step")
+    if all("bwrap_p50_ms" in p for p in series):
+        axes[1].plot(n, [p["bwrap_p50_ms"] for p in series], marker=".", color="#dd8452",
+                     label="bare bwrap /bin/true p50 (host mounts grow with sessions)")
     axes[1].set_ylabel("ms")
     axes[1].legend(fontsize=8)
     axes[2].plot(n, [p["pss_mib"] for p in series], marker="o", color="#8172b3", label="PSS per session (MiB)")
