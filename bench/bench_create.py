@@ -20,48 +20,66 @@ from typing import Any
 import benchlib as B
 
 FAMILY = "create"
+PACE_S = 0.15  # spacing of sequential creates with the warm pool on, so it has refilled (a start is ~50 ms)
 
 
-async def _platform_direct(data_dir: Path, n: int, warmup: int, bwrap: Any) -> dict[str, list[float]]:
-    """Creates via SessionService and via LocalRuntime only, each followed by a release (not timed) and by
-    one bare bwrap (the interleaved baseline). Also the CPU each create costs: inside the sandbox's cgroup
-    (cpuacct, from the spawn until idle) and in this process (the control plane, all threads)."""
+def settings_for(data_dir: Path, pool: int | None) -> Any:
+    """Platform settings for a temp data dir; ``pool`` sets the warm pool (None: the platform's default)."""
+    from agbox.settings import Settings
+
+    extra: dict[str, Any] = {}
+    if pool is not None and "warm_pool_size" in Settings.__dataclass_fields__:
+        extra["warm_pool_size"] = pool
+    return Settings.from_env(environ={}, data_dir=data_dir, **extra)
+
+
+async def _platform_direct(data_dir: Path, n: int, warmup: int, bwrap: Any, pool: int | None,
+                           pace_s: float = 0.0) -> dict[str, list[float]]:
+    """Creates via SessionService (each followed by a release and one interleaved bare bwrap, not timed).
+
+    With the warm pool off (``pool=0``) every create starts a sandbox, and the run also records where the
+    time goes: the runtime create inside the service create, the spawner thread's share, the CPU inside the
+    sandbox's cgroup (cpuacct, spawn until idle) and in this process (the control plane), and then creates
+    through ``LocalRuntime.create`` alone. With the pool on, creates are spaced ``pace_s`` apart so that
+    the pool has refilled: the hand-over path."""
     from agbox.runtime.base import SandboxSpec
     from agbox.runtime.cgroups import CgroupSet
     from agbox.services.platform import Platform
-    from agbox.settings import Settings
 
-    platform = Platform(Settings.from_env(environ={}, data_dir=data_dir))
+    platform = Platform(settings_for(data_dir, pool))
     await platform.start()
     out: dict[str, list[float]] = {k: [] for k in ("service", "service_base", "runtime", "runtime_base",
                                                    "sandbox_cpu", "control_cpu", "spawn", "overhead")}
     runtime = platform.runtime
-    spawn = runtime._spawn  # type: ignore[attr-defined]
-
-    def timed_spawn(*args: Any) -> Any:
-        # Runs on the runtime's single spawner thread: fork/exec bwrap, wait for its info fd.
-        start = time.perf_counter()
-        try:
-            return spawn(*args)
-        finally:
-            spawns.append(time.perf_counter() - start)
-
+    cold = pool == 0
     spawns: list[float] = []
-    runtime._spawn = timed_spawn  # type: ignore[attr-defined]  # instrument this instance only
-    create = runtime.create
     inner: list[float] = []
+    create = runtime.create
+    if cold:
+        spawn = runtime._spawn  # type: ignore[attr-defined]
 
-    async def timed_create(spec: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return await create(spec)
-        finally:
-            inner.append(time.perf_counter() - start)
+        def timed_spawn(*args: Any) -> Any:
+            # Runs on the runtime's single spawner thread: fork/exec bwrap, wait for its info fd.
+            start = time.perf_counter()
+            try:
+                return spawn(*args)
+            finally:
+                spawns.append(time.perf_counter() - start)
 
-    runtime.create = timed_create  # type: ignore[method-assign]
+        async def timed_create(spec: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return await create(spec)
+            finally:
+                inner.append(time.perf_counter() - start)
+
+        runtime._spawn = timed_spawn  # type: ignore[attr-defined]  # instrument this instance only
+        runtime.create = timed_create  # type: ignore[method-assign]
     try:
         record, _ = platform.keys.create("bench")
+        await asyncio.sleep(pace_s)
         for i in range(warmup + n):
+            began = time.perf_counter()
             cpu0 = time.process_time()
             start = time.perf_counter()
             session = await platform.sessions.create(record.id, B.IMAGE)
@@ -73,24 +91,27 @@ async def _platform_direct(data_dir: Path, n: int, warmup: int, bwrap: Any) -> d
             await platform.sessions.release(record.id, session.id)
             base = B.timed(bwrap)()
             if i >= warmup:
-                out["overhead"].append(elapsed - inner[-1])
-                out["spawn"].append(spawns[-1])
                 out["service"].append(elapsed)
                 out["service_base"].append(base)
                 out["control_cpu"].append(control_cpu)
                 out["sandbox_cpu"].append(sandbox_cpu)
-        image = platform.images.get(B.IMAGE)
-        for i in range(warmup + n):
-            spec = SandboxSpec(session_id="session-" + secrets.token_hex(10), image_id=image.id, limits=image.limits,
-                               env=dict(image.env))
-            start = time.perf_counter()
-            handle = await create(spec)
-            elapsed = time.perf_counter() - start
-            await runtime.destroy(handle)
-            base = B.timed(bwrap)()
-            if i >= warmup:
-                out["runtime"].append(elapsed)
-                out["runtime_base"].append(base)
+                if cold:
+                    out["overhead"].append(elapsed - inner[-1])
+                    out["spawn"].append(spawns[-1])
+            await asyncio.sleep(max(pace_s - (time.perf_counter() - began), 0))
+        if cold:
+            image = platform.images.get(B.IMAGE)
+            for i in range(warmup + n):
+                spec = SandboxSpec(session_id="session-" + secrets.token_hex(10), image_id=image.id,
+                                   limits=image.limits, env=dict(image.env))
+                start = time.perf_counter()
+                handle = await create(spec)
+                elapsed = time.perf_counter() - start
+                await runtime.destroy(handle)
+                base = B.timed(bwrap)()
+                if i >= warmup:
+                    out["runtime"].append(elapsed)
+                    out["runtime_base"].append(base)
     finally:
         await platform.close()
     return out
@@ -217,13 +238,17 @@ def run(quick: bool) -> list[dict[str, Any]]:
     def vs_bwrap(name: str, pair: tuple[list[float], list[float]], key: str, note: str = "") -> dict[str, Any]:
         return B.row(FAMILY, name, pair[0], key=key, baseline=interleaved, baseline_s=pair[1], note=note)
 
+    pool = B.default_warm_pool()
+    warm_label = f"warm pool on (default: {pool} started sandboxes per image; creates {PACE_S * 1000:.0f} ms apart)"
+    cold_label = "warm pool off (every create starts a sandbox)" if pool else "no warm pool"
+    cold_suffix = "_cold" if pool else ""
     with B.bwrap_true() as bwrap:
-        B.say(f"sequential creates, platform direct and runtime only (n={n})")
+        B.say(f"sequential creates, platform direct and runtime only, pool off (n={n})")
         with B.temp_root("agbox-bench-create-") as root:
-            direct = asyncio.run(_platform_direct(root / "data", n, warmup, bwrap))
-        rows.append(vs_bwrap("create, platform direct (SessionService.create, embedded)",
-                             (direct["service"], direct["service_base"]), "create.platform"))
-        rows.append(vs_bwrap("create, LocalRuntime.create only (no store, no service)",
+            direct = asyncio.run(_platform_direct(root / "data", n, warmup, bwrap, pool=0))
+        rows.append(vs_bwrap(f"create, platform direct (SessionService.create), {cold_label}",
+                             (direct["service"], direct["service_base"]), "create.platform" + cold_suffix))
+        rows.append(vs_bwrap("create, LocalRuntime.create only (no store, no service), pool off",
                              (direct["runtime"], direct["runtime_base"]), "create.runtime"))
         sandbox_cpu = B.percentile(direct["sandbox_cpu"], 50) * 1000
         control_cpu = B.percentile(direct["control_cpu"], 50) * 1000
@@ -235,43 +260,68 @@ def run(quick: bool) -> list[dict[str, Any]]:
         rows.append(B.row(FAMILY, "service overhead per create (SessionService.create minus its runtime.create)",
                           direct["overhead"], key="create.overhead", baseline=interleaved,
                           baseline_s=direct["service_base"],
-                          note="store writes, checks, the session record: what a warm pool would leave per create"))
+                          note="store writes, checks, the session record: what a hand-over from a pool leaves"))
         spawn_ms = B.percentile(direct["spawn"], 50) * 1000
-        rows.append(B.row(FAMILY, "spawner thread time per create (fork+exec bwrap, wait for its set-up)",
+        rows.append(B.row(FAMILY, "spawner thread time per sandbox start (fork+exec bwrap, wait for its set-up)",
                           direct["spawn"], key="create.spawn", baseline=interleaved,
                           baseline_s=direct["service_base"],
-                          note=f"the local runtime spawns from ONE thread, so creates cannot exceed "
-                               f"{1000 / spawn_ms:.0f}/s however many run at once"))
-        rows.append(B.row(FAMILY, f"CPU-bound ceiling on {cores} cores: {cores} s / CPU per create",
+                          note=f"the local runtime spawns from ONE thread, so sandboxes cannot start faster than "
+                               f"{1000 / spawn_ms:.0f}/s however many creates run at once"))
+        rows.append(B.row(FAMILY, f"CPU-bound ceiling on {cores} cores: {cores} s / CPU per sandbox start",
                           key="create.cpu_ceiling", unit="creates/s", value=cores * 1000 / (sandbox_cpu + control_cpu),
-                          note="what the sustained rate could reach with every core doing nothing but creates",
+                          note="what a sustained rate could reach with every core doing nothing but sandbox starts",
                           higher_is_better=True))
+        if pool:
+            B.say(f"sequential creates, platform direct, warm pool on (n={n})")
+            with B.temp_root("agbox-bench-create-") as root:
+                warm = asyncio.run(_platform_direct(root / "data", n, warmup, bwrap, pool=None, pace_s=PACE_S))
+            rows.append(vs_bwrap(f"create, platform direct (SessionService.create), {warm_label}",
+                                 (warm["service"], warm["service_base"]), "create.platform"))
 
-        B.say(f"sequential creates, our SDK embedded (n={n})")
         from agbox import AGB
 
-        with B.temp_root("agbox-bench-create-") as root:
-            agb = AGB(data_dir=root / "data")
-            try:
-                embedded = B.paired(lambda: _sdk_create(agb), bwrap, n, warmup)
-            finally:
-                agb.close()
-        rows.append(vs_bwrap("create, our SDK embedded (AGB(data_dir=...))", embedded, "create.sdk_embedded"))
+        def embedded(label: str, key: str, env: dict[str, str], pace: float) -> None:
+            B.say(f"sequential creates, our SDK embedded, {label} (n={n})")
+            with B.temp_root("agbox-bench-create-") as root, B.env_set(**env):
+                agb = AGB(data_dir=root / "data")
+                try:
+                    time.sleep(pace)
+                    measured = B.paired(lambda: _sdk_create(agb), bwrap, n, warmup, pace_s=pace)
+                finally:
+                    agb.close()
+            rows.append(vs_bwrap(f"create, our SDK embedded (AGB(data_dir=...)), {label}", measured, key))
+
+        if pool:
+            embedded(warm_label, "create.sdk_embedded", {}, PACE_S)
+        embedded(cold_label, "create.sdk_embedded" + cold_suffix, {"AGBOX_WARM_POOL": "0"}, 0.0)
+
+        if pool:
+            with B.server("agbox-bench-create-cold-", {"AGBOX_WARM_POOL": "0"}) as cold_srv:
+                B.say(f"sequential creates, our SDK over HTTP, {cold_label} (n={n})")
+                agb = cold_srv.sdk()
+                try:
+                    measured = B.paired(lambda: _sdk_create(agb), bwrap, n, warmup)
+                finally:
+                    agb.close()
+                rows.append(vs_bwrap(f"create, our SDK over HTTP (agbox serve), {cold_label}", measured,
+                                     "create.sdk_http_cold"))
 
         with B.server("agbox-bench-create-http-") as srv:
-            B.say(f"sequential creates, our SDK over HTTP (n={n})")
+            label = warm_label if pool else cold_label
+            B.say(f"sequential creates, our SDK over HTTP, {label} (n={n})")
             agb = srv.sdk()
             try:
-                http = B.paired(lambda: _sdk_create(agb), bwrap, n, warmup)
+                time.sleep(PACE_S if pool else 0)
+                http = B.paired(lambda: _sdk_create(agb), bwrap, n, warmup, pace_s=PACE_S if pool else 0.0)
             finally:
                 agb.close()
-            rows.append(vs_bwrap("create, our SDK over HTTP (agbox serve)", http, "create.sdk_http"))
+            rows.append(vs_bwrap(f"create, our SDK over HTTP (agbox serve), {label}", http, "create.sdk_http"))
 
             conc = opts.concurrency
             B.say(f"{conc} concurrent creates over HTTP x {rounds}")
             bwrap_burst, bwrap_walls = _bwrap_burst(conc, rounds)
             burst, walls = _burst(srv, conc, rounds)
-            rows.append(B.row(FAMILY, f"create, {conc} concurrent over HTTP (latency of each)", burst,
+            rows.append(B.row(FAMILY, f"create, {conc} concurrent over HTTP (latency of each; default settings)", burst,
                               key="create.concurrent", baseline=f"{conc} concurrent bare bwrap /bin/true",
                               baseline_s=bwrap_burst,
                               note=f"{rounds} round(s); batch of {conc} done in p50 {B.percentile(walls, 50):.2f} s"))
@@ -286,7 +336,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
             cpu0 = _server_cpu_s(srv.pid)
             rate, done, failed, lat = _sustained(srv, workers, duration, made)
             server_cpu = _server_cpu_s(srv.pid) - cpu0
-            B.wait_sessions_gone(set(made), 120)
+            B.wait_sandboxes(srv.data_dir, srv.warm_pool, 120)
             with tempfile.TemporaryDirectory(prefix="agbox-bench-home-") as home:
                 argv = B.bwrap_typical(home)
                 base_rate, _, _ = B.rate_for(lambda: B._run_ok(argv), workers, min(duration, 10.0))

@@ -72,8 +72,9 @@ def _memory_cgroup_usage(pid: int) -> tuple[str, int] | None:
     return None
 
 
-def _measure(ids: set[str]) -> dict[str, float]:
-    found = B.session_pids(ids)
+def _measure(data_dir: Path) -> dict[str, float]:
+    """Per-sandbox figures over every sandbox of the server (its sessions and its warm pool)."""
+    found = B.sandbox_pids(data_dir)
     pss = 0
     cgroups: dict[str, int] = {}
     processes = 0
@@ -85,7 +86,7 @@ def _measure(ids: set[str]) -> dict[str, float]:
             if usage is not None:
                 cgroups[usage[0]] = usage[1]
     sessions = max(len(found), 1)
-    return {"sessions_seen": len(found), "processes": processes, "pss_mib": pss / sessions / MIB_KIB,
+    return {"sandboxes_seen": len(found), "processes": processes, "pss_mib": pss / sessions / MIB_KIB,
             "cgroup_mib": sum(cgroups.values()) / max(len(cgroups), 1) / (1 << 20)}
 
 
@@ -134,7 +135,9 @@ def run(quick: bool) -> list[dict[str, Any]]:
     zombie_text = live_text = ""
     env = {"AGBOX_MAX_SESSIONS": str(cap + 100), "AGBOX_MAX_LIFETIME": "86400",
            "AGBOX_DEFAULT_IDLE_TIMEOUT": "86400"}
+    data_dir = Path("/nonexistent")
     with B.bwrap_true() as bwrap, B.server("agbox-bench-density-", env) as srv:
+        data_dir = srv.data_dir
         clients = [srv.sdk() for _ in range(CREATE_THREADS)]
         http = srv.http()
         server_pss0 = B.pss_kib(srv.pid)
@@ -177,7 +180,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
                     time.sleep(1.0)  # let the lifecycle sweep run at this size
                     probe = _probe(http, srv.endpoint, ids, probes)
                     bare = B.time_calls(bwrap, 5 if quick else 10, warmup=1)
-                    figures = _measure(set(ids))
+                    figures = _measure(srv.data_dir)
                     point = {"sessions": len(ids), "create_p50_ms": B.percentile(creates, 50) * 1000,
                              "shell_p50_ms": B.percentile(probe, 50) * 1000,
                              "shell_p95_ms": B.percentile(probe, 95) * 1000,
@@ -205,14 +208,14 @@ def run(quick: bool) -> list[dict[str, Any]]:
 
             with ThreadPoolExecutor(8) as pool:
                 list(pool.map(release, ids))
-            live_left, zombies_left = B.wait_sessions_gone(set(ids), 300)
+            live_left, zombies_left = B.wait_sandboxes(srv.data_dir, srv.warm_pool, 300)
             zombie_text, live_text = B.describe(zombies_left), B.describe(live_left)
             release_s = time.monotonic() - start
             http.close()
             for agb in clients:
                 agb.close()
-    live_after, zombies_after = B.live_session_pids(set(ids))
-    leftovers = len(live_after)
+    live_after, zombies_after = B.live_sandbox_pids(data_dir)
+    leftovers = sum(len(p) for p in live_after.values())
 
     last = series[-1] if series else {}
     passing = [p for p in series if p["sessions"] <= best] or series
@@ -230,7 +233,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
         rows.append(B.row(FAMILY, f"PSS per idle session at {at_best['sessions']} sessions (kernel smaps_rollup)",
                           key="density.pss", unit="MiB", value=at_best["pss_mib"],
                           baseline="bare bwrap sandbox running sleep, PSS MiB", baseline_value=bare_pss,
-                          note=f"{at_best['processes']} processes in {at_best['sessions_seen']} session cgroups"))
+                          note=f"{at_best['processes']} processes in {at_best['sandboxes_seen']} sandbox cgroups "
+                               f"({at_best['sessions']} sessions + the warm pool)"))
         rows.append(B.row(FAMILY, "PSS of bwrap + idle python3 -I -S (reference: bare interpreter)",
                           key="density.pss_python", unit="MiB", value=python_pss,
                           baseline="bare bwrap sandbox running sleep, PSS MiB", baseline_value=bare_pss))

@@ -14,6 +14,7 @@ from typing import Any
 import benchlib as B
 
 FAMILY = "time_to_interactive"
+PACE_S = 0.15  # with the warm pool on, start an iteration at most this often (the pool refills in ~50 ms)
 
 
 def quiet_official_sdk() -> None:
@@ -23,12 +24,14 @@ def quiet_official_sdk() -> None:
     AGBLogger.set_level(os.environ.get("AGB_LOG_LEVEL", "ERROR"))
 
 
-def _tti(create: Any, execute: Any, delete: Any, n: int, warmup: int,
-         bwrap: Any) -> tuple[list[float], list[float], list[float], list[float]]:
-    """(create→first result, create part, first-command part, interleaved bare bwrap) latencies."""
+def _tti(create: Any, execute: Any, delete: Any, n: int, warmup: int, bwrap: Any,
+         pace_s: float = 0.0) -> tuple[list[float], list[float], list[float], list[float]]:
+    """(create→first result, create part, first-command part, interleaved bare bwrap) latencies; one
+    iteration at most every ``pace_s`` seconds (so a warm pool has refilled)."""
     total, creates, firsts, base = [], [], [], []
+    time.sleep(pace_s)
     for i in range(warmup + n):
-        start = time.perf_counter()
+        began = start = time.perf_counter()
         session = create()
         created = time.perf_counter()
         result = execute(session)
@@ -42,6 +45,7 @@ def _tti(create: Any, execute: Any, delete: Any, n: int, warmup: int,
             creates.append(created - start)
             firsts.append(done - created)
             base.append(base_elapsed)
+        time.sleep(max(pace_s - (time.perf_counter() - began), 0.0))
     return total, creates, firsts, base
 
 
@@ -61,6 +65,10 @@ def run(quick: bool) -> list[dict[str, Any]]:
 
     n = B.samples(quick, 50, 10)
     warmup = 2
+    pool = B.default_warm_pool()
+    pace = PACE_S if pool else 0.0
+    warm = f"warm pool on (default {pool}; creates {PACE_S * 1000:.0f} ms apart)" if pool else "no warm pool"
+    cold = "warm pool off"
     rows: list[dict[str, Any]] = []
     B.say("baseline: bare bwrap")
     rows.append(B.row(FAMILY, B.BWRAP_NAME, B.measure_bwrap_true(max(n, 30)), key="tti.bwrap"))
@@ -70,31 +78,41 @@ def run(quick: bool) -> list[dict[str, Any]]:
         rows.append(B.row(FAMILY, name, total, key=key, baseline=B.BWRAP_NAME + " (interleaved)", baseline_s=base,
                           note=_note(creates, firsts)))
 
-    with B.bwrap_true() as bwrap, B.server("agbox-bench-tti-") as srv:
-        B.say(f"official SDK over HTTP (n={n})")
-        quiet_official_sdk()
-        from agb.session_params import CreateSessionParams as OfficialParams
+    quiet_official_sdk()
+    from agb.session_params import CreateSessionParams as OfficialParams
 
+    def official_run(srv: B.Server, label: str, key: str, pace_s: float) -> None:
+        B.say(f"official SDK over HTTP, {label} (n={n})")
         official = srv.official()
-        add("create -> first shell result, official SDK over HTTP", "tti.official_http",
+        add(f"create -> first shell result, official SDK over HTTP, {label}", key,
             _tti(lambda: _created(official.create(OfficialParams(image_id=B.IMAGE))),
-                 lambda s: s.command.execute("true"), official.delete, n, warmup, bwrap))
-        B.say(f"our SDK over HTTP (n={n})")
-        ours = srv.sdk()
-        try:
-            add("create -> first shell result, our SDK over HTTP", "tti.sdk_http",
-                _tti(lambda: _created(ours.create(CreateSessionParams(image_id=B.IMAGE))),
-                     lambda s: s.command.execute("true"), lambda s: s.delete(), n, warmup, bwrap))
-        finally:
-            ours.close()
+                 lambda s: s.command.execute("true"), official.delete, n, warmup, bwrap, pace_s))
 
-    B.say(f"our SDK embedded (n={n})")
-    with B.bwrap_true() as bwrap, B.temp_root("agbox-bench-tti-emb-") as root:
-        agb = AGB(data_dir=root / "data")
-        try:
-            add("create -> first shell result, our SDK embedded", "tti.embedded",
-                _tti(lambda: _created(agb.create(CreateSessionParams(image_id=B.IMAGE))),
-                     lambda s: s.command.execute("true"), lambda s: s.delete(), n, warmup, bwrap))
-        finally:
-            agb.close()
+    def embedded_run(label: str, key: str, env: dict[str, str], pace_s: float) -> None:
+        B.say(f"our SDK embedded, {label} (n={n})")
+        with B.temp_root("agbox-bench-tti-emb-") as root, B.env_set(**env):
+            agb = AGB(data_dir=root / "data")
+            try:
+                add(f"create -> first shell result, our SDK embedded, {label}", key,
+                    _tti(lambda: _created(agb.create(CreateSessionParams(image_id=B.IMAGE))),
+                         lambda s: s.command.execute("true"), lambda s: s.delete(), n, warmup, bwrap, pace_s))
+            finally:
+                agb.close()
+
+    with B.bwrap_true() as bwrap:
+        with B.server("agbox-bench-tti-") as srv:
+            official_run(srv, warm, "tti.official_http", pace)
+            B.say(f"our SDK over HTTP (n={n})")
+            ours = srv.sdk()
+            try:
+                add(f"create -> first shell result, our SDK over HTTP, {warm}", "tti.sdk_http",
+                    _tti(lambda: _created(ours.create(CreateSessionParams(image_id=B.IMAGE))),
+                         lambda s: s.command.execute("true"), lambda s: s.delete(), n, warmup, bwrap, pace))
+            finally:
+                ours.close()
+        embedded_run(warm, "tti.embedded", {}, pace)
+        if pool:
+            with B.server("agbox-bench-tti-cold-", {"AGBOX_WARM_POOL": "0"}) as srv:
+                official_run(srv, cold, "tti.official_http_cold", 0.0)
+            embedded_run(cold, "tti.embedded_cold", {"AGBOX_WARM_POOL": "0"}, 0.0)
     return rows

@@ -122,14 +122,15 @@ def time_calls(fn: Callable[[], Any], n: int, warmup: int = 3) -> list[float]:
 
 
 def paired(measure: Callable[[], float], baseline: Callable[[], Any], n: int, warmup: int = 3,
-           settle_s: float = 0.003) -> tuple[list[float], list[float]]:
+           settle_s: float = 0.003, pace_s: float = 0.0) -> tuple[list[float], list[float]]:
     """Alternate ``measure`` (returns its own elapsed seconds, so it may leave teardown out) with a timed
     ``baseline`` call, so both see the same machine load: (samples, baseline samples). A short pause
     after ``measure`` lets its asynchronous tail (agent reaping, server bookkeeping) finish, so that the
-    baseline does not absorb it."""
+    baseline does not absorb it. ``pace_s``: start one iteration at most every ``pace_s`` seconds."""
     out: list[float] = []
     base: list[float] = []
     for i in range(warmup + n):
+        began = time.perf_counter()
         elapsed = measure()
         time.sleep(settle_s)
         start = time.perf_counter()
@@ -138,6 +139,7 @@ def paired(measure: Callable[[], float], baseline: Callable[[], Any], n: int, wa
         if i >= warmup:
             out.append(elapsed)
             base.append(base_elapsed)
+        time.sleep(max(pace_s - (time.perf_counter() - began), 0.0))
     return out, base
 
 
@@ -288,11 +290,35 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def default_warm_pool() -> int:
+    """The platform's default warm-pool size (started sandboxes kept ready per image); 0 if it has none."""
+    from agbox.settings import Settings
+
+    field = Settings.__dataclass_fields__.get("warm_pool_size")
+    return int(field.default) if field is not None and isinstance(field.default, int) else 0
+
+
+@contextlib.contextmanager
+def env_set(**values: str) -> Iterator[None]:
+    """Set environment variables for a block (the embedded platform reads its settings from the environment)."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 class Server:
     """``agbox serve`` as a subprocess on a free port with a temp data dir."""
 
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
+        self.warm_pool = int((env or {}).get("AGBOX_WARM_POOL", default_warm_pool()))
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.api_key = API_KEY
@@ -380,12 +406,16 @@ def mcp_shell(client: httpx.Client, endpoint: str, session_id: str, command: str
 
 # ---- kernel figures ------------------------------------------------------------------------------
 
-_SESSION_RE = re.compile(r"session-[0-9a-f]+")
+def runtime_tag(data_dir: Path) -> str:
+    """The local runtime names its cgroup parent ``agbox-<tag>`` after the (resolved) data dir."""
+    return hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:10]
 
 
-def session_pids(session_ids: set[str] | None = None) -> dict[str, list[int]]:
-    """Processes per session, found from the kernel: every /proc/<pid>/cgroup naming the session's
-    cgroup (agbox names each sandbox cgroup after the session id)."""
+def sandbox_pids(data_dir: Path) -> dict[str, list[int]]:
+    """Processes per sandbox of the agbox instance using ``data_dir``, found from the kernel: each sandbox
+    has a cgroup ``agbox-<tag>/<sandbox name>`` and /proc/<pid>/cgroup names it (pooled, not yet handed
+    over sandboxes included)."""
+    pattern = re.compile(rf"/agbox-{runtime_tag(data_dir)}/([^/\n]+)")
     found: dict[str, list[int]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -395,9 +425,9 @@ def session_pids(session_ids: set[str] | None = None) -> dict[str, list[int]]:
                 text = handle.read()
         except OSError:
             continue
-        match = _SESSION_RE.search(text)
-        if match and (session_ids is None or match.group(0) in session_ids):
-            found.setdefault(match.group(0), []).append(int(entry.name))
+        match = pattern.search(text)
+        if match:
+            found.setdefault(match.group(1), []).append(int(entry.name))
     return found
 
 
@@ -412,16 +442,17 @@ def proc_state(pid: int) -> tuple[str, int, str]:
     return fields[0], int(fields[1]), comm
 
 
-def live_session_pids(session_ids: set[str]) -> tuple[list[int], list[int]]:
-    """(live, zombie) processes of these sessions."""
-    live, zombies = [], []
-    for pids in session_pids(session_ids).values():
+def live_sandbox_pids(data_dir: Path) -> tuple[dict[str, list[int]], list[int]]:
+    """(live processes per sandbox, zombie processes) of the agbox instance using ``data_dir``."""
+    live: dict[str, list[int]] = {}
+    zombies = []
+    for name, pids in sandbox_pids(data_dir).items():
         for pid in pids:
             state = proc_state(pid)[0]
             if state == "Z":
                 zombies.append(pid)
             elif state != "?":
-                live.append(pid)
+                live.setdefault(name, []).append(pid)
     return live, zombies
 
 
@@ -434,22 +465,25 @@ def describe(pids: list[int]) -> str:
     return "; ".join(out) + (f" (+{len(pids) - 5} more)" if len(pids) > 5 else "")
 
 
-def wait_sessions_gone(session_ids: set[str], timeout_s: float) -> tuple[list[int], list[int]]:
-    """Poll the kernel until no live process of these sessions is left and no zombie either (bounded);
-    zombies left alone for 3 s are reported rather than waited for. Returns (live, zombie) leftovers."""
+def wait_sandboxes(data_dir: Path, at_most: int, timeout_s: float) -> tuple[list[int], list[int]]:
+    """Poll the kernel until at most ``at_most`` sandboxes of this instance have live processes (the warm
+    pool's) and no zombie is left (bounded); zombies left alone for 3 s are reported rather than waited for.
+    Returns (live processes of the sandboxes beyond ``at_most``, zombies)."""
     deadline = time.monotonic() + timeout_s
     zombie_since: float | None = None
     while True:
-        live, zombies = live_session_pids(session_ids)
+        live, zombies = live_sandbox_pids(data_dir)
         now = time.monotonic()
-        if not live and not zombies:
+        done = len(live) <= at_most
+        if done and not zombies:
             return [], []
-        if not live:
+        if done:
             zombie_since = zombie_since or now
             if now - zombie_since > 3:
                 return [], zombies
         if now > deadline:
-            return live, zombies
+            extra = sorted(live.values(), key=len)[: max(len(live) - at_most, 0)]
+            return [pid for pids in extra for pid in pids], zombies
         time.sleep(0.2)
 
 
