@@ -60,6 +60,44 @@ def _note(creates: list[float], firsts: list[float]) -> str:
             f"{B.percentile(firsts, 50) * 1000:.1f} ms")
 
 
+def _first_commands(agb: Any, n: int, rows: list[dict[str, Any]]) -> None:
+    """Why the first command after a warm create is slower than later ones: the same session's first
+    command issued at once (while the pool refills in the server) or 100 ms later, and its second one."""
+    from agbox import CreateSessionParams
+
+    B.say(f"first commands after a warm create, our SDK over HTTP (n={n})")
+    samples: dict[str, list[float]] = {"now": [], "later": [], "second": []}
+    base: dict[str, list[float]] = {"now": [], "later": [], "second": []}
+
+    def run_cmd(session: Any, kind: str) -> None:
+        start = time.perf_counter()
+        result = session.command.execute("true")
+        samples[kind].append(time.perf_counter() - start)
+        if not result.success:
+            raise RuntimeError(result.error_message)
+        time.sleep(0.003)
+        base[kind].append(B.timed(B.subprocess_true)())
+
+    time.sleep(PACE_S)
+    for i in range(2 * n):
+        began = time.perf_counter()
+        session = _created(agb.create(CreateSessionParams(image_id=B.IMAGE)))
+        if i % 2:
+            time.sleep(0.1)
+            run_cmd(session, "later")
+        else:
+            run_cmd(session, "now")
+            run_cmd(session, "second")
+        session.delete()
+        time.sleep(max(PACE_S + 0.1 - (time.perf_counter() - began), 0.0))
+    labels = {"now": ("first shell result right after a warm create (pool refilling in the server)", "tti.first_now"),
+              "later": ("first shell result 100 ms after a warm create (refill done)", "tti.first_later"),
+              "second": ("second shell result, right after the first", "tti.second")}
+    for kind, (name, key) in labels.items():
+        rows.append(B.row(FAMILY, name + ", our SDK over HTTP", samples[kind], key=key,
+                          baseline=B.SUBPROCESS_NAME + " (interleaved)", baseline_s=base[kind]))
+
+
 def run(quick: bool) -> list[dict[str, Any]]:
     from agbox import AGB, CreateSessionParams
 
@@ -108,6 +146,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
                 add(f"create -> first shell result, our SDK over HTTP, {warm}", "tti.sdk_http",
                     _tti(lambda: _created(ours.create(CreateSessionParams(image_id=B.IMAGE))),
                          lambda s: s.command.execute("true"), lambda s: s.delete(), n, warmup, bwrap, pace))
+                if pool:
+                    _first_commands(ours, min(n, 30), rows)
             finally:
                 ours.close()
         embedded_run(warm, "tti.embedded", {}, pace)
