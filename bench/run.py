@@ -22,6 +22,7 @@ import platform as host_platform
 import re
 import subprocess
 import sys
+import textwrap
 import time
 import traceback
 from collections.abc import Callable
@@ -209,6 +210,10 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "family"
 
 
+def wrap(label: str, width: int = 58) -> str:
+    return "\n".join(textwrap.wrap(label, width)[:3])
+
+
 def plot_family(family: str, rows: list[dict[str, Any]], path: Path, plotter: Callable[..., Any] | None) -> None:
     import matplotlib
 
@@ -223,8 +228,8 @@ def plot_family(family: str, rows: list[dict[str, Any]], path: Path, plotter: Ca
     panels = (1 if latency else 0) + (1 if values else 0)
     if panels == 0:
         return
-    height = max(2.5, 0.45 * (len(latency) + len(values)) + 1.8)
-    fig, axes = plt.subplots(panels, 1, figsize=(11, height), squeeze=False,
+    height = max(2.5, 0.6 * (len(latency) + len(values)) + 1.8)
+    fig, axes = plt.subplots(panels, 1, figsize=(12, height), squeeze=False,
                              gridspec_kw={"height_ratios": [max(len(latency), 1), max(len(values), 1)][:panels]})
     index = 0
     if latency:
@@ -248,18 +253,18 @@ def plot_family(family: str, rows: list[dict[str, Any]], path: Path, plotter: Ca
                     f" {fmt(r['p50_ms'])} ms" + (f"  ({ratio_text(r)})" if r.get("ratio") else ""),
                     va="center", fontsize=8)
         ax.plot([], [], color="#dd8452", linewidth=2.5, label="baseline p50 (same run)")
-        ax.set_yticks(y, [label[:70] for label in labels], fontsize=8)
+        ax.set_yticks(y, [wrap(label) for label in labels], fontsize=7.5)
         ax.invert_yaxis()
         ax.set_xlabel("milliseconds")
         top = max(max(p + e for p, e in zip(p50, err, strict=True)), 1e-3)
         low = min(p50)
         if top / max(low, 1e-3) > 30:
             ax.set_xscale("log")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="best")
         ax.set_title(f"{family}: latency (lower is better)")
     if values:
         ax = axes[index][0]
-        labels = [f"{r['name'][:60]} [{r.get('unit', '')}]" for r in values]
+        labels = [wrap(f"{r['name']} [{r.get('unit', '')}]") for r in values]
         y = list(range(len(values)))
         measured = [float(r["value"]) for r in values]
         base = [float(r["baseline_value"]) if r.get("baseline_value") is not None else 0.0 for r in values]
@@ -273,7 +278,7 @@ def plot_family(family: str, rows: list[dict[str, Any]], path: Path, plotter: Ca
         positive = [v for v in measured + base if v > 0]
         if positive and max(positive) / min(positive) > 50:
             ax.set_xscale("log")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="best")
         ax.set_title(f"{family}: single figures")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -570,7 +575,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None,
                         help="where benchmarks.md and bench/*.png go (default docs/, quick: bench/results/quick/)")
     parser.add_argument("--no-report", action="store_true", help="print the table only")
+    parser.add_argument("--render", type=Path, default=None, metavar="JSON",
+                        help="measure nothing: write the report again from a saved run (bench/results/latest.json)")
     return parser.parse_args(argv)
+
+
+def render(path: Path, out: Path | None) -> int:
+    """Write the report of a saved run again (after a change to the report's layout, not to its figures)."""
+    raw = json.loads(path.read_text())
+    rows = raw["rows"]
+    plotters: dict[str, Callable[..., Any] | None] = {}
+    for bench in discover():
+        with contextlib.suppress(Exception):
+            module = load(bench)
+            plot = getattr(module, "plot", None)
+            for family in {r["family"] for r in rows if getattr(module, "FAMILY", None) == r["family"]}:
+                plotters[family] = plot
+    out_dir = out or (BENCH_DIR / "results" / "quick" if raw.get("quick") else REPO / "docs")
+    report = write_report(out_dir, rows, evaluate_targets(rows), raw.get("skipped", {}), raw.get("durations", {}),
+                          raw.get("facts", {}), raw.get("argv", []), bool(raw.get("quick")), float(raw.get("total_s", 0)),
+                          raw.get("load_before", "?"), raw.get("load_after", "?"), plotters)
+    print(f"wrote {report} from {path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -582,6 +608,8 @@ def main(argv: list[str] | None = None) -> int:
     B.OPTIONS.workers = args.workers
     B.OPTIONS.density_cap = args.density_cap
     B.OPTIONS.density_step = args.density_step
+    if args.render is not None:
+        return render(args.render, args.out)
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
 
@@ -623,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
     results_dir = BENCH_DIR / "results"
     results_dir.mkdir(exist_ok=True)
     raw = {"rows": rows, "targets": targets, "skipped": skipped, "durations": durations, "facts": facts,
-           "quick": args.quick, "argv": argv, "total_s": total}
+           "quick": args.quick, "argv": argv, "total_s": total, "load_before": load_before, "load_after": load_after}
     (results_dir / ("latest-quick.json" if args.quick else "latest.json")).write_text(json.dumps(raw, indent=1,
                                                                                                  default=str))
     if not args.no_report:
