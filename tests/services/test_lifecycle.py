@@ -119,5 +119,5 @@ def test_sigterm_ends_every_sandbox(own_server: Any) -> None:
     assert srv.stop(signal.SIGTERM) == 0
     assert sandbox_pids(srv.data_dir) == []
     tag = hashlib.sha256(str(srv.data_dir.resolve()).encode()).hexdigest()[:10]
-    assert not list(Path(f"/run/agbox/{tag}/sandboxes").iterdir())
+    assert not Path(f"/run/agbox/{tag}").exists()
     agb.close()

@@ -3,8 +3,8 @@
 Each sandbox gets
 - its own user, pid, net, ipc, uts, mount and cgroup namespaces (``--unshare-all``), running as an
   unprivileged host uid picked per sandbox (uid 1000 "user" inside);
-- a writable root: a tmpfs sized to the disk limit, with the host's ``/usr`` and a sanitized
-  ``/etc`` bound read-only over it, and the agent bound read-only at ``/opt/agbox/agent``;
+- a writable root: a tmpfs (made inside its mount namespace) sized to the disk limit, with the
+  host's ``/usr`` and a sanitized ``/etc`` bound read-only over it, and the agent bound read-only at ``/opt/agbox/agent``;
 - a cgroup with memory, CPU and pids limits, killed as a whole on destroy;
 - no network interface but loopback: links reach its ports through ``connect_port``, which opens
   the socket inside the sandbox's network namespace.
@@ -55,7 +55,6 @@ class _Sandbox:
     id: str
     spec: SandboxSpec
     uid: int
-    root: Path
     group: CgroupSet
     bwrap_pid: int
     child_pid: int
@@ -138,6 +137,8 @@ class LocalRuntime(Runtime):
             with contextlib.suppress(Exception):
                 await self.destroy(SandboxHandle(session_id, self.node, {}))
         self._spawner.shutdown(wait=False)
+        # The base copy and logs are ours alone (the data dir is locked): leave nothing in /run.
+        shutil.rmtree(self.run_dir, ignore_errors=True)
 
     # ---- create ----------------------------------------------------------------------------------
 
@@ -148,15 +149,20 @@ class LocalRuntime(Runtime):
                 self._used_uids.add(uid)
                 return uid
 
-    def _argv(self, spec: SandboxSpec, root: Path, info_fd: int, seccomp_fd: int | None) -> list[str]:
+    def _argv(self, spec: SandboxSpec, info_fd: int, seccomp_fd: int | None) -> list[str]:
+        # The writable root is a tmpfs made by bwrap inside the sandbox's own mount namespace: sized
+        # to the disk limit, charged to the sandbox's memory cgroup, gone with the sandbox, and it adds
+        # nothing to the host's mount table (which every later bwrap would have to copy).
         argv = [
             self._bwrap,
-            "--bind", str(root), "/",
+            "--size", str(spec.limits.disk_bytes), "--tmpfs", "/",
             "--ro-bind", "/usr", "/usr",
             "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
             "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
             "--ro-bind", str(self.base_dir / "etc"), "/etc",
             "--ro-bind", str(self.base_dir / "agent"), AGENT_MOUNT,
+            "--dir", SANDBOX_HOME, "--perms", "1777", "--dir", "/tmp", "--perms", "1777", "--dir", "/var/tmp",
+            "--dir", "/run",
         ]
         for source, target in spec.ro_binds:
             argv += ["--ro-bind", source, target]
@@ -181,20 +187,7 @@ class LocalRuntime(Runtime):
         env.update(spec.env)
         return env
 
-    def _prepare_root(self, spec: SandboxSpec, sandbox_id: str, uid: int) -> Path:
-        root = self.sandbox_dir / sandbox_id
-        root.mkdir(mode=0o700)
-        sysutil.mount_tmpfs(str(root), spec.limits.disk_bytes, uid, uid)
-        for sub in ("home/user", "tmp", "var/tmp", "run", "opt/agbox/agent", "etc", "usr"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
-        for sub in ("home", "home/user", "tmp", "var", "var/tmp", "run", "opt", "opt/agbox", "opt/agbox/agent", "etc", "usr"):
-            os.chown(root / sub, uid, uid)
-        os.chmod(root / "tmp", 0o1777)
-        os.chmod(root / "var/tmp", 0o1777)
-        return root
-
-    def _spawn(self, spec: SandboxSpec, sandbox_id: str, uid: int, root: Path,
-               group: CgroupSet) -> tuple[int, int, int, int]:
+    def _spawn(self, spec: SandboxSpec, sandbox_id: str, uid: int, group: CgroupSet) -> tuple[int, int, int, int]:
         """Runs on the spawner thread. Returns (bwrap pid, sandbox pid, agent stdin, agent stdout)."""
         procs_fds = [os.open(path, os.O_WRONLY) for path in group.procs_files()]
         info_r, info_w = os.pipe()
@@ -207,16 +200,25 @@ class LocalRuntime(Runtime):
         out_r, out_w = os.pipe()
         log_fd = os.open(str(self.sandbox_dir / f"{sandbox_id}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
+        parent = os.getpid()
+        die_with_us = reaper.set_parent_death_signal
+
         def enter_cgroup_and_drop_privileges() -> None:
             for fd in procs_fds:
                 os.write(fd, b"0")
             os.setgroups([])
             os.setresgid(uid, uid, uid)
             os.setresuid(uid, uid, uid)
+            # bwrap's --die-with-parent is set only once bwrap runs; if we die before that, the
+            # sandbox would outlive us. Set it here (after the uid change, which clears it) and
+            # give up if we are already gone.
+            die_with_us()
+            if os.getppid() != parent:
+                os._exit(1)
 
         try:
             proc = subprocess.Popen(
-                self._argv(spec, root, info_w, seccomp_r), stdin=in_r, stdout=out_w, stderr=log_fd, env=self._env(spec),
+                self._argv(spec, info_w, seccomp_r), stdin=in_r, stdout=out_w, stderr=log_fd, env=self._env(spec),
                 pass_fds=(info_w,) if seccomp_r is None else (info_w, seccomp_r),
                 preexec_fn=enter_cgroup_and_drop_privileges, close_fds=True,
             )
@@ -258,14 +260,12 @@ class LocalRuntime(Runtime):
         loop = asyncio.get_running_loop()
         sandbox_id = "sbx-" + secrets.token_hex(8)
         uid = self._allocate_uid()
-        root: Path | None = None
         group: CgroupSet | None = None
         channel: AgentChannel | None = None
         try:
-            root = self._prepare_root(spec, sandbox_id, uid)
             group = self.cgroups.create(sandbox_id, spec.limits.memory_bytes, spec.limits.cpus, spec.limits.pids)
             bwrap_pid, child_pid, in_w, out_r = await loop.run_in_executor(
-                self._spawner, self._spawn, spec, sandbox_id, uid, root, group)
+                self._spawner, self._spawn, spec, sandbox_id, uid, group)
             channel = AgentChannel(in_w, out_r, sandbox_id)
             await channel.open()
             assert channel.ready is not None
@@ -273,14 +273,13 @@ class LocalRuntime(Runtime):
                 await asyncio.wait_for(channel.ready, READY_TIMEOUT_S)
             except (TimeoutError, SandboxError) as exc:
                 raise SandboxError(f"the sandbox agent did not start: {self._log_tail(sandbox_id)}") from exc
-            return _Sandbox(sandbox_id, spec, uid, root, group, bwrap_pid, child_pid, channel)
+            return _Sandbox(sandbox_id, spec, uid, group, bwrap_pid, child_pid, channel)
         except BaseException:
             if group is not None:
                 await loop.run_in_executor(None, self._kill_group, group)
             if channel is not None:
                 await channel.close()
-            if root is not None:
-                self._remove_root(root)
+            self._remove_log(sandbox_id)
             self._used_uids.discard(uid)
             raise
 
@@ -367,7 +366,8 @@ class LocalRuntime(Runtime):
                 fields = line.split(":", 1)[1].split()
                 rx += int(fields[0])
                 tx += int(fields[8])
-        vfs = os.statvfs(sandbox.root)
+        # The sandbox's root as its own processes see it (the tmpfs lives in its mount namespace).
+        vfs = os.statvfs(f"/proc/{sandbox.child_pid}/root/")
         return SandboxStats(
             cpu_count=max(1, min(os.cpu_count() or 1, math.ceil(limits.cpus))),
             cpu_usage_ns=self.cgroups.cpu_usage_ns(sandbox.group),
@@ -401,12 +401,15 @@ class LocalRuntime(Runtime):
         self.cgroups.remove(group)
 
     def _remove_root(self, root: Path) -> None:
+        """Remove a directory left by an earlier version that mounted sandbox roots on the host."""
         with contextlib.suppress(OSError):
             if sysutil.is_mountpoint(str(root)):
                 sysutil.umount(str(root))
         shutil.rmtree(root, ignore_errors=True)
+
+    def _remove_log(self, sandbox_id: str) -> None:
         with contextlib.suppress(OSError):
-            os.unlink(str(root) + ".log")
+            os.unlink(self.sandbox_dir / f"{sandbox_id}.log")
 
     async def destroy(self, handle: SandboxHandle) -> None:
         sandbox = self._sandboxes.pop(handle.session_id, None)
@@ -415,7 +418,7 @@ class LocalRuntime(Runtime):
             sandbox_id = str(handle.details.get("sandbox_id") or handle.session_id)
             group = self.cgroups.group_for(sandbox_id)
             await asyncio.get_running_loop().run_in_executor(None, self._kill_group, group)
-            self._remove_root(self.sandbox_dir / sandbox_id)
+            self._remove_log(sandbox_id)
             return
         await self._destroy_sandbox(sandbox)
 
@@ -423,7 +426,7 @@ class LocalRuntime(Runtime):
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._kill_group, sandbox.group)
         await sandbox.channel.close()
-        await loop.run_in_executor(None, self._remove_root, sandbox.root)
+        self._remove_log(sandbox.id)
         self._used_uids.discard(sandbox.uid)
 
     async def reattach(self, handle: SandboxHandle) -> bool:

@@ -8,8 +8,6 @@ import os
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
-MS_NOSUID = 2
-MS_NODEV = 4
 MNT_DETACH = 2
 CLONE_NEWNET = 0x40000000
 
@@ -18,11 +16,6 @@ def _check(result: int, what: str) -> None:
     if result != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, f"{what}: {os.strerror(errno)}")
-
-
-def mount_tmpfs(target: str, size_bytes: int, uid: int, gid: int) -> None:
-    options = f"size={size_bytes},mode=0755,uid={uid},gid={gid},nr_inodes=1000000"
-    _check(_libc.mount(b"tmpfs", target.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options.encode()), "mount tmpfs")
 
 
 def umount(target: str) -> None:
