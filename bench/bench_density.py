@@ -262,8 +262,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
         rows.append(B.row(FAMILY, f"bare bwrap /bin/true with {final['sessions']} sessions alive",
                           key="density.bwrap_last", unit="ms", value=final["bwrap_p50_ms"],
                           baseline=f"the same with {first['sessions']} sessions alive", baseline_value=first["bwrap_p50_ms"],
-                          note=f"host mount table: {first['host_mounts']} -> {final['host_mounts']} entries (each "
-                               "sandbox root is a tmpfs mounted in the host namespace, which every new bwrap copies)"))
+                          note=f"host mount table: {first['host_mounts']} -> {final['host_mounts']} entries "
+                               "(sandbox roots are made inside each sandbox's own mount namespace)"))
     if first_creates and last_creates:
         rows.append(B.row(FAMILY, f"create over HTTP with {last.get('sessions', 0)} sessions alive (last step)",
                           last_creates, key="density.create_last", baseline="create in the first step",

@@ -3,7 +3,7 @@
 - bare bwrap (typical command) as root, and as agbox runs it: a fresh unprivileged host uid, its own user
   namespace (uid 1000 inside), agbox's seccomp filter, ``--disable-userns``;
 - ``python3 -I -S -c pass`` bare and inside bwrap as agbox runs it (interpreter start-up);
-- bwrap + the agbox agent until its ready line, from a read-only copy without ``__pycache__`` (as the
+- bwrap + the agbox agent until its ready line, from a precompiled read-only copy (as the
   local runtime binds it) and with precompiled ``.pyc`` files;
 - bwrap + a ``/bin/sh`` stand-in that prints a ready line (what a lighter agent could cost);
 - a tmpfs mount + unmount (the sandbox root) and a cgroup set create + remove (agbox's CgroupManager).
@@ -309,12 +309,12 @@ def _measure_all(n: int, home: Path, plain_agent: Path, compiled_agent: Path, ro
 
     B.say("bwrap + agent until its ready line (source only, and precompiled)")
     agent_cmd = ["/usr/bin/python3", "-I", "-S", f"{AGENT_MOUNT}/main.py"]
-    add("bwrap (as agbox runs it) + agbox agent until ready line, no .pyc (as agbox binds it)", "startup.agent",
-        lambda pre: _ready(_sandboxed(str(home), agent_cmd, plain_agent, unpriv=True), pre), True,
-        note="the local runtime copies the agent without __pycache__ into a read-only bind, so it compiles "
-             "its modules at every start")
-    add("bwrap (as agbox runs it) + agbox agent until ready line, precompiled .pyc", "startup.agent_pyc",
-        lambda pre: _ready(_sandboxed(str(home), agent_cmd, compiled_agent, unpriv=True), pre), True)
+    add("bwrap (as agbox runs it) + agbox agent until ready line, precompiled .pyc (as agbox binds it)",
+        "startup.agent", lambda pre: _ready(_sandboxed(str(home), agent_cmd, compiled_agent, unpriv=True), pre), True,
+        note="the local runtime compiles its copy of the agent once when it builds the base; op modules load on "
+             "first use")
+    add("bwrap (as agbox runs it) + agbox agent until ready line, from source (no .pyc)", "startup.agent_pyc",
+        lambda pre: _ready(_sandboxed(str(home), agent_cmd, plain_agent, unpriv=True), pre), True)
     add("bwrap (as agbox runs it) + /bin/sh stand-in agent until ready line", "startup.sh_agent",
         lambda pre: _ready(_sandboxed(str(home), ["/bin/sh", "-c", "echo ready; read line"], unpriv=True), pre),
         True, note="what a lighter (shell or compiled) agent would cost to become ready")

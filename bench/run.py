@@ -457,11 +457,10 @@ def build_analysis(rows: list[dict[str, Any]], targets: list[dict[str, Any]]) ->
                          f"{ms(max((cold_service or 0) - agent + sh_agent, 0.0))} (estimate: service create minus the "
                          "agent's start plus the stand-in's), and cut the CPU per start that bounds bursts and the "
                          "sustained rate (below).")
-        if agent_pyc is not None and agent - agent_pyc > max(2.0, 0.05 * agent):
-            out.append(f"- **Precompiled agent modules**: the runtime copies the agent without `__pycache__` into a "
-                       f"read-only bind, so every sandbox recompiles the agent's modules: {ms(agent)} to ready from "
-                       f"source against {ms(agent_pyc)} with `.pyc` files made once when the base is built. Importing "
-                       "the op modules (files, code) lazily, on their first request, would cut further.")
+        if agent_pyc is not None:
+            out.append(f"- **Precompiled, lazily loaded agent**: the runtime compiles its copy of the agent once when it "
+                       f"builds the base and the op modules (files, code, archives) load on their first request: "
+                       f"{ms(agent)} to ready, against {ms(agent_pyc)} for the same agent from source.")
     if warm:
         claim = get("create.overhead")
         conc, conc_base = get("create.concurrent"), get("create.concurrent", "baseline_p50_ms")
@@ -519,9 +518,9 @@ def build_analysis(rows: list[dict[str, Any]], targets: list[dict[str, Any]]) ->
         line = (f"- **Density**: {fmt(pss)} MiB PSS per idle session against {fmt(bare)} MiB for a bare bwrap sandbox "
                 f"running `sleep` and {fmt(python_pss)} MiB for bwrap running an idle bare `python3 -I -S`")
         if pss is not None and python_pss is not None:
-            line += (f": {fmt(pss - python_pss)} MiB of each idle session is the agent's own modules and state beyond a "
-                     "bare interpreter (it imports every op module at start), so lazy imports or a compiled agent "
-                     "shrink it")
+            line += (f": {fmt(pss - python_pss)} MiB of each idle session is the agent's own state beyond a bare "
+                     "interpreter (its core and the preloaded shell op; other op modules load on first use); a "
+                     "compiled agent would shrink it further")
         line += ". The ramp " + reason
         out.append(line)
         grow, grow_base = get("density.create_last"), get("density.create_last", "baseline_p50_ms")
@@ -529,10 +528,9 @@ def build_analysis(rows: list[dict[str, Any]], targets: list[dict[str, Any]]) ->
         if grow is not None and grow_base is not None and bw is not None and bw_base is not None and grow > grow_base:
             out.append(f"- **Create slows down as sessions accumulate**: {ms(grow_base)} in the ramp's first step, "
                        f"{ms(grow)} in its last (4 creates at a time, so mostly cold starts); in the same steps a bare "
-                       f"bwrap went from {ms(bw_base)} to {ms(bw)}: {by_key['density.bwrap_last'].get('note', '')}. "
-                       "Mounting each root inside the sandbox's own mount namespace instead (bwrap 0.8 takes "
-                       "`--size BYTES --tmpfs /`; checked by hand here) keeps the host's mount table, and bwrap's "
-                       "start, flat.")
+                       f"bwrap went from {ms(bw_base)} to {ms(bw)} ({by_key['density.bwrap_last'].get('note', '')}). "
+                       "What grows is the machine's load of live processes and cgroups, and cold starts queue on the "
+                       "runtime's single spawner thread.")
     tool_missed = missed & {"tool.embedded", "tool.mcp_http", "tool.link_http", "mcp_endpoint_shell_true"}
     if tool_missed:
         agent_only, embedded_rt = get("tool.agent"), get("tool.embedded")
