@@ -473,11 +473,9 @@ def build_analysis(rows: list[dict[str, Any]], targets: list[dict[str, Any]]) ->
         first_now, first_later, second = get("tti.first_now"), get("tti.first_later"), get("tti.second")
         if first_now is not None and first_later is not None and second is not None:
             line += (f"The first command right after a warm create took {ms(first_now)} over HTTP, against "
-                     f"{ms(first_later)} when sent 100 ms later and {ms(second)} for the second command: the pool's "
-                     "refill starts a sandbox in the server process at that very moment and the first request "
-                     "competes with it (the refill's spawn and set-up run in the same process, on two cores); a fresh "
-                     "agent's first request is also slower than its next. Starting the refill a moment after the "
-                     "hand-over, or from a helper process, would keep the first command fast. ")
+                     f"{ms(first_later)} when sent 100 ms later and {ms(second)} for the second command (the runtime "
+                     "starts the refill 50 ms after the hand-over, so the first request does not compete with a "
+                     "sandbox start). ")
         if conc is not None:
             burst = fmt(get("create.burst_rate", "value"))
             line += (f"A burst larger than the pool gets cold starts queued behind one another: {burst} "

@@ -43,6 +43,7 @@ from typing import Any
 from agbox.errors import AgboxError, ContextNotFoundError, InvalidRequestError, SessionNotFoundError
 from agbox.models import ACTIVE_STATUSES, SessionRecord
 from agbox.services.context_files import BlobStore, read_chunks
+from agbox.services.paging import paginate
 from agbox.services.sessions import SessionService
 from agbox.settings import Settings
 from agbox.store.contexts import Binding, ContextRecord, ContextStore, FileRecord, TaskRecord
@@ -232,22 +233,8 @@ class ContextService:
         return record
 
     def list_contexts(self, owner: str, max_results: Any, next_token: Any) -> tuple[list[ContextRecord], str, int, int]:
-        try:
-            limit = int(max_results) if max_results not in (None, "") else 10
-        except (TypeError, ValueError) as exc:
-            raise InvalidRequestError("maxResults must be an integer") from exc
-        if not 1 <= limit <= 1000:
-            raise InvalidRequestError("maxResults must be between 1 and 1000")
-        offset = 0
-        if next_token:
-            try:
-                offset = int(base64.urlsafe_b64decode(str(next_token).encode()).decode())
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise InvalidRequestError("nextToken is not valid") from exc
         records = self.store.contexts(owner)
-        page = records[offset:offset + limit]
-        end = offset + len(page)
-        token = base64.urlsafe_b64encode(str(end).encode()).decode() if end < len(records) else ""
+        page, token, limit = paginate(records, max_results, next_token)
         return page, token, limit, len(records)
 
     def get(self, owner: str, context_id: Any, name: Any, allow_create: Any) -> ContextRecord:

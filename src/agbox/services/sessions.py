@@ -13,7 +13,6 @@ everything else.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
@@ -26,6 +25,7 @@ from agbox.errors import InvalidRequestError, LimitExceededError, SessionNotFoun
 from agbox.images import Image, ImageCatalog
 from agbox.models import ACTIVE_STATUSES, SessionRecord, SessionStatus
 from agbox.runtime.base import Runtime, SandboxHandle, SandboxSpec
+from agbox.services.paging import paginate
 from agbox.settings import Settings
 from agbox.store.base import Store
 
@@ -191,23 +191,9 @@ class SessionService:
 
     def list(self, owner: str, labels: Any, max_results: Any, next_token: Any) -> tuple[list[SessionRecord], str, int, int]:
         wanted = validate_labels(labels, self.settings)
-        try:
-            limit = int(max_results) if max_results not in (None, "") else 10
-        except (TypeError, ValueError) as exc:
-            raise InvalidRequestError("maxResults must be an integer") from exc
-        if not 1 <= limit <= 1000:
-            raise InvalidRequestError("maxResults must be between 1 and 1000")
-        offset = 0
-        if next_token:
-            try:
-                offset = int(base64.urlsafe_b64decode(str(next_token).encode()).decode())
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise InvalidRequestError("nextToken is not valid") from exc
         matches = [r for r in self.store.sessions(owner=owner, statuses=ACTIVE_STATUSES)
                    if all(r.labels.get(k) == v for k, v in wanted.items())]
-        page = matches[offset:offset + limit]
-        end = offset + len(page)
-        token = base64.urlsafe_b64encode(str(end).encode()).decode() if end < len(matches) else ""
+        page, token, limit = paginate(matches, max_results, next_token)
         return page, token, limit, len(matches)
 
     # ---- release ---------------------------------------------------------------------------------
