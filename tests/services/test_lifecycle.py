@@ -73,6 +73,13 @@ def test_keep_alive_and_calls_reset_the_idle_timer(make_session: Any) -> None:
     assert session.command.execute("echo still here").stdout == "still here\n"
 
 
+def test_a_long_call_is_not_cut_by_the_idle_timer(make_session: Any) -> None:
+    session = make_session(idle_release_timeout=1)
+    result = session.command.execute("sleep 2.5; echo finished", timeout_ms=10000)
+    assert result.success and result.stdout == "finished\n"
+    assert status_of(session) == "RUNNING"  # the call's end counted as activity
+
+
 def test_maximum_lifetime(own_server: Any) -> None:
     srv = own_server(extra_env={"AGBOX_MAX_LIFETIME": "2"})
     agb = AGB(api_key=srv.api_key, endpoint=srv.endpoint)

@@ -18,7 +18,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from agbox.errors import InvalidRequestError, LimitExceededError, SessionNotFoundError
@@ -74,6 +74,7 @@ class SessionService:
         self.after_create: list[ReleaseHook] = []
         self._releasing: dict[str, asyncio.Task[None]] = {}
         self._lifecycle_task: asyncio.Task[None] | None = None
+        self._in_flight: dict[str, int] = {}
 
     # ---- start / stop ----------------------------------------------------------------------------
 
@@ -176,6 +177,21 @@ class SessionService:
         record.last_active_at = now
         self.store.touch_session(record.id, now)
 
+    @contextlib.contextmanager
+    def in_use(self, session_id: str) -> Iterator[None]:
+        """Mark a call as running: an idle timer cannot release a session mid-call, and the call's end
+        counts as activity too (a 10-minute command in a session with a 5-minute idle timeout)."""
+        self._in_flight[session_id] = self._in_flight.get(session_id, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._in_flight[session_id] - 1
+            if left:
+                self._in_flight[session_id] = left
+            else:
+                del self._in_flight[session_id]
+            self.store.touch_session(session_id, time.time())
+
     def handle(self, record: SessionRecord) -> SandboxHandle:
         handle = self.handles.get(record.id)
         if handle is None:
@@ -259,7 +275,7 @@ class SessionService:
             handle = self.handles.get(record.id)
             if handle is None or not self.runtime.alive(handle):
                 self._start_release(record, "sandbox ended")
-            elif now - record.last_active_at >= record.idle_timeout_s:
+            elif now - record.last_active_at >= record.idle_timeout_s and record.id not in self._in_flight:
                 self._start_release(record, f"idle for {record.idle_timeout_s} s")
             elif now >= record.expires_at:
                 self._start_release(record, "maximum lifetime reached")

@@ -6,7 +6,7 @@ import json
 import logging
 from typing import Any
 
-from agbox.errors import AgboxError, InvalidRequestError, SandboxError, ToolTimeoutError
+from agbox.errors import InvalidRequestError, SandboxError, ToolTimeoutError
 from agbox.images import ImageCatalog
 from agbox.runtime.base import EventCallback
 from agbox.runtime.channel import AgentError
@@ -58,7 +58,8 @@ class ToolService:
         tool = self.registry.find(self.images.get(ctx.image_id), name)
         args = parse_args(raw_args)
         try:
-            output = await tool.handler(ctx, args)
+            with self.sessions.in_use(ctx.session_id):
+                output = await tool.handler(ctx, args)
         except InvalidRequestError as exc:
             return ToolOutput(f"invalid arguments for {name}: {exc.message}", is_error=True)
         except ToolTimeoutError as exc:
@@ -69,7 +70,4 @@ class ToolService:
             if not self.sessions.runtime.alive(ctx.handle):
                 raise SandboxError(f"session {ctx.session_id} has ended") from None
             raise
-        except AgboxError:
-            raise
-        self.sessions.touch(self.sessions.get(owner, ctx.session_id, touch=False))
         return output
