@@ -59,7 +59,7 @@ async def _platform_direct(data_dir: Path, n: int, warmup: int, bwrap: Any, pool
         spawn = runtime._spawn  # type: ignore[attr-defined]
 
         def timed_spawn(*args: Any) -> Any:
-            # Runs on the runtime's single spawner thread: fork/exec bwrap, wait for its info fd.
+            # Runs on the runtime's single spawner thread: vfork/exec of the launcher and bwrap.
             start = time.perf_counter()
             try:
                 return spawn(*args)

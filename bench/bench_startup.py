@@ -297,8 +297,8 @@ def _measure_all(n: int, home: Path, plain_agent: Path, compiled_agent: Path, ro
             "startup.preexec",
             lambda pre: B.timed(lambda: B._run_ok(["true"], preexec_fn=join_and_drop if pre is _drop else pre)), True,
             baseline=B.subprocess_true, baseline_name=B.SUBPROCESS_NAME + " (interleaved)",
-            note="how the local runtime spawns bwrap: a preexec_fn makes Python fork the whole parent instead of "
-                 "vfork-ing (the CPU figure is the child's only)")
+            note="how the local runtime used to spawn bwrap (it now execs sh + setpriv instead): a preexec_fn makes "
+                 "Python fork the whole parent instead of vfork-ing (the CPU figure is the child's only)")
     add("bwrap ... /bin/true as agbox runs it (fresh uid, user ns, seccomp, --disable-userns)",
         "startup.bwrap_unpriv", lambda pre: _run(_sandboxed(str(home), ["/bin/true"], unpriv=True), pre), True)
     add("/usr/bin/python3 -I -S -c pass (no sandbox)", "startup.python",

@@ -496,15 +496,13 @@ def build_analysis(rows: list[dict[str, Any]], targets: list[dict[str, Any]]) ->
                      f"cannot start more than {fmt(ceiling)} sandboxes/s even with nothing else running; 100/s on this "
                      f"machine needs under {fmt(cores * 1000 / 100)} ms of CPU per start in total, pool or not.")
         if spawn is not None:
-            line += (f" Starts are also serialized on the runtime's single spawner thread ({ms(spawn)} each: fork of "
-                     f"the server process with a `preexec_fn`, exec of bwrap, wait for its info fd), capping them at "
-                     f"{fmt(1000 / spawn)}/s regardless of cores.")
+            line += (f" Starts are serialized on the runtime's single spawner thread, which now only forks and execs "
+                     f"({ms(spawn)} each: a vfork of `sh` + `setpriv` + bwrap; the wait for bwrap's set-up runs "
+                     f"elsewhere), capping them at {fmt(1000 / spawn)}/s regardless of cores.")
             pre, pre_base = get("startup.preexec"), get("startup.preexec", "baseline_p50_ms")
             if pre is not None and pre_base is not None:
-                line += (f" A `preexec_fn` alone makes a spawn cost {ms(pre)} against {ms(pre_base)} for a plain "
-                         "`subprocess.run` (Python forks the whole parent instead of vfork-ing), more as the server "
-                         "grows; dropping the uid with Popen's `user=`/`group=` and joining the cgroups in a small "
-                         "exec'd helper would keep the vfork path.")
+                line += (f" (For comparison, a Python `preexec_fn` spawn, which the runtime no longer uses, costs "
+                         f"{ms(pre)} against {ms(pre_base)} for a plain `subprocess.run`: it forks the whole parent.)")
         if sh_cpu is not None and agent_cpu is not None:
             line += (f" The agent's start is most of the CPU ({fmt(agent_cpu)} ms against {fmt(sh_cpu)} ms for the "
                      "shell stand-in): a lighter agent is what raises the rate.")

@@ -86,12 +86,15 @@ class LocalRuntime(Runtime):
         self._used_uids: set[int] = set()
         self._bwrap = shutil.which("bwrap") or "/usr/bin/bwrap"
         self._seccomp = seccomp.build_filter()
+        self._setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
 
     # ---- node set-up ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         if os.geteuid() != 0:
             raise SandboxError("the local runtime needs root (namespaces, cgroups, tmpfs mounts)")
+        if not os.path.exists(self._setpriv):
+            raise SandboxError("setpriv (util-linux) is not installed")
         if not os.path.exists(self._bwrap):
             raise SandboxError("bubblewrap (bwrap) is not installed: run `make install` or `apt-get install bubblewrap`")
         reaper.become_subreaper()
@@ -193,9 +196,16 @@ class LocalRuntime(Runtime):
         env.update(spec.env)
         return env
 
+    def _launcher(self, group: CgroupSet, uid: int) -> list[str]:
+        """argv prefix that joins the sandbox's cgroups, drops to its uid and sets the parent-death signal,
+        then execs bwrap: done by small exec'd programs rather than a Python preexec_fn, so Popen can
+        vfork instead of copying the whole server process for every sandbox."""
+        join = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
+        return ["/bin/sh", "-c", join, "agbox-launch", *group.procs_files(), "--",
+                self._setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--pdeathsig=KILL", "--"]
+
     def _spawn(self, spec: SandboxSpec, sandbox_id: str, uid: int, group: CgroupSet) -> tuple[int, int, int, int]:
-        """Runs on the spawner thread. Returns (bwrap pid, sandbox pid, agent stdin, agent stdout)."""
-        procs_fds = [os.open(path, os.O_WRONLY) for path in group.procs_files()]
+        """Runs on the spawner thread (fork + exec only). Returns (bwrap pid, info fd, agent stdin, agent stdout)."""
         info_r, info_w = os.pipe()
         seccomp_r: int | None = None
         if self._seccomp is not None:
@@ -205,37 +215,28 @@ class LocalRuntime(Runtime):
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
         log_fd = os.open(str(self.sandbox_dir / f"{sandbox_id}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-
-        parent = os.getpid()
-        die_with_us = reaper.set_parent_death_signal
-
-        def enter_cgroup_and_drop_privileges() -> None:
-            for fd in procs_fds:
-                os.write(fd, b"0")
-            os.setgroups([])
-            os.setresgid(uid, uid, uid)
-            os.setresuid(uid, uid, uid)
-            # bwrap's --die-with-parent is set only once bwrap runs; if we die before that, the
-            # sandbox would outlive us. Set it here (after the uid change, which clears it) and
-            # give up if we are already gone.
-            die_with_us()
-            if os.getppid() != parent:
-                os._exit(1)
-
         try:
             proc = subprocess.Popen(
-                self._argv(spec, info_w, seccomp_r), stdin=in_r, stdout=out_w, stderr=log_fd, env=self._env(spec),
-                pass_fds=(info_w,) if seccomp_r is None else (info_w, seccomp_r),
-                preexec_fn=enter_cgroup_and_drop_privileges, close_fds=True,
+                [*self._launcher(group, uid), *self._argv(spec, info_w, seccomp_r)],
+                stdin=in_r, stdout=out_w, stderr=log_fd, env=self._env(spec),
+                pass_fds=(info_w,) if seccomp_r is None else (info_w, seccomp_r), close_fds=True,
             )
+        except BaseException:
+            for fd in (info_r, in_w, out_r):
+                os.close(fd)
+            raise
         finally:
-            for fd in (*procs_fds, info_w, in_r, out_w, log_fd):
+            for fd in (info_w, in_r, out_w, log_fd):
                 os.close(fd)
             if seccomp_r is not None:
                 os.close(seccomp_r)
         # Popen never waits for it: the reaper owns the exit status.
         proc.returncode = 0
         reaper.own(proc.pid)
+        return proc.pid, info_r, in_w, out_r
+
+    def _await_info(self, sandbox_id: str, info_r: int) -> int:
+        """Blocks (off the spawner thread) until bwrap reports the sandbox's pid; returns it."""
         data = b""
         deadline = time.monotonic() + READY_TIMEOUT_S
         try:
@@ -249,12 +250,9 @@ class LocalRuntime(Runtime):
         finally:
             os.close(info_r)
         try:
-            child_pid = int(json.loads(data.decode() or "{}")["child-pid"])
+            return int(json.loads(data.decode() or "{}")["child-pid"])
         except (ValueError, KeyError) as exc:
-            os.close(in_w)
-            os.close(out_r)
             raise SandboxError(f"bwrap did not start the sandbox: {self._log_tail(sandbox_id)}") from exc
-        return proc.pid, child_pid, in_w, out_r
 
     def _log_tail(self, sandbox_id: str) -> str:
         with contextlib.suppress(OSError):
@@ -270,10 +268,11 @@ class LocalRuntime(Runtime):
         channel: AgentChannel | None = None
         try:
             group = self.cgroups.create(sandbox_id, spec.limits.memory_bytes, spec.limits.cpus, spec.limits.pids)
-            bwrap_pid, child_pid, in_w, out_r = await loop.run_in_executor(
+            bwrap_pid, info_r, in_w, out_r = await loop.run_in_executor(
                 self._spawner, self._spawn, spec, sandbox_id, uid, group)
             channel = AgentChannel(in_w, out_r, sandbox_id)
             await channel.open()
+            child_pid = await loop.run_in_executor(None, self._await_info, sandbox_id, info_r)
             assert channel.ready is not None
             try:
                 await asyncio.wait_for(channel.ready, READY_TIMEOUT_S)

@@ -23,14 +23,6 @@ _owned: set[int] = set()
 _exit_status: dict[int, int] = {}
 
 
-PR_SET_PDEATHSIG = 1
-
-
-def set_parent_death_signal() -> None:
-    """SIGKILL this process when the thread that forked it dies (used between fork and exec)."""
-    _libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
-
-
 def become_subreaper() -> None:
     _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
