@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -47,3 +48,15 @@ def test_warm_pool_hands_over_started_sandboxes(tmp_path: Path) -> None:
         assert not runtime.run_dir.exists()  # nothing of this runtime is left in /run
 
     asyncio.run(scenario())
+
+
+def test_sandbox_info_is_read_from_fd_numbers_past_1024(tmp_path: Path) -> None:
+    # With hundreds of sessions the server's fd numbers pass select()'s 1024 limit.
+    runtime = LocalRuntime(tmp_path / "data")
+    read_end, write_end = os.pipe()
+    high = 1500
+    os.dup2(read_end, high)
+    os.close(read_end)
+    os.write(write_end, b'{\n    "child-pid": 4242\n}\n')
+    os.close(write_end)
+    assert runtime._await_info("sbx-test", high) == 4242

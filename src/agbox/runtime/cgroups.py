@@ -127,12 +127,12 @@ class CgroupManager:
 
     @staticmethod
     def kill(group: CgroupSet) -> None:
+        """cgroup.kill where the kernel has it, and SIGKILL to every member of every hierarchy too: a
+        process that is still joining (in some hierarchies, not yet in the unified one) dies as well."""
         unified = group.dir("unified")
         if unified is not None and (unified / "cgroup.kill").exists():
             with contextlib.suppress(OSError):
                 _write(unified / "cgroup.kill", "1")
-                return
-        # Fallback: freeze, signal every member, thaw.
         for procs in group.procs_files():
             with contextlib.suppress(OSError):
                 for pid in Path(procs).read_text().split():

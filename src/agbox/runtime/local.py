@@ -239,11 +239,13 @@ class LocalRuntime(Runtime):
         """Blocks (off the spawner thread) until bwrap reports the sandbox's pid; returns it."""
         data = b""
         deadline = time.monotonic() + READY_TIMEOUT_S
+        poller = select.poll()  # not select(): fd numbers pass 1024 with many sessions
+        poller.register(info_r, select.POLLIN)
         try:
             # bwrap writes its info JSON in pieces and closes the fd once the sandbox is set up.
             while time.monotonic() < deadline:
-                ready, _, _ = select.select([info_r], [], [], max(deadline - time.monotonic(), 0))
-                chunk = os.read(info_r, 4096) if ready else b""
+                events = poller.poll(max(deadline - time.monotonic(), 0) * 1000)
+                chunk = os.read(info_r, 4096) if events else b""
                 if not chunk:
                     break
                 data += chunk
