@@ -262,7 +262,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
                           baseline_s=direct["service_base"],
                           note="store writes, checks, the session record: what a hand-over from a pool leaves"))
         spawn_ms = B.percentile(direct["spawn"], 50) * 1000
-        rows.append(B.row(FAMILY, "spawner thread time per sandbox start (fork+exec bwrap, wait for its set-up)",
+        rows.append(B.row(FAMILY, "spawner thread time per sandbox start (vfork+exec of the launcher and bwrap)",
                           direct["spawn"], key="create.spawn", baseline=interleaved,
                           baseline_s=direct["service_base"],
                           note=f"the local runtime spawns from ONE thread, so sandboxes cannot start faster than "
