@@ -11,12 +11,11 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
-import os
-import sqlite3
-import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from agbox.store.sqlite import SqliteDatabase
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS contexts (
@@ -171,26 +170,12 @@ _CTX_COLUMNS = "id, owner, name, state, kind, created_at, last_used_at, expires_
 _FILE_COLUMNS = "path, blob, size, created_at, modified_at, expires_at"
 
 
-class SqliteContextStore(ContextStore):
+class SqliteContextStore(SqliteDatabase, ContextStore):
     """Uses the platform's SQLite file (its own connection; WAL lets both share it)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
-        os.chmod(path, 0o600)
-        self._lock = threading.RLock()
-        self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: a committed manifest survives power loss as well as a killed process.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def _exec(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self._db.execute(sql, params).fetchall()
+        super().__init__(path, SCHEMA, synchronous="FULL")
 
     # ---- contexts
 

@@ -46,15 +46,18 @@ _SESSION_COLUMNS = ("id, owner, image_id, status, labels, created_at, last_activ
                     "token, node, handle, policy_id, finished_at, finish_reason")
 
 
-class SqliteStore(Store):
-    def __init__(self, path: Path) -> None:
+class SqliteDatabase:
+    """One locked, autocommit, WAL-mode connection to the data dir's database file (0600), shared by
+    the stores that live in it (sessions and keys here; contexts in ``store/contexts.py``)."""
+
+    def __init__(self, path: Path, schema: str, synchronous: str = "NORMAL", timeout_s: float = 30) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=timeout_s)
         os.chmod(path, 0o600)
         self._lock = threading.RLock()
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        self._db.execute(f"PRAGMA synchronous={synchronous}")
+        self._db.executescript(schema)
 
     def close(self) -> None:
         with self._lock:
@@ -63,6 +66,11 @@ class SqliteStore(Store):
     def _exec(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
+
+
+class SqliteStore(SqliteDatabase, Store):
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, SCHEMA)
 
     # ---- API keys
 
