@@ -62,8 +62,9 @@ def test_the_server_and_other_sessions_are_unreachable(pair: Any, server: Server
 
 
 def _is_sandbox_agent(pid: str) -> bool:
+    # The agent itself, not a launcher (sh/setpriv, briefly root) whose arguments mention it.
     try:
-        return b"/opt/agbox/agent/main.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"/usr/bin/python3\0-I\0-S\0/opt/agbox/agent/")
     except OSError:
         return False
 
