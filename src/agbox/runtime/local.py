@@ -112,12 +112,9 @@ class LocalRuntime(Runtime):
             self.cgroups.kill(group)
             self.cgroups.wait_empty(group, 5.0, reaper.reap)
             self.cgroups.remove(group)
-        for entry in os.scandir(self.sandbox_dir):
-            if entry.is_dir(follow_symlinks=False):
-                self._remove_root(Path(entry.path))
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
+        for entry in os.scandir(self.sandbox_dir):  # logs of sandboxes that are gone
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                os.unlink(entry.path)
         build_base(self.base_dir)
         os.chmod(self.base_dir, 0o755)
         # A copy of the agent, so the sandbox uid can read it wherever agbox is installed.
@@ -413,13 +410,6 @@ class LocalRuntime(Runtime):
         reaper.reap()
         self.cgroups.remove(group)
 
-    def _remove_root(self, root: Path) -> None:
-        """Remove a directory left by an earlier version that mounted sandbox roots on the host."""
-        with contextlib.suppress(OSError):
-            if sysutil.is_mountpoint(str(root)):
-                sysutil.umount(str(root))
-        shutil.rmtree(root, ignore_errors=True)
-
     def _remove_log(self, sandbox_id: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(self.sandbox_dir / f"{sandbox_id}.log")
@@ -465,11 +455,3 @@ def _socket_in_netns(pid: int) -> socket.socket:
         os.close(own)
         os.close(target)
 
-
-def wait_until(predicate: Any, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.001)
-    return bool(predicate())

@@ -20,7 +20,6 @@ PR_SET_CHILD_SUBREAPER = 36
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _lock = threading.Lock()
 _owned: set[int] = set()
-_exit_status: dict[int, int] = {}
 
 
 def become_subreaper() -> None:
@@ -58,19 +57,14 @@ def reap() -> None:
         owned = list(_owned)
     for pid in owned:
         try:
-            done, status = os.waitpid(pid, os.WNOHANG)
+            done, _ = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
-            done, status = pid, 0
+            done = pid
         if done:
             with _lock:
                 _owned.discard(pid)
-                _exit_status[pid] = status
     for pid in _children():
         if pid not in owned and _is_orphaned_sandbox_zombie(pid):
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
 
-
-def exited(pid: int) -> bool:
-    with _lock:
-        return pid in _exit_status or pid not in _owned

@@ -41,7 +41,8 @@ class ToolService:
         return self.registry.tools_for(self.images.get(image_id))
 
     def context(self, owner: str, session_id: Any, on_event: EventCallback | None = None) -> ToolContext:
-        record = self.sessions.get(owner, session_id)
+        # No touch here: the call's end counts as activity (SessionService.in_use), one write per call.
+        record = self.sessions.get(owner, session_id, touch=False)
         return ToolContext(
             session_id=record.id, image_id=record.image_id, runtime=self.sessions.runtime,
             handle=self.sessions.handle(record), settings=self.sessions.settings,
