@@ -9,6 +9,8 @@ command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v java >/dev/null 2>&1 || need+=(default-jdk-headless)
 command -v Rscript >/dev/null 2>&1 || need+=(r-base-core)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# PostgreSQL server binaries: the test suite runs the store against a throwaway cluster (initdb + pg_ctl).
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" != 0 ]; then
   echo "agbox needs these Debian packages (run as root to install them): ${need[*]}" >&2

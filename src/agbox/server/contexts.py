@@ -22,7 +22,8 @@ from agbox.models import SessionRecord
 from agbox.server.wire import WireApi, envelope
 from agbox.services.context_files import LocalBlobStore
 from agbox.services.contexts import MAX_OBJECT_BYTES, ContextService, iso, load_secret
-from agbox.store.contexts import ContextRecord, SqliteContextStore
+from agbox.store.contexts import ContextRecord
+from agbox.store.factory import open_context_store
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def service_of(wire: WireApi) -> ContextService:
     if isinstance(existing, ContextService):
         return existing
     data_dir = platform.settings.data_dir
-    service = ContextService(platform.settings, SqliteContextStore(data_dir / "agbox.db"),
+    service = ContextService(platform.settings, open_context_store(platform.settings, platform.store),
                              LocalBlobStore(data_dir / "contexts"), platform.sessions,
                              load_secret(data_dir / "contexts" / "url-secret"))
     platform.extensions["contexts"] = service

@@ -17,7 +17,7 @@ from agbox.services.sessions import SessionService
 from agbox.services.tools import ToolService
 from agbox.settings import Settings
 from agbox.store.base import Store
-from agbox.store.sqlite import SqliteStore
+from agbox.store.factory import open_store
 from agbox.tools.registry import ToolRegistry
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class Platform:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd = self._lock_data_dir()
-        self.store = store or SqliteStore(settings.data_dir / "agbox.db")
+        self.store = store or open_store(settings)
         self.runtime = runtime or make_runtime(settings)
         self.images = ImageCatalog(extra_dir=settings.images_dir)
         self.keys = KeyService(self.store)
