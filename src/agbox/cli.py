@@ -79,7 +79,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     app = create_app(platform, on_ready=announce)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                            access_log=False, timeout_graceful_shutdown=10, ws_max_size=64 * 1024 * 1024)
+                            access_log=False, timeout_graceful_shutdown=10, ws_max_size=64 * 1024 * 1024,
+                            # /browser/init carries fingerprints (~10 KB) in its query string
+                            h11_max_incomplete_event_size=256 * 1024)
     server = _GracefulServer(config)
     server.run()
     return 0

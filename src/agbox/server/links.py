@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from agbox.server.wire import envelope
+from agbox.services.browser import BrowserService
 from agbox.services.links import LinkService
 
 if TYPE_CHECKING:
@@ -30,6 +31,13 @@ def register_ops(wire: WireApi) -> None:
     service = link_service(wire)
 
     async def get_link(owner: str, p: Params, rid: str) -> dict[str, Any]:
+        if p.get("port") in (None, ""):
+            browser = wire.platform.extensions.get("browser")
+            cdp_url = None
+            if isinstance(browser, BrowserService):
+                cdp_url = await browser.legacy_cdp_url(owner, p.get("sessionId"))
+            if cdp_url is not None:  # SDKs up to 0.10 fetch the CDP URL this way
+                return envelope(rid, {"url": cdp_url})
         url = await service.get_link(owner, p.get("sessionId"), p.get("protocolType"), p.get("port"))
         return envelope(rid, {"url": url})
 

@@ -39,12 +39,17 @@ ROUTES: dict[str, tuple[str, str]] = {
     "callMcpTool": ("POST", "/mcp"),
     # Handled by the links feature module; listed here so SDK clients know the route without a platform.
     "getLink": ("GET", "/internet/getLink"),
+    # Handled by the browser feature module.
+    "initBrowser": ("POST", "/browser/init"),
+    "getCdpLink": ("POST", "/internet/getCdpLink"),
 }
 
 
 # Optional feature modules: each may define ``register_ops(wire)`` (AGB wire operations) and
 # ``routes(wire) -> list[BaseRoute]`` (HTTP/WebSocket routes of its own).
-FEATURE_MODULES = ("agbox.server.links", "agbox.server.contexts", "agbox.server.stream", "agbox.server.mcp_endpoint")
+# The browser comes before contexts: its release hook closes Chromium before contexts upload the profile.
+FEATURE_MODULES = ("agbox.server.links", "agbox.server.browser", "agbox.server.contexts", "agbox.server.stream",
+                   "agbox.server.mcp_endpoint")
 
 
 def feature_modules() -> list[Any]:
