@@ -92,3 +92,46 @@ def test_create_exec_ls_rm_against_a_server(server: ServerProcess) -> None:
     assert removed.returncode == 0 and removed.stdout.strip() == session_id, removed.stderr
     assert session_id not in agbox("ls", env=env).stdout
     assert agbox("rm", session_id, env=env).returncode == 1
+
+
+def test_shell_is_an_interactive_terminal(server: ServerProcess) -> None:
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+    import time
+
+    env = {"AGB_ENDPOINT": server.endpoint, "AGB_API_KEY": server.api_key}
+    session_id = agbox("create", env=env).stdout.strip()
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("AGB_", "AGBOX_"))}
+    process = subprocess.Popen([sys.executable, "-m", "agbox", "shell", session_id], stdin=slave, stdout=slave,
+                               stderr=slave, env={**environ, **env}, start_new_session=True)
+    os.close(slave)
+    screen = bytearray()
+
+    def read_until(needle: bytes, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while needle not in screen:
+            assert time.monotonic() < deadline, f"{needle!r} never appeared in {bytes(screen)!r}"
+            if select.select([master], [], [], 0.1)[0]:
+                try:
+                    screen.extend(os.read(master, 65536))
+                except OSError:  # the CLI exited and closed the terminal
+                    break
+
+    try:
+        read_until(b"$ ")  # the session's prompt
+        os.write(master, b"stty size; echo ok-$((6*7))\r")
+        read_until(b"ok-42")
+        assert b"33 111" in screen
+        os.write(master, b"exit 5\r")
+        assert process.wait(30) == 5
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        os.close(master)
+        agbox("rm", session_id, env=env)

@@ -272,6 +272,50 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_shell(args: argparse.Namespace) -> int:
+    import select
+    import shutil
+    import termios
+    import tty
+
+    command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    stdin_fd, out = sys.stdin.fileno(), sys.stdout.buffer
+
+    def show(chunk: bytes) -> None:
+        out.write(chunk)
+        out.flush()
+
+    with _client(args) as agb:
+        session = _session(agb, args.session_id)
+        size = shutil.get_terminal_size()
+        terminal = session.pty.create(command or None, cols=size.columns, rows=size.lines, on_data=show)
+        interactive = os.isatty(stdin_fd)
+        saved = termios.tcgetattr(stdin_fd) if interactive else None
+        previous_winch = signal.signal(signal.SIGWINCH, lambda *_: terminal.resize(*shutil.get_terminal_size()))
+        try:
+            if interactive:
+                # Raw: keys (Ctrl-C too) go to the session's terminal. TCSANOW keeps what was typed ahead.
+                tty.setraw(stdin_fd, termios.TCSANOW)
+            while terminal.running:
+                ready, _, _ = select.select([stdin_fd], [], [], 0.1)
+                if not ready:
+                    continue
+                typed = os.read(stdin_fd, 4096)
+                if not typed:
+                    break
+                terminal.send_input(typed)
+            ended = terminal.wait(None if terminal.running else 30)
+        finally:
+            signal.signal(signal.SIGWINCH, previous_winch)
+            if saved is not None:
+                termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
+            terminal.close()
+        if ended.exit_code < 0:
+            print(f"agbox: {ended.error_message}", file=sys.stderr)
+            return 1
+        return int(ended.exit_code)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agbox", description="Self-hosted AGB-compatible sandboxes for AI agents")
     parser.add_argument("--version", action="version", version=f"agbox {_version()}")
@@ -327,6 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="filter")
     client_options(ls)
     ls.set_defaults(func=cmd_ls)
+
+    shell = sub.add_parser("shell", help="an interactive terminal in a session (a login shell, or -- CMD)")
+    shell.add_argument("session_id")
+    shell.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
+    client_options(shell)
+    shell.set_defaults(func=cmd_shell)
 
     rm = sub.add_parser("rm", help="delete sessions")
     rm.add_argument("session_ids", nargs="+")

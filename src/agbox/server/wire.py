@@ -49,7 +49,7 @@ ROUTES: dict[str, tuple[str, str]] = {
 # ``routes(wire) -> list[BaseRoute]`` (HTTP/WebSocket routes of its own).
 # The browser comes before contexts: its release hook closes Chromium before contexts upload the profile.
 FEATURE_MODULES = ("agbox.server.links", "agbox.server.browser", "agbox.server.contexts", "agbox.server.stream",
-                   "agbox.server.mcp_endpoint")
+                   "agbox.server.terminal", "agbox.server.mcp_endpoint")
 
 
 def feature_modules() -> list[Any]:
