@@ -28,6 +28,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         api_key=getattr(args, "api_key", None),
         public_url=getattr(args, "public_url", None),
         store_url=getattr(args, "store", None),
+        runtime=getattr(args, "runtime", None),
+        ray_address=getattr(args, "ray_address", None),
+        node_data_dir=getattr(args, "node_data_dir", None),
     )
 
 
@@ -314,6 +317,39 @@ def cmd_shell(args: argparse.Namespace) -> int:
             print(f"agbox: {ended.error_message}", file=sys.stderr)
             return 1
         return int(ended.exit_code)
+def node_resources(slots: int, memory_mb: int, images: str) -> dict[str, float]:
+    """The Ray custom resources an agbox node declares (read by runtime/ray_cluster.py)."""
+    from agbox.runtime.ray_node import IMAGE_RESOURCE_PREFIX, MEMORY_RESOURCE, SLOTS_RESOURCE
+
+    resources: dict[str, float] = {SLOTS_RESOURCE: float(slots)}
+    if memory_mb:
+        resources[MEMORY_RESOURCE] = float(memory_mb)
+    for image in filter(None, (i.strip() for i in images.split(","))):
+        resources[IMAGE_RESOURCE_PREFIX + image] = 1.0
+    return resources
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    import json
+    import shutil
+
+    if args.slots < 1:
+        print("--slots must be at least 1", file=sys.stderr)
+        return 2
+    ray_cli = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+    argv = [ray_cli, "start", "--block", "--resources", json.dumps(node_resources(args.slots, args.memory_mb,
+                                                                                  args.images))]
+    if args.head:
+        argv += ["--head", "--port", args.address.rsplit(":", 1)[-1], "--include-dashboard=false"]
+    else:
+        argv += ["--address", args.address]
+    if args.node_ip_address:
+        argv += ["--node-ip-address", args.node_ip_address]
+    if args.dry_run:
+        print(" ".join(argv))
+        return 0
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.execv(argv[0], argv)  # noqa: S606 - becomes the ray node process
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -332,8 +368,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", default=None, help="fix the API key (or set AGBOX_API_KEY)")
     serve.add_argument("--public-url", default=None, help="base URL clients use, e.g. behind a reverse proxy")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--runtime", default=None, choices=["local", "ray"],
+                       help="where sandboxes run: this machine (default) or the nodes of a Ray cluster")
+    serve.add_argument("--ray-address", default=None, help="Ray head address host:port (or AGBOX_RAY_ADDRESS)")
+    serve.add_argument("--node-data-dir", default=None, help="ray runtime: per-node state path on each node")
     data_dir_option(serve)
     serve.set_defaults(func=cmd_serve)
+
+    node = sub.add_parser("node", help="join this machine to a Ray cluster as an agbox node (runs `ray start`)")
+    node.add_argument("--address", required=True, help="the Ray head, host:port")
+    node.add_argument("--head", action="store_true", help="start the head instead (then --address is its port)")
+    node.add_argument("--slots", type=int, default=64, help="sandboxes this node may hold")
+    node.add_argument("--memory-mb", type=int, default=0, help="memory for sandboxes (default: all the node has)")
+    node.add_argument("--images", default="", help="comma-separated image ids this node offers (default: all)")
+    node.add_argument("--node-ip-address", default=None, help="the address other machines reach this node on")
+    node.add_argument("--dry-run", action="store_true", help="print the ray start command instead of running it")
+    node.set_defaults(func=cmd_node)
 
     keys = sub.add_parser("keys", help="manage API keys")
     keys.add_argument("action", choices=["create", "list", "revoke"])
