@@ -1,7 +1,7 @@
 """Wire operations of links: ``GET /internet/getLink`` (and ``GET /mcp/getLink``) → ``data.url``.
 
 The proxy itself (listeners, admission, relay) lives in ``agbox.services.links``; this module only
-registers the operations and the release hook that closes a session's links.
+registers the operations (the platform owns the LinkService and its release hook).
 """
 
 from __future__ import annotations
@@ -9,25 +9,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from agbox.server.wire import envelope
-from agbox.services.links import LinkService
 
 if TYPE_CHECKING:
     from agbox.server.wire import Params, WireApi
 
 
-def link_service(wire: WireApi) -> LinkService:
-    """The platform's one LinkService (made on first use, its release hook registered once)."""
-    service = wire.platform.extensions.get("links")
-    if not isinstance(service, LinkService):
-        service = LinkService(wire.platform)
-        wire.platform.extensions["links"] = service
-        wire.platform.sessions.before_release.append(service.before_release)
-        wire.platform.close_hooks.append(service.close)
-    return service
-
-
 def register_ops(wire: WireApi) -> None:
-    service = link_service(wire)
+    service = wire.platform.links
 
     async def get_link(owner: str, p: Params, rid: str) -> dict[str, Any]:
         url = await service.get_link(owner, p.get("sessionId"), p.get("protocolType"), p.get("port"))

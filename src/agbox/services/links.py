@@ -520,8 +520,16 @@ class LinkService:
         protocol = parse_protocol(protocol_type, settings.tls_enabled)
         number = parse_port(port, settings.link_port_min, settings.link_port_max)
         link = await self.open(record, number)
-        host = url_host(settings.public_url, settings.host)
+        return self.url(link, protocol)
+
+    def url(self, link: Link, protocol: str = "http") -> str:
+        host = url_host(self.platform.settings.public_url, self.platform.settings.host)
         return f"{protocol}://{host}:{link.listen_port}{PREFIX.decode()}{link.secret}/"
+
+    def session_links(self, session_id: str) -> list[tuple[int, str]]:
+        """(sandbox port, URL) of the links a session has open."""
+        return sorted((port, self.url(link)) for (owner_session, port), link in self.links.items()
+                      if owner_session == session_id and not link.closed)
 
     async def open(self, record: SessionRecord, port: int) -> Link:
         async with self._lock:
