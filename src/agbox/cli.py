@@ -23,13 +23,14 @@ def _settings(args: argparse.Namespace) -> Settings:
         port=getattr(args, "port", None),
         api_key=getattr(args, "api_key", None),
         public_url=getattr(args, "public_url", None),
+        store_url=getattr(args, "store", None),
     )
 
 
 def _store(settings: Settings):  # type: ignore[no-untyped-def]
-    from agbox.store.sqlite import SqliteStore
+    from agbox.store.factory import open_store
 
-    return SqliteStore(settings.data_dir / "agbox.db")
+    return open_store(settings)
 
 
 def _ensure_key(settings: Settings) -> str:
@@ -78,7 +79,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     app = create_app(platform, on_ready=announce)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                            access_log=False, timeout_graceful_shutdown=10, ws_max_size=64 * 1024 * 1024)
+                            access_log=False, timeout_graceful_shutdown=10, ws_max_size=64 * 1024 * 1024,
+                            # /browser/init carries fingerprints (~10 KB) in its query string
+                            h11_max_incomplete_event_size=256 * 1024)
     server = _GracefulServer(config)
     server.run()
     return 0
@@ -154,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def data_dir_option(p: argparse.ArgumentParser) -> None:
         p.add_argument("--data-dir", type=Path, default=None, help="state directory (default: per-user data dir)")
+        p.add_argument("--store", default=None, metavar="URL",
+                       help="postgresql://user:password@host:port/db (or AGBOX_STORE); default SQLite in the data dir")
 
     serve = sub.add_parser("serve", help="run the server")
     serve.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")

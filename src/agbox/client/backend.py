@@ -110,7 +110,8 @@ class EmbeddedPlatform:
         self.run(self.platform.start())
         self.app = create_app(self.platform, manage_platform=False)
         self.wire = self.app.state.wire
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
+                                h11_max_incomplete_event_size=256 * 1024)
         self.server = uvicorn.Server(config)
         self._serving = asyncio.run_coroutine_threadsafe(self.server.serve(sockets=[self._socket]), self.loop)
         self.users = 0

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from agbox.client.browser import Browser
 from agbox.client.code import Code
 from agbox.client.command import Command
 from agbox.client.context_manager import ContextManager
@@ -88,6 +89,7 @@ class Session:
         self.command = Command(self)
         self.file = FileSystem(self)
         self.code = Code(self)
+        self.browser = Browser(self)
         self.context = ContextManager(self)
         self.file_transfer = FileTransfer(self, self.context, agb.context)
 

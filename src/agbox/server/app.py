@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from agbox.errors import AgboxError, AuthenticationError, InvalidRequestError, LimitExceededError
-from agbox.server import contexts, links, mcp_endpoint, session_page, stream
+from agbox.server import browser, contexts, links, mcp_endpoint, session_page, stream
 from agbox.server.wire import ROUTES, WireApi, envelope, error_envelope, new_request_id
 from agbox.services.platform import Platform
 
@@ -124,6 +124,7 @@ def create_app(platform: Platform, *, manage_platform: bool = True,
                on_ready: Callable[[], Awaitable[None]] | None = None) -> Starlette:
     wire = WireApi(platform)
     links.register_ops(wire)
+    browser.register_ops(wire)
     contexts.register_ops(wire)
 
     @contextlib.asynccontextmanager

@@ -18,6 +18,10 @@ def register_ops(wire: WireApi) -> None:
     service = wire.platform.links
 
     async def get_link(owner: str, p: Params, rid: str) -> dict[str, Any]:
+        if p.get("port") in (None, ""):
+            cdp_url = await wire.platform.browser.legacy_cdp_url(owner, p.get("sessionId"))
+            if cdp_url is not None:  # SDKs up to 0.10 fetch the CDP URL this way
+                return envelope(rid, {"url": cdp_url})
         url = await service.get_link(owner, p.get("sessionId"), p.get("protocolType"), p.get("port"))
         return envelope(rid, {"url": url})
 

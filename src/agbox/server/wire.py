@@ -39,6 +39,9 @@ ROUTES: dict[str, tuple[str, str]] = {
     "callMcpTool": ("POST", "/mcp"),
     # Handled by the links feature module; listed here so SDK clients know the route without a platform.
     "getLink": ("GET", "/internet/getLink"),
+    # Handled by the browser feature module (server/browser.py).
+    "initBrowser": ("POST", "/browser/init"),
+    "getCdpLink": ("POST", "/internet/getCdpLink"),
 }
 
 

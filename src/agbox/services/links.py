@@ -80,9 +80,9 @@ CONNECT_TIMEOUT_S = 10.0
 TOUCH_INTERVAL_S = 1.0
 
 
-def link_secret(token: str, session_id: str, port: int) -> str:
-    """The secret of one link: HMAC(session token, session id + port), URL-safe."""
-    digest = hmac.new(token.encode(), f"agbox-link:{session_id}:{port}".encode(), hashlib.sha256).digest()
+def link_secret(token: str, session_id: str, port: int, purpose: str = "link") -> str:
+    """The secret of one link: HMAC(session token, purpose + session id + port), URL-safe."""
+    digest = hmac.new(token.encode(), f"agbox-{purpose}:{session_id}:{port}".encode(), hashlib.sha256).digest()
     return digest[:18].hex()
 
 
@@ -144,6 +144,9 @@ class Link:
     session_id: str
     port: int
     secret: str
+    # A DevTools link (the CDP URL): Chromium answers only requests whose Host is 127.0.0.1/localhost
+    # and refuses WebSocket upgrades that carry an Origin, so both are rewritten on the way in.
+    devtools: bool = False
     server: asyncio.Server | None = None
     listen_port: int = 0
     closed: bool = False
@@ -191,6 +194,9 @@ class Link:
         headers = [(k, v) for k, v in head.headers if k.lower() != b"cookie"]
         if kept:
             headers.append((b"Cookie", b"; ".join(kept)))
+        if self.devtools:
+            headers = [(k, v) for k, v in headers if k.lower() not in (b"host", b"origin")]
+            headers.insert(0, (b"Host", f"127.0.0.1:{self.port}".encode()))
         head.headers = headers
         in_path = False
         if target.startswith(PREFIX):
@@ -406,7 +412,7 @@ class Link:
 class LinkService:
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
-        self.links: dict[tuple[str, int], Link] = {}
+        self.links: dict[tuple[str, int, bool], Link] = {}
         self._lock = asyncio.Lock()
 
     async def get_link(self, owner: str, session_id: object, protocol_type: object, port: object) -> str:
@@ -417,25 +423,32 @@ class LinkService:
         protocol = parse_protocol(protocol_type, settings.tls_enabled)
         number = parse_port(port, settings.link_port_min, settings.link_port_max)
         link = await self.open(record, number)
-        return self.url(link, protocol)
-
-    def url(self, link: Link, protocol: str = "http") -> str:
-        host = url_host(self.platform.settings.public_url, self.platform.settings.host)
-        return f"{protocol}://{host}:{link.listen_port}{PREFIX.decode()}{link.secret}/"
+        return self.link_url(link, protocol)
 
     def session_links(self, session_id: str) -> list[tuple[int, str]]:
-        """(sandbox port, URL) of the links a session has open."""
-        return sorted((port, self.url(link)) for (owner_session, port), link in self.links.items()
-                      if owner_session == session_id and not link.closed)
+        """(sandbox port, URL) of the port links a session has open (not its DevTools link)."""
+        return sorted((port, self.link_url(link, "http")) for (owner_session, port, devtools), link
+                      in self.links.items() if owner_session == session_id and not devtools and not link.closed)
 
-    async def open(self, record: SessionRecord, port: int) -> Link:
+    async def open(self, record: SessionRecord, port: int, *, devtools: bool = False) -> Link:
         async with self._lock:
-            link = self.links.get((record.id, port))
+            key = (record.id, port, devtools)
+            link = self.links.get(key)
             if link is None or link.closed:
-                link = Link(self, record.id, port, link_secret(record.token, record.id, port))
+                secret = link_secret(record.token, record.id, port, "cdp" if devtools else "link")
+                link = Link(self, record.id, port, secret, devtools=devtools)
                 await link.open(self.platform.settings.host)
-                self.links[(record.id, port)] = link
+                self.links[key] = link
             return link
+
+    def link_url(self, link: Link, protocol: str, path: str = "/") -> str:
+        host = url_host(self.platform.settings.public_url, self.platform.settings.host)
+        return f"{protocol}://{host}:{link.listen_port}{PREFIX.decode()}{link.secret}{path}"
+
+    def close_link(self, session_id: str, port: int, *, devtools: bool = False) -> None:
+        link = self.links.pop((session_id, port, devtools), None)
+        if link is not None:
+            link.close()
 
     def close_session(self, session_id: str) -> None:
         for key in [k for k in self.links if k[0] == session_id]:

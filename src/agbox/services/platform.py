@@ -10,6 +10,7 @@ import os
 from agbox.errors import AgboxError
 from agbox.images import ImageCatalog
 from agbox.runtime.base import Runtime
+from agbox.services.browser import BrowserService
 from agbox.services.context_files import LocalBlobStore
 from agbox.services.contexts import ContextService
 from agbox.services.keys import KeyService
@@ -19,8 +20,7 @@ from agbox.services.tools import ToolService
 from agbox.services.url_signing import load_secret
 from agbox.settings import Settings
 from agbox.store.base import Store
-from agbox.store.contexts import SqliteContextStore
-from agbox.store.sqlite import SqliteStore
+from agbox.store.factory import open_context_store, open_store
 from agbox.tools.registry import ToolRegistry
 
 log = logging.getLogger(__name__)
@@ -39,19 +39,22 @@ class Platform:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd = self._lock_data_dir()
-        self.store = store or SqliteStore(settings.data_dir / "agbox.db")
+        self.store = store or open_store(settings)
         self.runtime = runtime or make_runtime(settings)
         self.images = ImageCatalog(extra_dir=settings.images_dir)
         self.keys = KeyService(self.store)
         self.sessions = SessionService(settings, self.store, self.runtime, self.images)
         self.tools = ToolService(self.sessions, self.images, ToolRegistry())
         self.links = LinkService(self)
+        self.browser = BrowserService(self, self.links)
         contexts_dir = settings.data_dir / "contexts"
-        self.contexts = ContextService(settings, SqliteContextStore(settings.data_dir / "agbox.db"),
+        self.contexts = ContextService(settings, open_context_store(settings, self.store),
                                        LocalBlobStore(contexts_dir), self.sessions,
                                        load_secret(contexts_dir / "url-secret"))
-        # A released session's links close and its contexts upload before its sandbox goes.
+        # At release, in this order before the sandbox goes: the session's links close, its Chromium
+        # closes (so the profile on disk is complete), then its contexts upload.
         self.sessions.before_release.append(self.links.before_release)
+        self.sessions.before_release.append(self.browser.before_release)
         self.sessions.before_release.append(self.contexts.before_release)
         self.started = False
 
