@@ -152,6 +152,3 @@ class Pty:
         request = {"cmd": cmd, "cols": cols, "rows": rows, "cwd": cwd, "envs": envs or {}}
         return PtyHandle(self.session, request, on_data, open_timeout_s)
 
-
-def attach_session(session: Session) -> None:
-    session.pty = Pty(session)  # type: ignore[attr-defined]
