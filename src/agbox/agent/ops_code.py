@@ -1,6 +1,7 @@
-"""The ``run_code`` op: Python in a persistent per-session IPython shell; JavaScript, Java and R in a
-fresh process per call. Output is streamed as ``{"type": "stdout"|"stderr", "chunk"}`` and
-``{"type": "result", "result": {mime: value, "isMainResult": bool}}`` events when asked."""
+"""The ``run_code`` op: Python in a persistent per-session IPython shell, JavaScript in a persistent
+Node.js REPL evaluator (ES-module code, Java and R in a fresh process per call). Output is streamed as
+``{"type": "stdout"|"stderr", "chunk"}`` and ``{"type": "result", "result": {mime: value, "isMainResult":
+bool}}`` events when asked."""
 
 from __future__ import annotations
 
