@@ -103,6 +103,20 @@ def test_syntax_error_and_usage_error(session: Any) -> None:
     assert not magic.success and magic.error is not None and magic.error.name == "UsageError"
 
 
+def test_matplotlib_magic_and_exit(session: Any) -> None:
+    # Any %matplotlib settles on the inline backend (a sandbox has no GUI); figures still come back as PNG.
+    plotted = session.code.run("kept = 1\n%matplotlib qt\nimport matplotlib.pyplot as plt\nplt.plot([3, 1])\nNone",
+                               "python")
+    assert plotted.success, plotted.error_message
+    assert "Using inline instead" in "".join(plotted.logs.stdout)
+    assert [base64.b64decode(item.png)[:8] for item in plotted.results if item.png] == [PNG_MAGIC]
+    # exit() ends the interpreter like a notebook kernel's: the next run starts a fresh one.
+    assert session.code.run("exit()", "python").success
+    fresh = session.code.run("'kept' in globals()", "python")
+    assert fresh.success, fresh.error_message
+    assert fresh.result == "False"
+
+
 def test_ipython_display_forms(session: Any) -> None:
     result = session.code.run(DISPLAY_FORMS, "python", timeout_s=60)
     assert result.success, result.error_message

@@ -268,6 +268,8 @@ class Kernel:
             result["status"] = reason or "error"
             result["error"] = {"name": name, "value": value, "traceback": ""}
             return result
+        if done.get("exiting"):
+            self._stop()  # exit(): the worker is ending by itself; the next run starts a fresh one
         if done.get("main") is not None:
             out.result(done["main"], True)
         error = done.get("error")
