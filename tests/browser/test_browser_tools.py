@@ -16,7 +16,7 @@ from mcp import Client
 from playwright.async_api import async_playwright
 
 from agbox.client.browser import BrowserError, BrowserOption, BrowserViewport
-from tests.browser.helpers import PAGE_HTML, png_size, serve_page
+from tests.browser.helpers import png_size, serve_page
 from tests.conftest import ServerProcess
 from tests.server.test_mcp_endpoint import bearer, with_mcp
 
@@ -65,7 +65,9 @@ def test_our_sdk_browser(make_session: Callable[..., Any]) -> None:
     assert "viewport.width must be an integer between 1 and 10000" in bad.last_error
 
 
-def test_page_use_tools_with_the_official_agent(official_browser: Any) -> None:
+def test_page_use_tools(official: Any, official_browser: Any, server: ServerProcess) -> None:
+    """page_use_* through the official agent API, our tools through call_mcp_tool and the session MCP endpoint;
+    a second browser session sees none of the first one's pages or ports."""
     session = official_browser
     assert session.browser.initialize(OfficialOption())
     page_url = serve_page(session, FORM_HTML)
@@ -88,62 +90,51 @@ def test_page_use_tools_with_the_official_agent(official_browser: Any) -> None:
     assert not act.success and "language model" in act.error_message
     assert asyncio.run(agent.close_async())
 
-    # A stopped browser is reported by the page tools, not waited on.
-    session.browser.destroy()
-    stopped = session.call_mcp_tool("page_use_navigate", {"url": page_url})
-    assert not stopped.success and "not running" in stopped.error_message
-
-
-def test_page_use_tools_on_the_session_mcp_endpoint(official_browser: Any, server: ServerProcess) -> None:
-    session = official_browser
-    assert session.browser.initialize(OfficialOption())
-    mcp_url = f"{server.endpoint}/sessions/{session.session_id}/mcp"
-
     async def scenario(client: Client) -> tuple[Any, Any, Any]:
         listed = await client.list_tools()
         navigated = await client.call_tool("page_use_navigate", {"url": "data:text/html,<title>via mcp</title>"})
         shot = await client.call_tool("page_use_screenshot", {"context_id": 0, "full_page": False})
         return listed, navigated, shot
 
-    listed, navigated, shot = with_mcp(mcp_url, bearer(session), scenario)
-    names = {tool.name for tool in listed.tools}
-    assert {"stopChrome", "page_use_navigate", "page_use_screenshot", "page_use_extract_async"} <= names
-    assert navigated.is_error is False and json.loads(navigated.content[0].text)["title"] == "via mcp"
-    data = shot.content[0].text
-    assert png_size(base64.b64decode(data.split(",", 1)[1]))[0] == 1920
+    mcp_url = f"{server.endpoint}/sessions/{session.session_id}/mcp"
+    listed, navigated_mcp, shot_mcp = with_mcp(mcp_url, bearer(session), scenario)
+    assert {"stopChrome", "page_use_navigate", "page_use_screenshot", "page_use_extract_async"} <= \
+        {tool.name for tool in listed.tools}
+    assert navigated_mcp.is_error is False and json.loads(navigated_mcp.content[0].text)["title"] == "via mcp"
+    assert png_size(base64.b64decode(shot_mcp.content[0].text.split(",", 1)[1]))[0] == 1920
 
-
-def test_two_browser_sessions_do_not_see_each_other(official: Any, official_browser: Any) -> None:
-    one = official_browser
     created = official.create(OfficialParams(image_id="agb-browser-use-1"))
     assert created.success, created.error_message
-    two = created.session
     try:
-        _two_sessions(one, two)
+        _second_session_sees_nothing(session, created.session, page_url)
     finally:
-        official.delete(two)
+        official.delete(created.session)
+
+    # A stopped browser is reported by the page tools, not waited on.
+    session.browser.destroy()
+    stopped = session.call_mcp_tool("page_use_navigate", {"url": page_url})
+    assert not stopped.success and "not running" in stopped.error_message
 
 
-def _two_sessions(one: Any, two: Any) -> None:
-    assert one.browser.initialize(OfficialOption()) and two.browser.initialize(OfficialOption())
-    serve_page(one, PAGE_HTML)  # only session one serves a page
+def _second_session_sees_nothing(one: Any, two: Any, page_url: str) -> None:
+    assert two.browser.initialize(OfficialOption())
 
-    async def titles() -> tuple[str, str]:
+    async def look() -> tuple[list[str], list[str], str]:
         async with async_playwright() as playwright:
             first = await playwright.chromium.connect_over_cdp(one.browser.get_endpoint_url())
             second = await playwright.chromium.connect_over_cdp(two.browser.get_endpoint_url())
-            page = await first.contexts[0].new_page()
-            await page.goto("http://127.0.0.1:8000/")
+            pages_one = [p.url for p in first.contexts[0].pages]
             pages_two = [p.url for p in second.contexts[0].pages]
             other = await second.contexts[0].new_page()
             failed = ""
             try:
-                await other.goto("http://127.0.0.1:8000/", timeout=10000)
-            except Exception as exc:  # session two's loopback has nothing on port 8000
+                await other.goto(page_url, timeout=10000)
+            except Exception as exc:  # session two's loopback has nothing on the page's port
                 failed = str(exc)
             await first.close()
             await second.close()
-            return json.dumps(pages_two), failed
+            return pages_one, pages_two, failed
 
-    pages_two, failed = asyncio.run(titles())
-    assert "127.0.0.1:8000" not in pages_two and "ERR_CONNECTION_REFUSED" in failed
+    pages_one, pages_two, failed = asyncio.run(look())
+    assert any(url.startswith("data:text/html") for url in pages_one)
+    assert not any(url.startswith(("data:", page_url)) for url in pages_two) and "ERR_CONNECTION_REFUSED" in failed
