@@ -9,7 +9,9 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
+import websockets.sync.client
 from agb.modules.browser.browser import BrowserOption as OfficialOption
 from agb.session_params import CreateSessionParams as OfficialParams
 from mcp import Client
@@ -54,6 +56,7 @@ def test_our_sdk_browser(make_session: Callable[..., Any]) -> None:
 
     title, user_agent, shot = asyncio.run(drive())
     assert title == "agbox test page" and user_agent == "agbox-test/1"
+    _live_view_shows(session.browser.get_live_view_url(), "agbox test page")
     # viewport sets the window size; the page area is that less the (emulated) browser toolbar.
     width, height = png_size(shot)
     assert width == 800 and 400 < height <= 600
@@ -63,6 +66,17 @@ def test_our_sdk_browser(make_session: Callable[..., Any]) -> None:
     bad = make_session("agb-browser-use-1").browser
     assert not bad.initialize(BrowserOption(viewport=BrowserViewport(0, 600)))
     assert "viewport.width must be an integer between 1 and 10000" in bad.last_error
+
+
+def _live_view_shows(url: str, title: str) -> None:
+    """The live view page opens, refuses a wrong key, and its WebSocket streams JPEG frames of the newest page."""
+    page = httpx.get(url, timeout=10)
+    assert page.status_code == 200 and "agbox live view" in page.text
+    assert httpx.get(url.replace("key=", "key=0"), timeout=10).status_code == 403
+    with websockets.sync.client.connect(url.replace("http", "ws", 1).replace("/browser/live?", "/browser/live/ws?"),
+                                        open_timeout=10) as ws:
+        frame = json.loads(ws.recv(timeout=20))
+    assert base64.b64decode(frame["data"])[:3] == b"\xff\xd8\xff" and frame["title"] == title
 
 
 def test_page_use_tools(official: Any, official_browser: Any, server: ServerProcess) -> None:

@@ -100,6 +100,8 @@ def test_official_browser_init_cdp_playwright(official: Any, browser_session: An
     assert again.browser.initialize(BrowserOption())
     assert again.browser.endpoint_router_port == session.browser.endpoint_router_port
     assert again.browser.get_endpoint_url() == url
+    # The async init (aiohttp, no request body) parses a JSON reply too.
+    assert asyncio.run(official.get(session.session_id).session.browser.initialize_async(BrowserOption()))
 
     # A wrong secret in the URL is refused before anything reaches the sandbox.
     wrong = url.replace("/_agbox/", "/_agbox/0", 1)

@@ -9,7 +9,7 @@
   click or type into the element a CSS selector names).
 
 Without a ``page_id`` the tools act on "the current page": the one the previous tool used if it
-still exists, else the first page of the browser (one is opened when there is none).
+still exists, else a page of the browser that is not blank (one is opened when there is none).
 """
 
 from __future__ import annotations
@@ -80,6 +80,8 @@ async def current_page(ctx: ToolContext, page_id: str | None) -> AsyncIterator[P
         if target is None and page_id:
             raise CdpError(f"no page with id {page_id} in the browser")
         if target is None:
+            # Chromium's target list is unordered: prefer a page that shows something over a blank one.
+            targets.sort(key=lambda t: t.get("url") in ("about:blank", ""))
             target_id = targets[0]["targetId"] if targets else \
                 (await cdp.call("Target.createTarget", {"url": "about:blank"}))["targetId"]
         else:

@@ -70,6 +70,10 @@ class CdpConnection:
                     future.set_exception(CdpError("the browser closed the DevTools connection"))
             self._pending.clear()
 
+    @property
+    def closed(self) -> bool:
+        return self._reader.done()
+
     def listen(self, handler: EventHandler) -> Callable[[], None]:
         self._listeners.append(handler)
         return lambda: self._listeners.remove(handler) if handler in self._listeners else None
