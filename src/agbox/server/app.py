@@ -140,7 +140,7 @@ def create_app(platform: Platform, *, manage_platform: bool = True,
                 await platform.close()
 
     routes: list[BaseRoute] = [*contexts.routes(wire), *stream.routes(wire), *terminal.routes(wire),
-                               *mcp_endpoint.routes(wire),
+                               *mcp_endpoint.routes(wire), *browser.routes(wire),
                                *session_page.routes(wire)]
     routes.append(Route("/link/{session_id}/callTool", link_call_tool, methods=["POST"]))
     routes.extend(wire_route(wire, op, method, path) for op, (method, path) in list(ROUTES.items()))

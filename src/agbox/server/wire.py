@@ -42,6 +42,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     # Handled by the browser feature module (server/browser.py).
     "initBrowser": ("POST", "/browser/init"),
     "getCdpLink": ("POST", "/internet/getCdpLink"),
+    "getBrowserLiveView": ("POST", "/browser/liveView"),
 }
 
 
