@@ -157,8 +157,10 @@ class SessionService:
         if not isinstance(session_id, str) or not session_id:
             raise InvalidRequestError("sessionId is required")
         record = self.store.get_session(session_id)
-        if record is None or record.owner != owner or record.status not in ACTIVE_STATUSES:
+        if record is None or record.owner != owner:
             raise SessionNotFoundError(session_id)
+        if record.status not in ACTIVE_STATUSES:
+            raise SessionNotFoundError(session_id, record.finish_reason)
         if touch:
             self.touch(record)
         return record
@@ -231,6 +233,12 @@ class SessionService:
         if task is not None:
             await asyncio.shield(task)
 
+    def end(self, session_id: str, reason: str) -> None:
+        """End a session whose sandbox is gone, with the cause as its reason (release runs in the background)."""
+        record = self.store.get_session(session_id)
+        if record is not None and record.status in ACTIVE_STATUSES:
+            self._start_release(record, reason)
+
     def _start_release(self, record: SessionRecord, reason: str) -> None:
         if record.id in self._releasing:
             return
@@ -273,8 +281,10 @@ class SessionService:
             if record.id in self._releasing:
                 continue
             handle = self.handles.get(record.id)
-            if handle is None or not self.runtime.alive(handle):
+            if handle is None:
                 self._start_release(record, "sandbox ended")
+            elif not self.runtime.alive(handle):
+                self._start_release(record, f"sandbox ended: {self.runtime.end_cause(handle)}")
             elif now - record.last_active_at >= record.idle_timeout_s and record.id not in self._in_flight:
                 self._start_release(record, f"idle for {record.idle_timeout_s} s")
             elif now >= record.expires_at:
