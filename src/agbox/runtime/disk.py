@@ -55,6 +55,9 @@ MKFS_OPTIONS = ["-q", "-F", "-b", str(BLOCK_SIZE), "-O", "^has_journal", "-m", "
 MOUNT_OPTIONS = "noinit_itable"
 MOUNT_FLAGS = sysutil.MS_NOSUID | sysutil.MS_NODEV | sysutil.MS_NOATIME
 MIN_BYTES = 16 * 1024 * 1024
+EXT4_SUPER_MAGIC = 0xEF53
+EXT4_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32)
+EXT4_GOING_FLAGS_NOLOGFLUSH = 2
 
 
 def private_fs_context() -> None:
@@ -189,6 +192,26 @@ class DiskLayers:
             yield
         finally:
             sysutil.setns(self._host_ns, sysutil.CLONE_NEWNS)
+
+    @staticmethod
+    def discard(device: str, pid: int) -> bool:
+        """Shut the layer's filesystem down before its sandbox is killed, so that its end writes nothing:
+        without this the unmount would first flush every dirty page (a session's last gigabyte) into an
+        image that is about to be freed, and the sandbox's processes would take that long to die.
+        ``pid`` is a process of the sandbox; its root must be the layer on ``device`` (checked)."""
+        try:
+            root = os.open(f"/proc/{pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return False  # already gone
+        try:
+            if os.fstat(root).st_dev != os.stat(device).st_rdev:
+                return False
+            fcntl.ioctl(root, EXT4_IOC_SHUTDOWN, struct.pack("=I", EXT4_GOING_FLAGS_NOLOGFLUSH))
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(root)
 
     def leftover_devices(self) -> list[str]:
         """Loop devices still attached to an image of this data dir (there should be none once the

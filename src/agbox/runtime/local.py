@@ -63,6 +63,7 @@ class _Sandbox:
     bwrap_pid: int
     child_pid: int
     channel: AgentChannel
+    disk_device: str
 
 
 class LocalRuntime(Runtime):
@@ -286,6 +287,7 @@ class LocalRuntime(Runtime):
                 layer.release()
                 raise
             bwrap_pid, info_r, in_w, out_r = await spawned
+            disk_device = layer.device
             channel = AgentChannel(in_w, out_r, sandbox_id)
             await channel.open()
             child_pid = await loop.run_in_executor(None, self._await_info, sandbox_id, info_r)
@@ -294,7 +296,7 @@ class LocalRuntime(Runtime):
                 await asyncio.wait_for(channel.ready, READY_TIMEOUT_S)
             except (TimeoutError, SandboxError) as exc:
                 raise SandboxError(f"the sandbox agent did not start: {self._log_tail(sandbox_id)}") from exc
-            return _Sandbox(sandbox_id, spec, uid, group, bwrap_pid, child_pid, channel)
+            return _Sandbox(sandbox_id, spec, uid, group, bwrap_pid, child_pid, channel, disk_device)
         except BaseException:
             if group is not None:
                 await loop.run_in_executor(None, self._kill_group, group)
@@ -473,6 +475,10 @@ class LocalRuntime(Runtime):
         reaper.reap()
         self.cgroups.remove(group)
 
+    def _discard_and_kill(self, sandbox: _Sandbox) -> None:
+        self.disks.discard(sandbox.disk_device, sandbox.child_pid)
+        self._kill_group(sandbox.group)
+
     def _remove_log(self, sandbox_id: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(self.sandbox_dir / f"{sandbox_id}.log")
@@ -490,7 +496,7 @@ class LocalRuntime(Runtime):
 
     async def _destroy_sandbox(self, sandbox: _Sandbox) -> None:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self._kill_group, sandbox.group)
+        await loop.run_in_executor(None, self._discard_and_kill, sandbox)
         await sandbox.channel.close()
         self._remove_log(sandbox.id)
         self._used_uids.discard(sandbox.uid)
