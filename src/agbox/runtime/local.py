@@ -98,7 +98,7 @@ class LocalRuntime(Runtime):
 
     async def start(self) -> None:
         if os.geteuid() != 0:
-            raise SandboxError("the local runtime needs root (namespaces, cgroups, tmpfs mounts)")
+            raise SandboxError("the local runtime needs root (namespaces, cgroups, loop devices)")
         if not os.path.exists(self._setpriv):
             raise SandboxError("setpriv (util-linux) is not installed")
         if not os.path.exists(self._bwrap):
