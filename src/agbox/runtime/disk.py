@@ -91,6 +91,8 @@ class DiskLayers:
             max_workers=1, thread_name_prefix="agbox-disk", initializer=private_fs_context)
 
     def start(self) -> None:
+        if not os.path.exists(LOOP_CONTROL) and shutil.which("modprobe"):
+            subprocess.run(["modprobe", "loop"], capture_output=True, check=False)
         if not os.path.exists(LOOP_CONTROL):
             raise SandboxError(f"sandbox disks need loop devices and {LOOP_CONTROL} is missing: "
                                "run `modprobe loop` (or give the container access to loop devices)")
