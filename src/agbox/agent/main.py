@@ -114,7 +114,11 @@ def main() -> None:
             if target is not None:
                 target.cancel()
             continue
-        threading.Thread(target=_handle, args=(request,), daemon=True).start()
+        try:
+            threading.Thread(target=_handle, args=(request,), daemon=True).start()
+        except RuntimeError as exc:  # no thread to be had (the sandbox's process limit): answer, never die
+            send({"id": request.get("id"), "ok": False,
+                  "error": {"kind": "os", "errno": 11, "message": f"the agent could not start the request: {exc}"}})
 
 
 if __name__ == "__main__":

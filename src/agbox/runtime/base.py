@@ -57,6 +57,14 @@ class SandboxStats:
     pids: int
 
 
+@dataclasses.dataclass(frozen=True)
+class LimitEvents:
+    """How often the kernel enforced a sandbox's limits so far (counters from its cgroup)."""
+
+    oom_kills: int = 0  # processes killed for memory
+    pids_max: int = 0  # process/thread creations refused at the pids limit
+
+
 EventCallback = Callable[[dict[str, Any]], None]
 
 
@@ -70,7 +78,7 @@ class Runtime(abc.ABC):
 
     def end_reason(self, handle: SandboxHandle) -> str:
         """Why a sandbox that ``alive`` reports gone has ended (the session's finish reason)."""
-        return "sandbox ended"
+        return f"sandbox ended: {self.end_cause(handle)}"
 
     def manages(self, node: str) -> bool:
         """Whether sessions recorded on ``node`` are this runtime's to watch, reattach and end (a
@@ -113,6 +121,22 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     def alive(self, handle: SandboxHandle) -> bool:
         """Cheap liveness check used by the lifecycle loop."""
+
+    def limit_events(self, handle: SandboxHandle) -> LimitEvents:
+        """The sandbox's limit counters now (compare two readings with ``limit_note``)."""
+        return LimitEvents()
+
+    def limit_note(self, handle: SandboxHandle, since: LimitEvents) -> str | None:
+        """What the kernel did to the sandbox because of its limits since ``since``, in words; None if nothing."""
+        return None
+
+    async def wait_ended(self, handle: SandboxHandle, timeout_s: float) -> bool:
+        """True if the sandbox has ended (waiting up to ``timeout_s`` for an ending in progress to complete)."""
+        return not self.alive(handle)
+
+    def end_cause(self, handle: SandboxHandle, since: LimitEvents | None = None) -> str:
+        """Why an ended sandbox ended, in words (limit events since ``since`` count as the cause)."""
+        return "the sandbox ended"
 
     async def prewarm(self, spec: SandboxSpec) -> None:
         """Start sandboxes for specs like this one ahead of demand (optional)."""
