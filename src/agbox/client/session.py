@@ -14,6 +14,7 @@ from agbox.client.command import Command
 from agbox.client.context_manager import ContextManager
 from agbox.client.file import FileSystem
 from agbox.client.file_transfer import FileTransfer
+from agbox.client.pty import Pty
 from agbox.client.results import (
     DeleteResult,
     McpTool,
@@ -90,6 +91,7 @@ class Session:
         self.file = FileSystem(self)
         self.code = Code(self)
         self.browser = Browser(self)
+        self.pty = Pty(self)
         self.context = ContextManager(self)
         self.file_transfer = FileTransfer(self, self.context, agb.context)
 

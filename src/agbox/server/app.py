@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from agbox.errors import AgboxError, AuthenticationError, InvalidRequestError, LimitExceededError
-from agbox.server import browser, contexts, links, mcp_endpoint, session_page, stream
+from agbox.server import browser, contexts, links, mcp_endpoint, session_page, stream, terminal
 from agbox.server.wire import ROUTES, WireApi, envelope, error_envelope, new_request_id
 from agbox.services.platform import Platform
 
@@ -139,7 +139,8 @@ def create_app(platform: Platform, *, manage_platform: bool = True,
             if manage_platform:
                 await platform.close()
 
-    routes: list[BaseRoute] = [*contexts.routes(wire), *stream.routes(wire), *mcp_endpoint.routes(wire),
+    routes: list[BaseRoute] = [*contexts.routes(wire), *stream.routes(wire), *terminal.routes(wire),
+                               *mcp_endpoint.routes(wire), *browser.routes(wire),
                                *session_page.routes(wire)]
     routes.append(Route("/link/{session_id}/callTool", link_call_tool, methods=["POST"]))
     routes.extend(wire_route(wire, op, method, path) for op, (method, path) in list(ROUTES.items()))

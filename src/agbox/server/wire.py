@@ -42,6 +42,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     # Handled by the browser feature module (server/browser.py).
     "initBrowser": ("POST", "/browser/init"),
     "getCdpLink": ("POST", "/internet/getCdpLink"),
+    "getBrowserLiveView": ("POST", "/browser/liveView"),
 }
 
 
@@ -170,7 +171,8 @@ class WireApi:
     async def _get_mcp_resource(self, owner: str, p: Params, rid: str) -> dict[str, Any]:
         record = self.sessions.get(owner, p.get("sessionId"))
         urls = self.session_urls(record)
-        return envelope(rid, {"sessionId": record.id, "resourceUrl": urls["resourceUrl"]})
+        # node: where the session runs (ours; the official SDK ignores unknown fields).
+        return envelope(rid, {"sessionId": record.id, "resourceUrl": urls["resourceUrl"], "node": record.node})
 
     async def _list_tools(self, owner: str, p: Params, rid: str) -> dict[str, Any]:
         image_id = p.get("imageId") or "agb-code-space-1"

@@ -31,7 +31,14 @@ def make_runtime(settings: Settings) -> Runtime:
         from agbox.runtime.local import LocalRuntime
 
         return LocalRuntime(settings.data_dir, warm_pool_size=settings.warm_pool_size)
-    raise AgboxError(f"unknown runtime {settings.runtime!r} (available: local)")
+    if settings.runtime == "ray":
+        from agbox.runtime.ray_cluster import RayRuntime
+
+        if not settings.ray_address:
+            raise AgboxError("the ray runtime needs --ray-address (host:port of the Ray head, or auto)")
+        return RayRuntime(settings.ray_address, settings.data_dir, warm_pool_size=settings.warm_pool_size,
+                          node_data_dir=settings.node_data_dir)
+    raise AgboxError(f"unknown runtime {settings.runtime!r} (available: local, ray)")
 
 
 class Platform:

@@ -284,7 +284,7 @@ class SessionService:
                 continue
             handle = self.handles.get(record.id) or SandboxHandle(record.id, record.node, record.handle)
             if not self.runtime.alive(handle):
-                self._start_release(record, "sandbox ended")
+                self._start_release(record, self.runtime.end_reason(handle))
             elif now - record.last_active_at >= record.idle_timeout_s and record.id not in self._in_flight:
                 self._start_release(record, f"idle for {record.idle_timeout_s} s")
             elif now >= record.expires_at:
