@@ -72,6 +72,19 @@ class Runtime(abc.ABC):
     """A sandbox mechanism. Every method may be called concurrently for different sandboxes."""
 
     name: str
+    # True when sandboxes keep running without this process (on cluster nodes): a stopping control
+    # plane then leaves its sessions to the other replicas or to its own restart (reattach).
+    sessions_outlive_control_plane: bool = False
+
+    def end_reason(self, handle: SandboxHandle, since: LimitEvents | None = None) -> str:
+        """Why a sandbox that ``alive`` reports gone has ended, in words (the session's finish reason);
+        limit events (out of memory, ...) after ``since`` count as the cause."""
+        return "sandbox ended"
+
+    def manages(self, node: str) -> bool:
+        """Whether sessions recorded on ``node`` are this runtime's to watch, reattach and end (a
+        store shared by several control planes also holds other runtimes' sessions)."""
+        return node == getattr(self, "node", self.name)
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -121,10 +134,6 @@ class Runtime(abc.ABC):
     async def wait_ended(self, handle: SandboxHandle, timeout_s: float) -> bool:
         """True if the sandbox has ended (waiting up to ``timeout_s`` for an ending in progress to complete)."""
         return not self.alive(handle)
-
-    def end_cause(self, handle: SandboxHandle, since: LimitEvents | None = None) -> str:
-        """Why an ended sandbox ended, in words (limit events since ``since`` count as the cause)."""
-        return "the sandbox ended"
 
     async def prewarm(self, spec: SandboxSpec) -> None:
         """Start sandboxes for specs like this one ahead of demand (optional)."""

@@ -83,7 +83,8 @@ class LocalRuntime(Runtime):
         self.run_dir = run_dir / tag
         self.sandbox_dir = self.run_dir / "sandboxes"
         self.base_dir = self.run_dir / "base"
-        self.node = f"local:{socket.gethostname()}"
+        # The data dir's tag too: servers sharing one PostgreSQL store each own their sandboxes.
+        self.node = f"local:{socket.gethostname()}:{tag[:6]}"
         self.cgroups = CgroupManager(f"agbox-{tag}")
         self._sandboxes: dict[str, _Sandbox] = {}
         self._spawner = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="agbox-spawner",
@@ -446,10 +447,10 @@ class LocalRuntime(Runtime):
             await asyncio.wait_for(_process_exit(sandbox.bwrap_pid), timeout_s)
         return True
 
-    def end_cause(self, handle: SandboxHandle, since: LimitEvents | None = None) -> str:
+    def end_reason(self, handle: SandboxHandle, since: LimitEvents | None = None) -> str:
         sandbox = self._sandboxes.get(handle.session_id)
         if sandbox is None:
-            return "the sandbox ended"
+            return "sandbox ended"
         how = _agent_end(reaper.exit_status(sandbox.bwrap_pid))
         note = self.limit_note(handle, since or LimitEvents())
         return f"{note} ({how})" if note else how
