@@ -76,9 +76,10 @@ class Runtime(abc.ABC):
     # plane then leaves its sessions to the other replicas or to its own restart (reattach).
     sessions_outlive_control_plane: bool = False
 
-    def end_reason(self, handle: SandboxHandle) -> str:
-        """Why a sandbox that ``alive`` reports gone has ended (the session's finish reason)."""
-        return f"sandbox ended: {self.end_cause(handle)}"
+    def end_reason(self, handle: SandboxHandle, since: LimitEvents | None = None) -> str:
+        """Why a sandbox that ``alive`` reports gone has ended, in words (the session's finish reason);
+        limit events (out of memory, ...) after ``since`` count as the cause."""
+        return "sandbox ended"
 
     def manages(self, node: str) -> bool:
         """Whether sessions recorded on ``node`` are this runtime's to watch, reattach and end (a
@@ -133,10 +134,6 @@ class Runtime(abc.ABC):
     async def wait_ended(self, handle: SandboxHandle, timeout_s: float) -> bool:
         """True if the sandbox has ended (waiting up to ``timeout_s`` for an ending in progress to complete)."""
         return not self.alive(handle)
-
-    def end_cause(self, handle: SandboxHandle, since: LimitEvents | None = None) -> str:
-        """Why an ended sandbox ended, in words (limit events since ``since`` count as the cause)."""
-        return "the sandbox ended"
 
     async def prewarm(self, spec: SandboxSpec) -> None:
         """Start sandboxes for specs like this one ahead of demand (optional)."""

@@ -450,10 +450,10 @@ class LocalRuntime(Runtime):
             await asyncio.wait_for(_process_exit(sandbox.bwrap_pid), timeout_s)
         return True
 
-    def end_cause(self, handle: SandboxHandle, since: LimitEvents | None = None) -> str:
+    def end_reason(self, handle: SandboxHandle, since: LimitEvents | None = None) -> str:
         sandbox = self._sandboxes.get(handle.session_id)
         if sandbox is None:
-            return "the sandbox ended"
+            return "sandbox ended"
         how = _agent_end(reaper.exit_status(sandbox.bwrap_pid))
         note = self.limit_note(handle, since or LimitEvents())
         return f"{note} ({how})" if note else how

@@ -75,7 +75,7 @@ class ToolService:
         except SandboxError:
             if not await runtime.wait_ended(ctx.handle, END_GRACE_S):
                 raise
-            cause = runtime.end_cause(ctx.handle, before)
+            cause = runtime.end_reason(ctx.handle, before)
             self.sessions.end(ctx.session_id, cause)
             return ToolOutput(f"the session has ended: {cause}. Its processes and files are gone; "
                               "create a new session to go on.", is_error=True)
