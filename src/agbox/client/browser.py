@@ -222,6 +222,3 @@ class Browser:
         shot: bytes = await page.screenshot(full_page=full_page, **options)
         return shot
 
-
-def attach_session(session: Session) -> None:
-    session.browser = Browser(session)  # type: ignore[attr-defined]

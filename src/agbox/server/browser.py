@@ -1,9 +1,9 @@
 """Wire operations of the session browser: ``POST /browser/init`` → ``data.port`` and
 ``POST /internet/getCdpLink`` → ``data.url`` (a ``ws://…/devtools/browser/<id>`` URL).
 
-The work happens in ``agbox.services.browser``; this module registers the operations and the
-release hook that closes Chromium before contexts upload the profile (so it is registered before
-the contexts feature's hook, see ``FEATURE_MODULES``).
+The work happens in ``agbox.services.browser``; this module registers the operations and the live
+view's routes. The platform owns the BrowserService and orders its release hook (Chromium closes
+before contexts upload the profile).
 """
 
 from __future__ import annotations
@@ -20,34 +20,16 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from agbox.errors import AgboxError
-from agbox.server.links import link_service
 from agbox.server.wire import envelope
-from agbox.services.browser import BrowserService
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from agbox.server.wire import Params, WireApi
-    from agbox.services.platform import Platform
-
-
-def browser_service_of(platform: Platform) -> BrowserService | None:
-    service = platform.extensions.get("browser")
-    return service if isinstance(service, BrowserService) else None
-
-
-def browser_service(wire: WireApi) -> BrowserService:
-    """The platform's one BrowserService (made on first use, its release hook registered once)."""
-    service = browser_service_of(wire.platform)
-    if service is None:
-        service = BrowserService(wire.platform, link_service(wire))
-        wire.platform.extensions["browser"] = service
-        wire.platform.sessions.before_release.append(service.before_release)
-    return service
 
 
 def register_ops(wire: WireApi) -> None:
-    service = browser_service(wire)
+    service = wire.platform.browser
 
     async def init_browser(owner: str, p: Params, rid: str) -> dict[str, Any]:
         port = await service.init(owner, p.get("sessionId"), p.get("persistentPath"), p.get("browserOption"))
@@ -84,7 +66,7 @@ ws.onclose = () => { bar.textContent += " [the live view ended]"; };
 
 def routes(wire: WireApi) -> list[BaseRoute]:
     """The live view: a page any browser tab can open, fed by a WebSocket of CDP screencast frames."""
-    service = browser_service(wire)
+    service = wire.platform.browser
 
     async def page(request: Request) -> Response:
         if service.live_admits(request.path_params["session_id"], request.query_params.get("key", "")) is None:
