@@ -20,8 +20,9 @@ from starlette.routing import BaseRoute, Route
 from agbox.errors import AgboxError, ContextNotFoundError
 from agbox.models import SessionRecord
 from agbox.server.wire import WireApi, envelope
-from agbox.services.context_files import LocalBlobStore
+from agbox.services.context_files import BlobStore, LocalBlobStore
 from agbox.services.contexts import MAX_OBJECT_BYTES, ContextService, iso, load_secret
+from agbox.services.shared_blobs import SharedBlobStore, replica_id, shared_secret
 from agbox.store.contexts import ContextRecord
 from agbox.store.factory import open_context_store
 
@@ -53,9 +54,14 @@ def service_of(wire: WireApi) -> ContextService:
     if isinstance(existing, ContextService):
         return existing
     data_dir = platform.settings.data_dir
-    service = ContextService(platform.settings, open_context_store(platform.settings, platform.store),
-                             LocalBlobStore(data_dir / "contexts"), platform.sessions,
-                             load_secret(data_dir / "contexts" / "url-secret"))
+    blob_dir = platform.settings.blob_dir
+    if blob_dir is not None:  # shared by several replicas
+        blobs: BlobStore = SharedBlobStore(blob_dir, replica_id(data_dir))
+        secret = shared_secret(blob_dir / "url-secret")
+    else:
+        blobs, secret = LocalBlobStore(data_dir / "contexts"), load_secret(data_dir / "contexts" / "url-secret")
+    service = ContextService(platform.settings, open_context_store(platform.settings, platform.store), blobs,
+                             platform.sessions, secret)
     platform.extensions["contexts"] = service
     platform.sessions.before_release.append(service.before_release)
     previous: Callable[[SessionRecord, Params], Awaitable[None]] | None = platform.extensions.get("on_create")
