@@ -31,6 +31,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         runtime=getattr(args, "runtime", None),
         ray_address=getattr(args, "ray_address", None),
         node_data_dir=getattr(args, "node_data_dir", None),
+        blob_dir=getattr(args, "blob_dir", None),
     )
 
 
@@ -372,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where sandboxes run: this machine (default) or the nodes of a Ray cluster")
     serve.add_argument("--ray-address", default=None, help="Ray head address host:port (or AGBOX_RAY_ADDRESS)")
     serve.add_argument("--node-data-dir", default=None, help="ray runtime: per-node state path on each node")
+    serve.add_argument("--blob-dir", type=Path, default=None,
+                       help="context blobs on a path all replicas share (or AGBOX_BLOB_DIR); default in the data dir")
     data_dir_option(serve)
     serve.set_defaults(func=cmd_serve)
 

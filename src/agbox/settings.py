@@ -52,6 +52,8 @@ class Settings:
     # runtime = "ray": the cluster to join (host:port of the head's GCS, or "auto"), and where each
     # node keeps its sandboxes' files (a path on that node; default <data dir>/nodes).
     ray_address: str | None = None
+    # Context blobs (and the pre-signed URL secret) on a path every replica reaches; None = in the data dir.
+    blob_dir: Path | None = None
     node_data_dir: str | None = None
 
     @classmethod
@@ -74,6 +76,7 @@ class Settings:
             "AGBOX_WARM_POOL": ("warm_pool_size", int),
             "AGBOX_STORE": ("store_url", str),
             "AGBOX_RAY_ADDRESS": ("ray_address", str),
+            "AGBOX_BLOB_DIR": ("blob_dir", Path),
             "AGBOX_NODE_DATA_DIR": ("node_data_dir", str),
         }
         for var, (field, kind) in mapping.items():

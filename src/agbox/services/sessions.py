@@ -89,8 +89,15 @@ class SessionService:
                 alive = record.status is SessionStatus.RUNNING and await self.runtime.reattach(handle)
             if alive:
                 self.handles[record.id] = handle
-            else:
-                self.store.set_status(record.id, SessionStatus.FINISH, time.time(), "server restarted")
+                continue
+            reason = "server restarted"
+            if self.runtime.sessions_outlive_control_plane:
+                # A release that a stopped replica left half-done is finished here; a sandbox that is
+                # gone says why (e.g. its node was lost).
+                reason = "released by API" if record.status is SessionStatus.DELETING else self.runtime.end_reason(handle)
+                with contextlib.suppress(Exception):
+                    await self.runtime.destroy(handle)
+            self.store.set_status(record.id, SessionStatus.FINISH, time.time(), reason)
 
     def start_lifecycle(self) -> None:
         self._lifecycle_task = asyncio.create_task(self._lifecycle_loop(), name="agbox-lifecycle")
