@@ -56,6 +56,21 @@ def _ensure_key(settings: Settings) -> str:
         store.close()
 
 
+def detach_from_terminal() -> None:
+    """Make the server indifferent to how it was started (``agbox serve &`` from an interactive shell,
+    nohup, systemd). A background job of a terminal is stopped by SIGTTOU when it writes to the
+    terminal under ``stty tostop`` (and by SIGTTIN if anything reads it), which would freeze the
+    server and every sandbox with it: ignore both (writes then simply go through). Nothing reads
+    our stdin, so a terminal there is replaced by /dev/null, which every child inherits too."""
+    for sig in (signal.SIGTTOU, signal.SIGTTIN):
+        signal.signal(sig, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        if os.isatty(0):
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.close(null)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -181,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.func is cmd_serve:
+        detach_from_terminal()
     logging.basicConfig(level=getattr(logging, getattr(args, "log_level", "info").upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

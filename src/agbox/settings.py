@@ -46,6 +46,8 @@ class Settings:
     # Extra image files (TOML); an image here with a built-in id replaces it (e.g. other limits).
     images_dir: Path | None = None
     reap_interval_s: float = 1.0
+    # How long a server trusts what it read about an API key (revocation takes effect within this).
+    key_cache_ttl_s: float = 1.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

@@ -47,6 +47,7 @@ from agbox.services.paging import paginate
 from agbox.services.sessions import SessionService
 from agbox.settings import Settings
 from agbox.store.contexts import Binding, ContextRecord, ContextStore, FileRecord, TaskRecord
+from agbox.wirejson import clip, loads, same_secret
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +110,16 @@ class Policy:
         if raw in (None, ""):
             return cls()
         if isinstance(raw, str):
-            try:
-                raw = json.loads(raw)
-            except ValueError as exc:
-                raise InvalidRequestError("policy must be a JSON object (SyncPolicy)") from exc
+            raw = loads(raw, "policy (SyncPolicy JSON)")
         if not isinstance(raw, dict):
             raise InvalidRequestError("policy must be a JSON object (SyncPolicy)")
+
+        def listed(value: Any, what: str) -> list[Any]:
+            if value in (None, ""):
+                return []
+            if not isinstance(value, list):
+                raise InvalidRequestError(f"policy: {what} must be a list")
+            return value
 
         def section(name: str) -> dict[str, Any]:
             value = raw.get(name)
@@ -123,8 +128,8 @@ class Policy:
         upload, download = section("uploadPolicy"), section("downloadPolicy")
         recycle, bw = section("recyclePolicy"), section("bwList")
         lifecycle = recycle.get("lifecycle") or "Lifecycle_Forever"
-        if lifecycle not in LIFECYCLE_DAYS:
-            raise InvalidRequestError(f"unknown lifecycle {lifecycle!r}")
+        if not isinstance(lifecycle, str) or lifecycle not in LIFECYCLE_DAYS:
+            raise InvalidRequestError(f"unknown lifecycle {clip(lifecycle, 60)}")
         policy = cls(
             auto_upload=upload.get("autoUpload", True) is not False,
             archive=upload.get("uploadMode") == "Archive",
@@ -133,16 +138,17 @@ class Policy:
             extract={k: v for k, v in section("extractPolicy").items()
                      if k in ("extract", "deleteSrcFile", "extractToCurrentFolder")},
             lifecycle_days=LIFECYCLE_DAYS[lifecycle],
-            recycle_paths=[norm_key(p, allow_root=True) for p in (recycle.get("paths") or [""])],
+            recycle_paths=[norm_key(p, allow_root=True) for p in (listed(recycle.get("paths"), "recyclePolicy.paths")
+                                                                  or [""])],
             mapping=str(section("mappingPolicy").get("path") or ""),
         )
-        for white in bw.get("whiteLists") or []:
+        for white in listed(bw.get("whiteLists"), "bwList.whiteLists"):
             if not isinstance(white, dict):
                 continue
             path = norm_key(str(white.get("path") or ""), allow_root=True)
             if path:
                 policy.include.append(path)
-            for excluded in white.get("excludePaths") or []:
+            for excluded in listed(white.get("excludePaths"), "whiteLists.excludePaths"):
                 rel = norm_key(str(excluded), allow_root=True)
                 rel = rel if not path or under(rel, path) else f"{path}/{rel}"
                 if rel:
@@ -171,6 +177,17 @@ def _rebase(paths: list[str], scope: str) -> tuple[list[str], bool]:
             out.append(path[len(scope) + 1:] if scope else path)
     return out, covers
 
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedMount:
+    """One checked ``persistenceDataList`` item: the context, the path as sent, where it mounts."""
+
+    context: ContextRecord
+    path: str
+    mount: str
+    policy_doc: dict[str, Any]
+    policy: Policy
 
 class ContextService:
     def __init__(self, settings: Settings, store: ContextStore, blobs: BlobStore, sessions: SessionService,
@@ -334,10 +351,34 @@ class ContextService:
         signature = hmac.new(self.secret, body.encode(), hashlib.sha256).hexdigest()
         return f"{self.settings.base_url}/context-objects/{body}.{signature}", expires
 
+    def check_persistence(self, owner: str, raw: Any) -> list[PlannedMount]:
+        """Every ``persistenceDataList`` item checked before a session is made (its context, mount
+        path and policy); InvalidRequestError or ContextNotFoundError names the first bad item."""
+        if isinstance(raw, str) and raw.strip():
+            raw = loads(raw, "persistenceDataList")
+        if raw in (None, "", []):
+            return []
+        if not isinstance(raw, list):
+            raise InvalidRequestError("persistenceDataList must be a list of {contextId, path, policy}")
+        plan = []
+        for index, item in enumerate(raw):
+            if not isinstance(item, dict):
+                raise InvalidRequestError(f"persistenceDataList[{index}] must be an object {{contextId, path, policy}}")
+            path = item.get("path")
+            if not isinstance(path, str):
+                raise InvalidRequestError(f"persistenceDataList[{index}].path must be a string")
+            context = self.owned(owner, item.get("contextId"))
+            mount = self._mount(path)
+            policy_raw = item.get("policy")
+            policy_doc = loads(policy_raw, "policy") if isinstance(policy_raw, str) and policy_raw else policy_raw
+            policy = Policy.parse(policy_doc)
+            plan.append(PlannedMount(context, path, mount, policy_doc if isinstance(policy_doc, dict) else {}, policy))
+        return plan
+
     def check_url(self, token: str, method: str) -> tuple[ContextRecord, str]:
         body, _, signature = token.partition(".")
-        expected = hmac.new(self.secret, body.encode(), hashlib.sha256).hexdigest()
-        if not signature or not hmac.compare_digest(signature, expected):
+        expected = hmac.new(self.secret, body.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+        if not same_secret(signature, expected):
             raise AgboxError("bad signature")
         claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
         if claims.get("m") != method:
@@ -364,36 +405,14 @@ class ContextService:
     # ---- session bindings ------------------------------------------------------------------------
 
     async def on_create(self, record: SessionRecord, params: dict[str, Any]) -> None:
-        raw = params.get("persistenceDataList")
-        if isinstance(raw, str) and raw.strip():
-            try:
-                raw = json.loads(raw)
-            except ValueError as exc:
-                raise InvalidRequestError("persistenceDataList must be a JSON list") from exc
-        if not raw:
-            return
-        if not isinstance(raw, list):
-            raise InvalidRequestError("persistenceDataList must be a list")
+        # Checked once already, before the session was made (check_persistence via the wire).
+        plan = self.check_persistence(record.owner, params.get("persistenceDataList"))
         jobs = []
-        for item in raw:
-            if not isinstance(item, dict):
-                continue
-            context_id, path = str(item.get("contextId") or ""), str(item.get("path") or "")
-            now = int(time.time() * 1000)
-            try:
-                context = self.owned(record.owner, context_id)
-                mount = self._mount(path)
-                policy_raw = item.get("policy")
-                policy = Policy.parse(policy_raw)
-            except AgboxError as exc:
-                self.store.put_task(TaskRecord(record.id, context_id, path, "download", "Failed", exc.message,
-                                               now, now))
-                continue
-            binding = Binding(record.id, context.id, mount, json.loads(policy_raw) if isinstance(policy_raw, str)
-                              and policy_raw else (policy_raw if isinstance(policy_raw, dict) else {}))
+        for item in plan:
+            binding = Binding(record.id, item.context.id, item.mount, item.policy_doc)
             self.store.put_binding(binding)
-            if policy.auto_download:
-                jobs.append(self._start(record, binding, "", "download", path))
+            if item.policy.auto_download:
+                jobs.append(self._start(record, binding, "", "download", item.path))
         await self._wait_inline(jobs)
 
     @staticmethod
@@ -426,10 +445,9 @@ class ContextService:
     def load_internal(self, owner: str, session_id: Any, types: Any) -> list[dict[str, str]]:
         record = self.sessions.get(owner, session_id)
         if isinstance(types, str):
-            try:
-                types = json.loads(types) if types.strip().startswith("[") else [types]
-            except ValueError as exc:
-                raise InvalidRequestError("contextTypes must be a JSON list") from exc
+            types = loads(types, "contextTypes") if types.strip().startswith("[") else [types]
+        if types is not None and not isinstance(types, list):
+            raise InvalidRequestError('contextTypes must be a list such as ["file_transfer"]')
         wanted = [str(t) for t in (types or [FILE_TRANSFER])]
         out = []
         for kind in wanted:
@@ -502,7 +520,7 @@ class ContextService:
                     await self._upload(record, current, scope)
         except Exception as exc:
             status = "Failed"
-            error = exc.message if isinstance(exc, AgboxError) else f"{type(exc).__name__}: {exc}"
+            error = exc.message if isinstance(exc, AgboxError) else f"internal error during {kind}; see the server log"
             if not isinstance(exc, AgboxError):
                 log.exception("context %s of session %s failed", kind, record.id)
         self.store.put_task(TaskRecord(record.id, binding.context_id, reported_path, kind, status, error, started,

@@ -39,8 +39,9 @@ class Platform:
         self.store = store or SqliteStore(settings.data_dir / "agbox.db")
         self.runtime = runtime or make_runtime(settings)
         self.images = ImageCatalog(extra_dir=settings.images_dir)
-        self.keys = KeyService(self.store)
+        self.keys = KeyService(self.store, settings.key_cache_ttl_s)
         self.sessions = SessionService(settings, self.store, self.runtime, self.images)
+        self.sessions.revoked_owners = self.keys.revoked_ids
         self.tools = ToolService(self.sessions, self.images, ToolRegistry())
         self.extensions: dict[str, Any] = {}
         # Called first in close(), e.g. to shut links' listeners (release hooks do not run at shutdown).

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import time
@@ -28,6 +27,7 @@ from agbox.runtime.base import Runtime, SandboxHandle, SandboxSpec
 from agbox.services.paging import paginate
 from agbox.settings import Settings
 from agbox.store.base import Store
+from agbox.wirejson import check_text, loads
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,7 @@ def validate_labels(labels: Any, settings: Settings) -> dict[str, str]:
     if labels is None or labels == "":
         return {}
     if isinstance(labels, str):
-        try:
-            labels = json.loads(labels)
-        except ValueError as exc:
-            raise InvalidRequestError("labels must be a JSON object of string keys and values") from exc
+        labels = loads(labels, "labels", max_bytes=settings.max_label_count * settings.max_label_bytes * 2)
     if not isinstance(labels, dict):
         raise InvalidRequestError("labels must be a JSON object of string keys and values")
     if len(labels) > settings.max_label_count:
@@ -56,6 +53,8 @@ def validate_labels(labels: Any, settings: Settings) -> dict[str, str]:
             raise InvalidRequestError("label keys must be non-empty strings")
         if not isinstance(value, str):
             raise InvalidRequestError(f"label {key!r} must have a string value")
+        check_text(key, "a label key")
+        check_text(value, f"label {key!r}")
         if len(key.encode()) + len(value.encode()) > settings.max_label_bytes:
             raise InvalidRequestError(f"label {key!r} is too long (key and value at most {settings.max_label_bytes} bytes)")
         clean[key] = value
@@ -75,6 +74,8 @@ class SessionService:
         self._releasing: dict[str, asyncio.Task[None]] = {}
         self._lifecycle_task: asyncio.Task[None] | None = None
         self._in_flight: dict[str, int] = {}
+        # Ids of revoked API keys (read from the store each sweep): their sessions are released.
+        self.revoked_owners: Callable[[], set[str]] = set
 
     # ---- start / stop ----------------------------------------------------------------------------
 
@@ -114,6 +115,8 @@ class SessionService:
         if idle_timeout_s in (None, "", 0):
             idle = self.settings.default_idle_timeout_s
         else:
+            if isinstance(idle_timeout_s, float | bool):
+                raise InvalidRequestError("timeout must be an integer number of seconds")
             try:
                 idle = int(idle_timeout_s)
             except (TypeError, ValueError) as exc:
@@ -121,6 +124,8 @@ class SessionService:
             if idle < 1:
                 raise InvalidRequestError("timeout must be at least 1 second")
             idle = min(idle, self.settings.max_lifetime_s)
+        if policy_id is not None and not isinstance(policy_id, str):
+            raise InvalidRequestError("mcpPolicyId must be a string")
         active = len(self.store.sessions(statuses=ACTIVE_STATUSES))
         if active >= self.settings.max_sessions:
             raise LimitExceededError(f"too many active sessions on this server ({active}); release some first")
@@ -269,11 +274,14 @@ class SessionService:
 
     def sweep(self) -> None:
         now = time.time()
+        revoked = self.revoked_owners()
         for record in self.store.sessions(statuses=[SessionStatus.RUNNING]):
             if record.id in self._releasing:
                 continue
             handle = self.handles.get(record.id)
-            if handle is None or not self.runtime.alive(handle):
+            if record.owner in revoked:
+                self._start_release(record, "API key revoked")
+            elif handle is None or not self.runtime.alive(handle):
                 self._start_release(record, "sandbox ended")
             elif now - record.last_active_at >= record.idle_timeout_s and record.id not in self._in_flight:
                 self._start_release(record, f"idle for {record.idle_timeout_s} s")

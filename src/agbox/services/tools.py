@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -13,6 +12,7 @@ from agbox.runtime.channel import AgentError
 from agbox.services.sessions import SessionService
 from agbox.tools.base import ToolContext, ToolDef, ToolOutput
 from agbox.tools.registry import ToolRegistry
+from agbox.wirejson import loads
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +22,7 @@ def parse_args(raw: Any) -> dict[str, Any]:
     if raw is None or raw == "":
         return {}
     if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except ValueError as exc:
-            raise InvalidRequestError(f"args is not valid JSON: {exc}") from exc
+        raw = loads(raw, "args")
     if not isinstance(raw, dict):
         raise InvalidRequestError("args must be a JSON object")
     return raw
