@@ -118,6 +118,13 @@ def _graceful_server_class() -> type:
     return GracefulServer
 
 
+def _limit_changes(args: argparse.Namespace) -> dict[str, float | None]:
+    from agbox.services.limits import LIMIT_NAMES, parse_limit
+
+    return {name: parse_limit(name, raw) for name in LIMIT_NAMES
+            if (raw := getattr(args, name, None)) is not None}
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from agbox.services.keys import KeyService
 
@@ -125,15 +132,28 @@ def cmd_keys(args: argparse.Namespace) -> int:
     store = _store(settings)
     try:
         keys = KeyService(store)
+        changes = _limit_changes(args)
         if args.action == "create":
             record, key = keys.create(args.name)
+            if changes:
+                keys.set_limits(record.id, changes)
             print(f"{record.id}\t{key}")
             print("Keep the key: it is stored hashed and cannot be shown again.", file=sys.stderr)
+        elif args.action == "set":
+            if not args.key_id or not changes:
+                print("keys set needs a key id and at least one limit, e.g. --max-sessions 10", file=sys.stderr)
+                return 2
+            limits = keys.set_limits(args.key_id, changes)
+            if limits is None:
+                print(f"no key {args.key_id}", file=sys.stderr)
+                return 1
+            print(f"{args.key_id}\t" + (" ".join(f"{k}={v:g}" for k, v in sorted(limits.items())) or "defaults"))
         elif args.action == "list":
             for record in keys.list():
                 state = "revoked" if record.revoked_at else "active"
                 created = datetime.datetime.fromtimestamp(record.created_at).isoformat(timespec="seconds")
-                print(f"{record.id}\t{record.name}\t{record.prefix}…\t{state}\t{created}")
+                shown = " ".join(f"{k}={v:g}" for k, v in sorted(record.limits.items())) or "defaults"
+                print(f"{record.id}\t{record.name}\t{record.prefix}…\t{state}\t{created}\t{shown}")
         elif args.action == "revoke":
             if not args.key_id:
                 print("keys revoke needs a key id (see `agbox keys list`)", file=sys.stderr)
@@ -180,9 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     keys = sub.add_parser("keys", help="manage API keys")
-    keys.add_argument("action", choices=["create", "list", "revoke"])
+    keys.add_argument("action", choices=["create", "list", "set", "revoke"])
     keys.add_argument("key_id", nargs="?")
     keys.add_argument("--name", default="cli")
+    limit_help = "per-key limit (a number; sizes take K/M/G; 'default' drops the override)"
+    for flag, name in (("--max-sessions", "max_sessions"), ("--max-memory", "max_memory_bytes"),
+                       ("--max-cpus", "max_cpus"), ("--max-context-bytes", "max_context_bytes"),
+                       ("--requests-per-s", "requests_per_s"), ("--max-streams", "max_streams")):
+        keys.add_argument(flag, dest=name, default=None, help=limit_help)
     data_dir_option(keys)
     keys.set_defaults(func=cmd_keys)
 

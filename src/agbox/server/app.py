@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -71,6 +72,11 @@ def json_response(body: dict[str, Any], status: int = 200) -> JSONResponse:
     # Header values must be Latin-1: a request id that is not printable ASCII stays in the body only.
     request_id = str(body.get("requestId", ""))
     headers = {"x-request-id": request_id} if request_id.isascii() and request_id.isprintable() else {}
+    if "retryAfter" in body:
+        # A throttled request is a real HTTP 429 (even on wire routes, which otherwise always answer
+        # 200), so HTTP clients and proxies that honour Retry-After back off by themselves.
+        status = 429
+        headers["retry-after"] = str(max(1, math.ceil(float(body["retryAfter"]))))
     return AsciiJSONResponse(body, status_code=status, headers=headers)
 
 
@@ -102,6 +108,7 @@ async def link_call_tool(request: Request) -> Response:
     request_id = new_request_id()
     try:
         owner = token_guard(wire, request, session_id)
+        wire.platform.limits.admit_request(owner)
         body = validate("linkCallTool", await read_json(request, wire.platform.settings.max_request_bytes))
         request_id = body.get("requestId") or request_id
         output = await wire.tools.call(owner, session_id, body.get("tool") or body.get("name"), body.get("args"))

@@ -33,6 +33,12 @@ ENVELOPE: Schema = {
     },
 }
 
+THROTTLED: dict[str, Any] = {
+    "description": "the API key's requests-per-second limit: code Throttling, retry after Retry-After seconds",
+    "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+    "content": {"application/json": {"schema": ENVELOPE}},
+}
+
 DESCRIPTION = """\
 agbox speaks the AGB (agbcloud) wire protocol: RPC-style JSON over HTTP. API-key operations take
 `Authorization: Bearer <API key>`; session routes take the session's access token (`X-Access-Token`,
@@ -90,7 +96,8 @@ def _wire_operation(operation: Operation) -> dict[str, Any]:
         "summary": operation.summary,
         "tags": ["contexts" if "Context" in operation.op else "sessions"],
         "parameters": [_parameter(p) for p in query],
-        "responses": {"200": _json_response("an AGB envelope (success or a typed error)", envelope)},
+        "responses": {"200": _json_response("an AGB envelope (success or a typed error)", envelope),
+                      "429": THROTTLED},
         "security": [{"apiKey": []}],
     }
     if operation.method == "POST":
@@ -110,7 +117,7 @@ def _link_call_tool(operation: Operation) -> dict[str, Any]:
         "parameters": [{"name": "session_id", "in": "path", "required": True, "schema": {"type": "string"}}],
         "requestBody": _body(list(operation.params)),
         "responses": {"200": _json_response("the tool's MCP result in an envelope", ENVELOPE),
-                      **_error_responses(400, 401, 404, 409, 413, 504)},
+                      **_error_responses(400, 401, 403, 404, 409, 413, 504), "429": THROTTLED},
         "security": [{"sessionToken": []}],
     }
 

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from agbox.errors import AgboxError, InvalidRequestError
+from agbox.errors import AgboxError, InvalidRequestError, QuotaExceededError
 from agbox.models import SessionRecord
+from agbox.services.limits import LimitService
 from agbox.wirejson import clip, loads, same_secret
 
 if TYPE_CHECKING:
@@ -202,30 +203,38 @@ class OpenStreams:
     """The open sockets of each session: at most ``MAX_STREAMS_PER_SESSION`` at once (one session
     token cannot hold an unbounded number), and all of them are closed when the session is released."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: LimitService) -> None:
+        self.limits = limits
         self.by_session: dict[str, set[StreamConnection]] = {}
 
-    def admit(self, connection: StreamConnection) -> bool:
+    def admit(self, connection: StreamConnection) -> str:
+        """An empty string if the connection may stay open, else why not (per session, then per key)."""
         open_now = self.by_session.setdefault(connection.session_id, set())
         if len(open_now) >= MAX_STREAMS_PER_SESSION:
-            return False
+            return f"too many open streams for this session (at most {MAX_STREAMS_PER_SESSION})"
+        try:
+            self.limits.open_stream(connection.owner)
+        except QuotaExceededError as exc:
+            return exc.message
         open_now.add(connection)
-        return True
+        return ""
 
     def forget(self, connection: StreamConnection) -> None:
         open_now = self.by_session.get(connection.session_id)
-        if open_now is not None:
+        if open_now is not None and connection in open_now:
             open_now.discard(connection)
+            self.limits.close_stream(connection.owner)
             if not open_now:
                 del self.by_session[connection.session_id]
 
     async def before_release(self, record: SessionRecord) -> None:
-        for connection in list(self.by_session.pop(record.id, ())):
+        for connection in list(self.by_session.get(record.id, ())):
+            self.forget(connection)
             await connection.close(1001, "session released")
 
 
 def routes(wire: WireApi) -> list[BaseRoute]:
-    streams = OpenStreams()
+    streams = OpenStreams(wire.platform.limits)
     wire.platform.sessions.before_release.append(streams.before_release)
 
     async def endpoint(websocket: WebSocket) -> None:
@@ -235,11 +244,11 @@ def routes(wire: WireApi) -> list[BaseRoute]:
             await websocket.close(code=1008, reason="missing or wrong session access token")
             return
         connection = StreamConnection(wire, websocket, owner, session_id)
-        if not streams.admit(connection):
+        refusal = streams.admit(connection)
+        if refusal:
             # Accepted, then closed: the client sees why (a refused handshake carries no reason).
             await websocket.accept()
-            await websocket.close(code=1008, reason=f"too many open streams for this session "
-                                                    f"(at most {MAX_STREAMS_PER_SESSION})")
+            await websocket.close(code=1008, reason=refusal[:120])
             return
         try:
             await websocket.accept()

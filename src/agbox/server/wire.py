@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from agbox.errors import AgboxError, InvalidRequestError
+from agbox.errors import AgboxError, InvalidRequestError, ThrottledError
 from agbox.models import SessionRecord
 from agbox.server.operations import validate
 from agbox.services.platform import Platform
@@ -78,8 +78,11 @@ MAX_MESSAGE_CHARS = 2000
 
 
 def error_envelope(request_id: str, exc: AgboxError) -> dict[str, Any]:
-    return envelope(request_id, None, success=False, code=exc.code, message=clip(exc.message, MAX_MESSAGE_CHARS),
+    body = envelope(request_id, None, success=False, code=exc.code, message=clip(exc.message, MAX_MESSAGE_CHARS),
                     status=exc.status_code)
+    if isinstance(exc, ThrottledError):  # the HTTP edge turns it into 429 + Retry-After
+        body["retryAfter"] = round(exc.retry_after_s, 3)
+    return body
 
 
 def internal_error_envelope(request_id: str) -> dict[str, Any]:
@@ -125,6 +128,7 @@ class WireApi:
             if handler is None:
                 raise InvalidRequestError(f"unknown operation {op}")
             owner = self.platform.keys.authenticate(api_key)
+            self.platform.limits.admit_request(owner)
             return await handler(owner, validate(op, params), request_id)
         except AgboxError as exc:
             return error_envelope(request_id, exc)

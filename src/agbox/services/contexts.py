@@ -390,10 +390,20 @@ class ContextService:
             raise ContextNotFoundError("context not found")
         return record, str(claims.get("p"))
 
+    def check_quota(self, owner: str, growth: int) -> None:
+        """Refuse a change that would take the key's context storage past its limit."""
+        if growth <= 0 or self.sessions.limits.for_key(owner).max_context_bytes is None:
+            return
+        used = sum(f.size for c in self.store.contexts(owner, kind=None) for f in self.store.files(c.id))
+        self.sessions.limits.check_context_bytes(owner, used, growth)
+
     def commit_object(self, context_id: str, key: str, blob: str, size: int) -> None:
         now = time.time()
-        if self.store.get_context(context_id) is None:
+        context = self.store.get_context(context_id)
+        if context is None:
             raise ContextNotFoundError(f"context {context_id} not found")
+        replaced = sum(f.size for f in self.store.files(context_id, key) if f.path == key)
+        self.check_quota(context.owner, size - replaced)
         self.store.commit(context_id, [FileRecord(key, blob, size, now, now)], [], when=now)
 
     def object_blob(self, context_id: str, key: str) -> FileRecord:
@@ -602,7 +612,7 @@ class ContextService:
                 found = await loop.run_in_executor(None, self._ingest_tar, spool, scope)
         finally:
             spool.unlink(missing_ok=True)
-        self._commit_upload(binding, scope, policy, found)
+        self._commit_upload(record.owner, binding, scope, policy, found)
 
     def _ingest_file(self, path: Path) -> tuple[str, int]:
         with open(path, "rb") as handle:
@@ -626,7 +636,7 @@ class ContextService:
                 found[key] = self.blobs.ingest(read_chunks(source))
         return found
 
-    def _commit_upload(self, binding: Binding, scope: str, policy: Policy,
+    def _commit_upload(self, owner: str, binding: Binding, scope: str, policy: Policy,
                        found: dict[str, tuple[str, int]]) -> None:
         now = time.time()
         base = binding.base
@@ -644,6 +654,9 @@ class ContextService:
         if policy.lifecycle_days is not None and "" in policy.recycle_paths:
             context_expiry = now + policy.lifecycle_days * 86400
         if upserts or deletes or context_expiry is not None:
+            growth = sum(f.size for f in upserts) - sum(current[k].size for k in {*deletes, *(f.path for f in upserts)}
+                                                        if k in current)
+            self.check_quota(owner, growth)
             self.store.commit(binding.context_id, upserts, deletes, when=now, expires_at=context_expiry)
         for k in in_scope:
             base.pop(k, None)

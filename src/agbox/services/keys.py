@@ -64,6 +64,21 @@ class KeyService:
     def list(self) -> list[ApiKeyRecord]:
         return self.store.list_keys()
 
+    def set_limits(self, key_id: str, changes: dict[str, float | None]) -> dict[str, float] | None:
+        """Merge limit overrides into a key's (None drops an override); the new overrides, or None if
+        there is no such key."""
+        record = self.store.key_by_id(key_id)
+        if record is None:
+            return None
+        limits = dict(record.limits)
+        for name, value in changes.items():
+            if value is None:
+                limits.pop(name, None)
+            else:
+                limits[name] = value
+        self.store.set_key_limits(key_id, limits)
+        return limits
+
     def revoke(self, key_id: str) -> bool:
         self._cache.clear()
         return self.store.revoke_key(key_id, time.time())

@@ -13,6 +13,7 @@ from agbox.errors import AgboxError
 from agbox.images import ImageCatalog
 from agbox.runtime.base import Runtime
 from agbox.services.keys import KeyService
+from agbox.services.limits import LimitService
 from agbox.services.sessions import SessionService
 from agbox.services.tools import ToolService
 from agbox.settings import Settings
@@ -40,7 +41,8 @@ class Platform:
         self.runtime = runtime or make_runtime(settings)
         self.images = ImageCatalog(extra_dir=settings.images_dir)
         self.keys = KeyService(self.store, settings.key_cache_ttl_s)
-        self.sessions = SessionService(settings, self.store, self.runtime, self.images)
+        self.limits = LimitService(settings, self.store, settings.key_cache_ttl_s)
+        self.sessions = SessionService(settings, self.store, self.runtime, self.images, self.limits)
         self.sessions.revoked_owners = self.keys.revoked_ids
         self.tools = ToolService(self.sessions, self.images, ToolRegistry())
         self.extensions: dict[str, Any] = {}

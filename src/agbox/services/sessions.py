@@ -20,10 +20,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from agbox.errors import InvalidRequestError, LimitExceededError, SessionNotFoundError
+from agbox.errors import AgboxError, InvalidRequestError, LimitExceededError, SessionNotFoundError
 from agbox.images import Image, ImageCatalog
 from agbox.models import ACTIVE_STATUSES, SessionRecord, SessionStatus
 from agbox.runtime.base import Runtime, SandboxHandle, SandboxSpec
+from agbox.services.limits import LimitService
 from agbox.services.paging import paginate
 from agbox.settings import Settings
 from agbox.store.base import Store
@@ -62,8 +63,10 @@ def validate_labels(labels: Any, settings: Settings) -> dict[str, str]:
 
 
 class SessionService:
-    def __init__(self, settings: Settings, store: Store, runtime: Runtime, images: ImageCatalog) -> None:
+    def __init__(self, settings: Settings, store: Store, runtime: Runtime, images: ImageCatalog,
+                 limits: LimitService | None = None) -> None:
         self.settings = settings
+        self.limits = limits or LimitService(settings, store)
         self.store = store
         self.runtime = runtime
         self.images = images
@@ -129,6 +132,9 @@ class SessionService:
         active = len(self.store.sessions(statuses=ACTIVE_STATUSES))
         if active >= self.settings.max_sessions:
             raise LimitExceededError(f"too many active sessions on this server ({active}); release some first")
+        # No await between this check and put_session below: concurrent creates cannot both slip in.
+        self.limits.check_new_session(owner, [self._footprint(r) for r in self.store.sessions(
+            owner=owner, statuses=ACTIVE_STATUSES)], image.limits.memory_bytes, image.limits.cpus)
         now = time.time()
         record = SessionRecord(
             id=new_session_id(), owner=owner, image_id=image.id, status=SessionStatus.CREATING,
@@ -150,6 +156,14 @@ class SessionService:
         for hook in self.after_create:
             await hook(record)
         return record
+
+    def _footprint(self, record: SessionRecord) -> tuple[int, float]:
+        """(memory bytes, cpus) a session's sandbox may use."""
+        try:
+            limits = self.images.get(record.image_id).limits
+        except AgboxError:  # an image removed since: count nothing rather than fail every create
+            return 0, 0.0
+        return limits.memory_bytes, limits.cpus
 
     @staticmethod
     def spec_for(image: Image, session_id: str) -> SandboxSpec:
