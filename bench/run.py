@@ -38,7 +38,7 @@ if str(BENCH_DIR) not in sys.path:
 import benchlib as B  # noqa: E402
 
 # Families run in this order; any other bench_*.py follows alphabetically.
-ORDER = ["create", "tti", "tool", "mcp", "links", "files", "startup", "density", "peer"]
+ORDER = ["create", "tti", "tool", "mcp", "links", "files", "code", "startup", "density", "peer"]
 
 # (label, row key, field, comparison, threshold, unit). "field" may be p50_ms, value or delta_ms.
 TARGETS: list[tuple[str, str, str, str, float, str]] = [

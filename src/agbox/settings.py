@@ -55,6 +55,13 @@ class Settings:
     key_max_context_bytes: int | None = None
     key_requests_per_s: float | None = None
     key_max_streams: int | None = None
+    # Where state lives: None = SQLite in the data dir; "postgresql://user:pw@host:port/db" = PostgreSQL,
+    # which several control-plane replicas can share.
+    store_url: str | None = None
+    # runtime = "ray": the cluster to join (host:port of the head's GCS, or "auto"), and where each
+    # node keeps its sandboxes' files (a path on that node; default <data dir>/nodes).
+    ray_address: str | None = None
+    node_data_dir: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -80,6 +87,9 @@ class Settings:
             "AGBOX_KEY_MAX_CONTEXT_BYTES": ("key_max_context_bytes", int),
             "AGBOX_KEY_REQUESTS_PER_S": ("key_requests_per_s", float),
             "AGBOX_KEY_MAX_STREAMS": ("key_max_streams", int),
+            "AGBOX_STORE": ("store_url", str),
+            "AGBOX_RAY_ADDRESS": ("ray_address", str),
+            "AGBOX_NODE_DATA_DIR": ("node_data_dir", str),
         }
         for var, (field, kind) in mapping.items():
             raw = env.get(var)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import wait_for
+from tests.server.test_official_code import DISPLAY_FORMS, check_display_forms
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -83,11 +84,50 @@ def test_python_error_result(session: Any) -> None:
     assert result.error is not None
     assert result.error.name == "NameError"
     assert "undefined_name" in result.error.value
-    assert "<cell-" in result.error.traceback and "line 3" in result.error.traceback
+    # IPython's traceback, as a notebook shows it (no terminal colours).
+    trace = result.error.traceback
+    assert trace.startswith("-----") and "Traceback (most recent call last)" in trace
+    assert f"Cell In [{result.execution_count}], line 4" in trace and "----> 3     return undefined_name" in trace
+    assert trace.rstrip().endswith("NameError: name 'undefined_name' is not defined") and "\x1b[" not in trace
     assert "NameError" in result.error_message
     assert result.logs.stdout == ["before\n"]
     # The session is still usable.
     assert session.code.run("1 + 1", "python").result == "2"
+
+
+def test_syntax_error_and_usage_error(session: Any) -> None:
+    broken = session.code.run("x = (1,\nprint(x", "python")
+    assert not broken.success and broken.error is not None
+    assert broken.error.name == "SyntaxError" and "Cell In [" in broken.error.traceback
+    magic = session.code.run("%timeit -z pass", "python")
+    assert not magic.success and magic.error is not None and magic.error.name == "UsageError"
+
+
+def test_ipython_display_forms(session: Any) -> None:
+    result = session.code.run(DISPLAY_FORMS, "python", timeout_s=60)
+    assert result.success, result.error_message
+    check_display_forms(result.results)
+    # get_ipython() is the shell; Out/_N keep the results under the counts the SDK reports.
+    numbered = session.code.run(f"type(get_ipython()).__name__, Out[{result.execution_count}].__class__.__name__",
+                                "python")
+    assert numbered.result == "('AgentShell', 'Chart')"
+
+
+def test_first_run_timeout_counts_from_a_ready_interpreter(make_session: Callable[..., Any]) -> None:
+    # The deadline covers the user's code, not IPython's start-up (which takes ~0.5 s on an idle host).
+    session = make_session()
+    result = session.code.run("import time\ntime.sleep(0.6)\n'slept'", "python", timeout_s=1)
+    assert result.success, result.error_message
+    assert result.result == "'slept'"
+
+
+def test_timeout_interrupts_a_shell_line(session: Any) -> None:
+    assert session.code.run("kept = 7", "python").success
+    started = time.monotonic()
+    result = session.code.run("!sleep 30\nprint('after')", "python", timeout_s=1)
+    assert time.monotonic() - started < 10
+    assert not result.success and result.error is not None and result.error.name == "TimeoutError"
+    assert session.code.run("kept", "python").result == "7"
 
 
 def test_timeout_interrupts_and_the_session_survives(session: Any) -> None:

@@ -1,4 +1,4 @@
-"""The ``run_code`` op: Python in a persistent per-session interpreter; JavaScript, Java and R in a
+"""The ``run_code`` op: Python in a persistent per-session IPython shell; JavaScript, Java and R in a
 fresh process per call. Output is streamed as ``{"type": "stdout"|"stderr", "chunk"}`` and
 ``{"type": "result", "result": {mime: value, "isMainResult": bool}}`` events when asked."""
 
@@ -23,6 +23,9 @@ PYTHON = "/usr/bin/python3"
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "code_worker.py")
 # After SIGINT, how long running Python code has to stop before its interpreter is killed.
 INTERRUPT_GRACE_S = 2.0
+# How long a fresh interpreter may take to import IPython before the run gives up (the tool call allows
+# its timeout plus 30 s).
+STARTUP_TIMEOUT_S = 20.0
 POLL_S = 0.05
 DEFAULT_MAX_OUTPUT = 4 * 1024 * 1024
 LANGUAGES = ("python", "javascript", "java", "r")
@@ -78,7 +81,7 @@ def _kill_group(pid: int, sig: int) -> None:
 
 
 class PythonKernel:
-    """One long-lived interpreter (code_worker.py); executions run one at a time, in one namespace."""
+    """One long-lived IPython shell (code_worker.py); executions run one at a time, in one namespace."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -92,6 +95,8 @@ class PythonKernel:
         resp_r, resp_w = os.pipe()
         env = dict(os.environ)
         env.setdefault("MPLCONFIGDIR", os.path.join(tempfile.gettempdir(), "agbox-matplotlib"))
+        # IPython's profile directory: out of the user's home, like matplotlib's cache.
+        env.setdefault("IPYTHONDIR", os.path.join(tempfile.gettempdir(), "agbox-ipython"))
         env["PYTHONUNBUFFERED"] = "1"
         try:
             proc = subprocess.Popen([PYTHON, "-u", WORKER, str(req_r), str(resp_w)], stdin=subprocess.DEVNULL,
@@ -140,9 +145,12 @@ class PythonKernel:
 
     def _run_locked(self, code: str, timeout_s: float, deadline: float, ctx: Ctx, out: Output) -> dict[str, Any]:
         proc = self.proc if self.proc is not None and self.proc.poll() is None else None
+        # A fresh interpreter first imports IPython: the execution deadline starts when it is ready.
+        starting = proc is None
         if proc is None:
             self._stop()
             proc = self._start()
+            deadline = time.monotonic() + STARTUP_TIMEOUT_S
         self.count += 1
         count = self.count
         request = json.dumps({"code": code, "count": count}).encode() + b"\n"
@@ -164,6 +172,9 @@ class PythonKernel:
                 now = time.monotonic()
                 if not reason and (now >= deadline or ctx.cancelled.is_set()):
                     reason = "cancelled" if ctx.cancelled.is_set() else "timeout"
+                if reason and starting:
+                    killed = True  # nothing of the user's runs yet: no interrupt to wait for
+                    break
                 if reason and not interrupted_at:
                     interrupted_at = now
                     _kill_group(proc.pid, signal.SIGINT)
@@ -187,9 +198,13 @@ class PythonKernel:
                     while b"\n" in pending:
                         line, pending = pending.split(b"\n", 1)
                         message = json.loads(line)
-                        if message.get("type") == "display":
+                        kind = message.get("type")
+                        if kind == "display":
                             out.result(message.get("data") or {}, False)
-                        elif message.get("type") == "done":
+                        elif kind == "ready":
+                            starting = False
+                            deadline = time.monotonic() + timeout_s
+                        elif kind == "done":
                             done = message
                 if eof:
                     break
@@ -206,17 +221,25 @@ class PythonKernel:
                         sel.unregister(key.fileobj)
         finally:
             sel.close()
+        if done is None:
+            # Interrupt did not work in time, or the interpreter died: its state is gone. What it wrote
+            # before dying (an import error at start-up, say) is part of the answer.
+            self._drain_and_stop(out)
         out.finish()
         result: dict[str, Any] = {"execution_count": count, "status": "ok"}
         if done is None:
-            # Interrupt did not work in time, or the interpreter died: its state is gone.
-            self._stop()
             result["restarted"] = True
-            if killed:
+            if killed and starting:
+                name = "TimeoutError" if reason == "timeout" else "KeyboardInterrupt"
+                value = (f"the Python interpreter did not start within {STARTUP_TIMEOUT_S:g} s"
+                         if reason == "timeout" else "execution cancelled while the Python interpreter started")
+            elif killed:
                 value = (f"execution timed out after {timeout_s:g} s" if reason == "timeout"
                          else "execution cancelled")
                 value += "; the interpreter did not stop on interrupt and was restarted (its variables are lost)"
                 name = "TimeoutError" if reason == "timeout" else "KeyboardInterrupt"
+            elif starting:
+                name, value = "DeadKernelError", "the Python interpreter (IPython) failed to start; see stderr"
             else:
                 name, value = "DeadKernelError", "the Python interpreter exited; its variables are lost"
             result["status"] = reason or "error"
@@ -234,6 +257,27 @@ class PythonKernel:
             result["error"] = error
             result["status"] = reason or "error"
         return result
+
+    def _drain_and_stop(self, out: Output) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        _kill_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert proc.stdout is not None and proc.stderr is not None
+        for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
+            # The process is gone: read what it left in the pipe, but not forever (a daemon it started in
+            # another process group may still hold the pipe and write).
+            os.set_blocking(pipe.fileno(), False)
+            try:
+                for _ in range(64):
+                    chunk = os.read(pipe.fileno(), 65536)
+                    if not chunk:
+                        break
+                    out.data(name, chunk)
+            except OSError:
+                pass
+        self._stop()
 
 
 _KERNEL = PythonKernel()

@@ -64,6 +64,18 @@ class Runtime(abc.ABC):
     """A sandbox mechanism. Every method may be called concurrently for different sandboxes."""
 
     name: str
+    # True when sandboxes keep running without this process (on cluster nodes): a stopping control
+    # plane then leaves its sessions to the other replicas or to its own restart (reattach).
+    sessions_outlive_control_plane: bool = False
+
+    def end_reason(self, handle: SandboxHandle) -> str:
+        """Why a sandbox that ``alive`` reports gone has ended (the session's finish reason)."""
+        return "sandbox ended"
+
+    def manages(self, node: str) -> bool:
+        """Whether sessions recorded on ``node`` are this runtime's to watch, reattach and end (a
+        store shared by several control planes also holds other runtimes' sessions)."""
+        return node == getattr(self, "node", self.name)
 
     @abc.abstractmethod
     async def start(self) -> None:

@@ -79,7 +79,8 @@ class LocalRuntime(Runtime):
         self.run_dir = run_dir / tag
         self.sandbox_dir = self.run_dir / "sandboxes"
         self.base_dir = self.run_dir / "base"
-        self.node = f"local:{socket.gethostname()}"
+        # The data dir's tag too: servers sharing one PostgreSQL store each own their sandboxes.
+        self.node = f"local:{socket.gethostname()}:{tag[:6]}"
         self.cgroups = CgroupManager(f"agbox-{tag}")
         self._sandboxes: dict[str, _Sandbox] = {}
         self._spawner = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="agbox-spawner")

@@ -21,17 +21,10 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agbox.errors import AgboxError, AuthenticationError, InvalidRequestError, LimitExceededError
+from agbox.server import browser, contexts, links, mcp_endpoint, session_page, stream, terminal
 from agbox.server.openapi import build_document
 from agbox.server.operations import validate
-from agbox.server.wire import (
-    ROUTES,
-    WireApi,
-    envelope,
-    error_envelope,
-    feature_modules,
-    internal_error_envelope,
-    new_request_id,
-)
+from agbox.server.wire import ROUTES, WireApi, envelope, error_envelope, internal_error_envelope, new_request_id
 from agbox.services.platform import Platform
 from agbox.wirejson import loads, same_secret
 
@@ -173,6 +166,9 @@ class ErrorEdge:
 def create_app(platform: Platform, *, manage_platform: bool = True,
                on_ready: Callable[[], Awaitable[None]] | None = None) -> Starlette:
     wire = WireApi(platform)
+    links.register_ops(wire)
+    browser.register_ops(wire)
+    contexts.register_ops(wire)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -186,11 +182,9 @@ def create_app(platform: Platform, *, manage_platform: bool = True,
             if manage_platform:
                 await platform.close()
 
-    routes: list[BaseRoute] = []
-    for module in feature_modules():
-        make_routes = getattr(module, "routes", None)
-        if make_routes is not None:
-            routes.extend(make_routes(wire))
+    routes: list[BaseRoute] = [*contexts.routes(wire), *stream.routes(wire), *terminal.routes(wire),
+                               *mcp_endpoint.routes(wire),
+                               *session_page.routes(wire)]
     routes.append(Route("/link/{session_id}/callTool", link_call_tool, methods=["POST"]))
     routes.extend(wire_route(wire, op, method, path) for op, (method, path) in list(ROUTES.items()))
     routes.append(Route("/health", lambda request: JSONResponse({"ok": True}), methods=["GET"]))

@@ -47,8 +47,9 @@ envelope `{success, code, message, requestId, httpStatusCode, data}`; errors hav
 4xx `httpStatusCode` for client faults, and a message.
 
 Not expressible here: `GET /ws/{session_id}` (WebSocket, streamed run_code: frames
-`{invocationId, source, target, data}`) and links (`getLink` URLs, each on a listener port of its
-own, `/_agbox/<secret>/...`, relayed to a port inside the sandbox)."""
+`{invocationId, source, target, data}`), `GET /pty/{session_id}` (WebSocket terminal) and links
+(`getLink` URLs, each on a listener port of its own, `/_agbox/<secret>/...`, relayed to a port
+inside the sandbox)."""
 
 
 def _json_response(description: str, schema: Schema) -> dict[str, Any]:
@@ -159,6 +160,15 @@ def _extra_paths() -> dict[str, Any]:
                     "tags": ["mcp"], "parameters": mcp_path,
                     "responses": {"4XX": {"description": "refused", "content": any_json}},
                     "security": [{"sessionBearer": []}, {"sessionToken": []}]},
+        },
+        "/sessions/{session_id}/view": {
+            "get": {"operationId": "sessionView", "summary": "The session's page (resourceUrl), by its authcode",
+                    "tags": ["sessions"], "security": [],
+                    "parameters": [*mcp_path, {"name": "authcode", "in": "query", "required": False,
+                                               "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "HTML page", "content": {"text/html": {"schema": {}}}},
+                                  "403": {"description": "not valid for a session",
+                                          "content": {"text/html": {"schema": {}}}}}},
         },
         "/health": {"get": {"operationId": "health", "summary": "Liveness", "security": [],
                             "responses": {"200": _json_response("ok", {"type": "object",

@@ -140,6 +140,13 @@ OPERATIONS: dict[str, Operation] = {o.op: o for o in (
     Operation("getLinkAsync", "GET", "/mcp/getLink", "Same as getLink", (
         SESSION_ID_QUERY, _q("protocolType", NAME), _q("port", integer(1, 65535)),
     ), OBJECT),
+    # ---- browser
+    Operation("initBrowser", "POST", "/browser/init", "Start (or reuse) the session's Chromium; data.port", (
+        SESSION_ID_QUERY, _q("persistentPath", PATH, "profile directory inside the sandbox"),
+        _q("browserOption", JSON_TEXT, "JSON text of BrowserOption"),
+    ), OBJECT),
+    Operation("getCdpLink", "POST", "/internet/getCdpLink", "The session browser's CDP WebSocket URL",
+              (SESSION_ID_QUERY,), OBJECT),
     # ---- contexts
     Operation("listContexts", "GET", "/sdk/ListContexts", "List this key's contexts", PAGING, {"type": "array"}),
     Operation("getContext", "GET", "/sdk/GetContext", "Get (or create) a context by id or name", (

@@ -85,6 +85,8 @@ class SessionService:
     async def recover(self) -> None:
         """After a restart: re-attach to live sandboxes, and end (truthfully) the ones that are gone."""
         for record in self.store.sessions(statuses=[*ACTIVE_STATUSES, SessionStatus.DELETING]):
+            if not self.runtime.manages(record.node):
+                continue
             handle = SandboxHandle(record.id, record.node, record.handle)
             alive = False
             with contextlib.suppress(Exception):
@@ -102,7 +104,11 @@ class SessionService:
             self._lifecycle_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._lifecycle_task
+        if self.runtime.sessions_outlive_control_plane:
+            self.handles.clear()
         for record in self.store.sessions(statuses=[*ACTIVE_STATUSES, SessionStatus.DELETING]):
+            if self.runtime.sessions_outlive_control_plane or not self.runtime.manages(record.node):
+                continue
             # Graceful stop: release hooks run (auto-upload of contexts), as on any release.
             await self._release_now(record, "server stopped")
         for task in list(self._releasing.values()):
@@ -214,7 +220,10 @@ class SessionService:
     def handle(self, record: SessionRecord) -> SandboxHandle:
         handle = self.handles.get(record.id)
         if handle is None:
-            raise SessionNotFoundError(record.id)
+            # Created by another control-plane replica: the record says where the sandbox is.
+            if record.status is not SessionStatus.RUNNING or not self.runtime.manages(record.node):
+                raise SessionNotFoundError(record.id)
+            handle = self.handles[record.id] = SandboxHandle(record.id, record.node, record.handle)
         return handle
 
     def set_labels(self, owner: str, session_id: Any, labels: Any) -> None:
@@ -253,7 +262,8 @@ class SessionService:
     def _start_release(self, record: SessionRecord, reason: str) -> None:
         if record.id in self._releasing:
             return
-        self.store.set_status(record.id, SessionStatus.DELETING)
+        if not self.store.claim_release(record.id):
+            return  # already being released (by another replica sharing the store, or earlier)
         record.status = SessionStatus.DELETING
         task = asyncio.create_task(self._release_now(record, reason), name=f"release-{record.id}")
         self._releasing[record.id] = task
@@ -290,13 +300,13 @@ class SessionService:
         now = time.time()
         revoked = self.revoked_owners()
         for record in self.store.sessions(statuses=[SessionStatus.RUNNING]):
-            if record.id in self._releasing:
+            if record.id in self._releasing or not self.runtime.manages(record.node):
                 continue
-            handle = self.handles.get(record.id)
+            handle = self.handles.get(record.id) or SandboxHandle(record.id, record.node, record.handle)
             if record.owner in revoked:
                 self._start_release(record, "API key revoked")
-            elif handle is None or not self.runtime.alive(handle):
-                self._start_release(record, "sandbox ended")
+            elif not self.runtime.alive(handle):
+                self._start_release(record, self.runtime.end_reason(handle))
             elif now - record.last_active_at >= record.idle_timeout_s and record.id not in self._in_flight:
                 self._start_release(record, f"idle for {record.idle_timeout_s} s")
             elif now >= record.expires_at:
