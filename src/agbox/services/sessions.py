@@ -277,7 +277,7 @@ class SessionService:
     def _start_release(self, record: SessionRecord, reason: str) -> None:
         if record.id in self._releasing:
             return
-        if not self.store.claim_release(record.id):
+        if not self.store.claim_release(record.id, reason):
             return  # already being released (by another replica sharing the store, or earlier)
         record.status = SessionStatus.DELETING
         task = asyncio.create_task(self._release_now(record, reason), name=f"release-{record.id}")
