@@ -46,6 +46,9 @@ class Settings:
     # Extra image files (TOML); an image here with a built-in id replaces it (e.g. other limits).
     images_dir: Path | None = None
     reap_interval_s: float = 1.0
+    # Screen of a desktop session (images with the computer tools), WIDTHxHEIGHTxDEPTH; createSession's
+    # desktopSize overrides it per session.
+    desktop_size: str = "1920x1080x24"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -65,6 +68,7 @@ class Settings:
             "AGBOX_RUNTIME": ("runtime", str),
             "AGBOX_IMAGES_DIR": ("images_dir", Path),
             "AGBOX_WARM_POOL": ("warm_pool_size", int),
+            "AGBOX_DESKTOP_SIZE": ("desktop_size", str),
         }
         for var, (field, kind) in mapping.items():
             raw = env.get(var)

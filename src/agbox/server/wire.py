@@ -44,7 +44,8 @@ ROUTES: dict[str, tuple[str, str]] = {
 
 # Optional feature modules: each may define ``register_ops(wire)`` (AGB wire operations) and
 # ``routes(wire) -> list[BaseRoute]`` (HTTP/WebSocket routes of its own).
-FEATURE_MODULES = ("agbox.server.links", "agbox.server.contexts", "agbox.server.stream", "agbox.server.mcp_endpoint")
+FEATURE_MODULES = ("agbox.server.links", "agbox.server.contexts", "agbox.server.stream", "agbox.server.mcp_endpoint",
+                   "agbox.server.desktop")
 
 
 def feature_modules() -> list[Any]:
@@ -142,7 +143,7 @@ class WireApi:
 
     async def _create_session(self, owner: str, p: Params, rid: str) -> dict[str, Any]:
         record = await self.sessions.create(owner, p.get("imageId"), p.get("labels"), p.get("timeout"),
-                                            p.get("mcpPolicyId"))
+                                            p.get("mcpPolicyId"), p.get("desktopSize"))
         extra = self.platform.extensions.get("on_create")
         if extra is not None:
             await extra(record, p)

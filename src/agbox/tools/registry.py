@@ -16,6 +16,7 @@ TOOL_SET_MODULES = {
     "shell": "agbox.tools.shell",
     "files": "agbox.tools.files",
     "code": "agbox.tools.code",
+    "computer": "agbox.tools.computer",
 }
 
 
