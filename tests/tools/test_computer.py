@@ -3,10 +3,15 @@ real Debian apps (xterm, l3afpad, a Tk probe), real input through XTEST, real sc
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import io
 import json
 import re
+import subprocess
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -276,3 +281,138 @@ def test_desktop_size_create_option_and_bad_values(server: ServerProcess) -> Non
         assert session.computer.screen.get_size().data == {"width": 1280, "height": 720, "dpiScalingFactor": 1.0}
     finally:
         client.delete(session)
+
+
+class Chromium:
+    """Headless Chromium on the host, driven over its DevTools WebSocket (no extra client library)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.profile = tmp / "chromium-profile"
+        self.process = subprocess.Popen(
+            ["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--window-size=1280,760",
+             f"--user-data-dir={self.profile}", "--remote-debugging-port=0", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        port_file = self.profile / "DevToolsActivePort"
+        wait_for(port_file.exists, 30, what="Chromium's DevTools port")
+        port = wait_for(lambda: port_file.read_text().split("\n")[0].strip(), 10, what="the port number")
+        targets = httpx.get(f"http://127.0.0.1:{port}/json/list").json()
+        self.page_ws = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+        self.next_id = 0
+
+    async def command(self, ws: Any, method: str, **params: Any) -> dict[str, Any]:
+        self.next_id += 1
+        await ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            if message.get("id") == self.next_id:
+                assert "error" not in message, message
+                return dict(message["result"])
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+
+
+# Counts the pixels of one colour on the noVNC canvas (the remote screen as the client drew it).
+COUNT_COLOUR = """(() => {
+  const canvas = document.querySelector('#screen canvas');
+  if (!canvas || !canvas.width) return -1;
+  const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+  let count = 0;
+  for (let i = 0; i < data.length; i += 4) {
+    if (data[i] === %d && data[i + 1] === %d && data[i + 2] === %d) count++;
+  }
+  return count;
+})()"""
+
+
+def live_view(url: str, tmp: Path, colour: tuple[int, int, int]) -> tuple[str, int, Image.Image]:
+    """Open ``url`` in headless Chromium; wait until the noVNC client shows ``colour``; return the page's
+    status text, that colour's pixel count on the client's canvas, and a screenshot of the page."""
+    import websockets
+
+    browser = Chromium(tmp)
+
+    async def run() -> tuple[str, int, Image.Image]:
+        async with websockets.connect(browser.page_ws, max_size=None) as ws:
+            await browser.command(ws, "Page.navigate", url=url)
+            deadline = time.monotonic() + 30
+            status, count = "", -1
+            while time.monotonic() < deadline and count < 10_000:
+                await asyncio.sleep(0.2)
+                found = await browser.command(ws, "Runtime.evaluate", expression=COUNT_COLOUR % colour)
+                count = int(found["result"].get("value", -1))
+                text = await browser.command(ws, "Runtime.evaluate",
+                                             expression="document.getElementById('status').textContent")
+                status = str(text["result"].get("value", ""))
+            shot = await browser.command(ws, "Page.captureScreenshot", format="png")
+            return status, count, Image.open(io.BytesIO(base64.b64decode(shot["data"]))).convert("RGB")
+
+    try:
+        return asyncio.run(run())
+    finally:
+        browser.close()
+
+
+def test_live_view_shows_the_desktop_in_a_browser(server: ServerProcess, desktop: Any, tmp_path: Path) -> None:
+    started = desktop.computer.app.start("xterm -bg '#ff00ff' -T live-view -geometry 120x40+100+100")
+    assert started.success, started.error_message
+    window_titled(desktop, "live-view")
+    info = desktop.info()
+    assert info.success and info.data["resource_type"] == "Desktop"
+    url = info.data["resource_url"]
+    assert url.startswith(f"{server.endpoint}/desktop/{desktop.session_id}/")
+    status, magenta, page = live_view(url, tmp_path, (255, 0, 255))
+    assert status == "live"
+    # The xterm's magenta background arrives through x11vnc, the relay and the noVNC client (a 120x40
+    # xterm is ~700x500 pixels).
+    assert magenta > 100_000, f"no magenta window on the live view ({magenta} pixels)"
+    page.save(tmp_path / "live-view.png")
+
+    view_only = json.loads(info.data["connection_properties"])["viewOnlyPage"]
+    assert view_only != url and httpx.get(view_only).status_code == 200
+    assert httpx.get(url.replace(desktop.session_id + "/", desktop.session_id + "/x")).status_code == 404
+    assert desktop.computer.app.stop_by_pid(started.data[0].pid).success
+
+
+async def rfb_pointer(ws_url: str, x: int, y: int) -> tuple[int, int]:
+    """Speak RFB over the live view's WebSocket like noVNC does: handshake (no password), then move the
+    pointer to (x, y). Returns the remote screen size from ServerInit."""
+    import websockets
+
+    buffer = bytearray()
+
+    async def read(ws: Any, count: int) -> bytes:
+        while len(buffer) < count:
+            buffer.extend(await asyncio.wait_for(ws.recv(), 20))
+        data = bytes(buffer[:count])
+        del buffer[:count]
+        return data
+
+    async with websockets.connect(ws_url, subprotocols=["binary"], max_size=None) as ws:
+        assert await read(ws, 12) == b"RFB 003.008\n"
+        await ws.send(b"RFB 003.008\n")
+        types = await read(ws, (await read(ws, 1))[0])
+        assert 1 in types  # "None": the URL's secret is the credential, the VNC server is loopback-only
+        await ws.send(b"\x01")
+        assert await read(ws, 4) == b"\0\0\0\0"
+        await ws.send(b"\x01")  # ClientInit, shared
+        init = await read(ws, 24)
+        await read(ws, int.from_bytes(init[20:24], "big"))
+        await ws.send(bytes([5, 0]) + x.to_bytes(2, "big") + y.to_bytes(2, "big"))
+        await asyncio.sleep(0.3)  # the event is in flight; the caller polls the pointer position
+        return int.from_bytes(init[0:2], "big"), int.from_bytes(init[2:4], "big")
+
+
+def test_live_view_takes_over_the_pointer_and_the_view_only_link_does_not(desktop: Any) -> None:
+    properties = json.loads(desktop.info().data["connection_properties"])
+
+    def cursor() -> dict[str, int]:
+        return dict(json.loads(desktop.call_mcp_tool("get_cursor_position", {}).data))
+
+    assert desktop.computer.mouse.move(10, 10).success
+    assert asyncio.run(rfb_pointer(properties["viewOnlyUrl"], 700, 500)) == (1920, 1080)
+    assert asyncio.run(rfb_pointer(properties["url"], 640, 480)) == (1920, 1080)
+    wait_for(lambda: cursor() == {"x": 640, "y": 480}, 10, what="the VNC client's pointer on the desktop")
+    assert asyncio.run(rfb_pointer(properties["viewOnlyUrl"], 700, 500)) == (1920, 1080)
+    assert cursor() == {"x": 640, "y": 480}  # the view-only server ignored the pointer

@@ -143,10 +143,11 @@ def start_desktop(size: str) -> None:
             # Xt apps (xterm) otherwise wait 5 s for the window manager to confirm their first resize.
             display.set_root_string("RESOURCE_MANAGER", X_RESOURCES)
         DESKTOP.processes["openbox"] = _spawn(["openbox", "--sm-disable"], "openbox")
-
+        # openbox announces itself (_NET_SUPPORTING_WM_CHECK) first thing; _NET_CLIENT_LIST comes once it has
+        # loaded its theme and taken over the screen, right before its event loop.
         def wm_ready() -> bool:
             with x11.Display(DISPLAY) as display:
-                return bool(display.cardinals(display.root, "_NET_SUPPORTING_WM_CHECK"))
+                return display.property(display.root, "_NET_CLIENT_LIST") is not None
 
         if not _wait_until(wm_ready, START_TIMEOUT_S):
             raise OpError("desktop", f"the window manager did not start: {_tail('openbox')}")
@@ -203,6 +204,8 @@ def _int(args: dict[str, Any], key: str, minimum: int | None = None) -> int:
 
 
 # ---- mouse -------------------------------------------------------------------------------------------
+# No "mousemove --sync": it waits for a motion event, which never comes when the pointer is already there
+# (xdotool then hangs for seconds). The X server handles one client's requests in order anyway.
 
 def _point(args: dict[str, Any], xkey: str = "x", ykey: str = "y") -> tuple[str, str]:
     x, y = _int(args, xkey), _int(args, ykey)
@@ -217,9 +220,9 @@ def click(args: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
     x, y = _point(args)
     button = args.get("button", "left")
     if button == "double_left":
-        _run(["xdotool", "mousemove", "--sync", x, y, "click", "--repeat", "2", "--delay", "80", "1"], "click")
+        _run(["xdotool", "mousemove", x, y, "click", "--repeat", "2", "--delay", "80", "1"], "click")
     elif button in BUTTONS:
-        _run(["xdotool", "mousemove", "--sync", x, y, "click", BUTTONS[button]], "click")
+        _run(["xdotool", "mousemove", x, y, "click", BUTTONS[button]], "click")
     else:
         raise OpError("invalid", f"button must be one of left, right, middle, double_left; got {button!r}")
     return {"ok": True}
@@ -227,7 +230,7 @@ def click(args: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
 
 def move(args: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
     x, y = _point(args)
-    _run(["xdotool", "mousemove", "--sync", x, y], "move mouse")
+    _run(["xdotool", "mousemove", x, y], "move mouse")
     return {"ok": True}
 
 
@@ -239,8 +242,8 @@ def drag(args: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
         raise OpError("invalid", f"button must be one of left, right, middle; got {args.get('button')!r}")
     # A stop half-way gives toolkits the motion they need to recognise a drag.
     mid_x, mid_y = str((int(x1) + int(x2)) // 2), str((int(y1) + int(y2)) // 2)
-    _run(["xdotool", "mousemove", "--sync", x1, y1, "mousedown", button, "sleep", "0.05",
-          "mousemove", "--sync", mid_x, mid_y, "sleep", "0.05", "mousemove", "--sync", x2, y2, "sleep", "0.05",
+    _run(["xdotool", "mousemove", x1, y1, "mousedown", button, "sleep", "0.05",
+          "mousemove", mid_x, mid_y, "sleep", "0.05", "mousemove", x2, y2, "sleep", "0.05",
           "mouseup", button], "drag mouse")
     return {"ok": True}
 
@@ -252,7 +255,7 @@ def scroll(args: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
     if button is None:
         raise OpError("invalid", f"direction must be one of up, down, left, right; got {direction!r}")
     amount = _int(args, "amount", minimum=1) if "amount" in args else 1
-    _run(["xdotool", "mousemove", "--sync", x, y, "click", "--repeat", str(min(amount, 200)), "--delay", "10",
+    _run(["xdotool", "mousemove", x, y, "click", "--repeat", str(min(amount, 200)), "--delay", "10",
           button], "scroll")
     return {"ok": True}
 

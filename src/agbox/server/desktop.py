@@ -212,7 +212,7 @@ def routes(wire: WireApi) -> list[BaseRoute]:
                     await pump
             sock.close()
             views.open.get(record.id, set()).discard(task)
-            with contextlib.suppress(RuntimeError, OSError):
+            with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
                 await websocket.close()
 
     return [

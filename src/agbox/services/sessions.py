@@ -165,7 +165,8 @@ class SessionService:
         if "computer" in image.tool_sets:
             # The sandbox's agent starts an X desktop of this size (warm-pooled per size like any spec).
             env["AGBOX_DESKTOP_SIZE"] = desktop_size or self.settings.desktop_size
-        return SandboxSpec(session_id=session_id, image_id=image.id, limits=image.limits, env=env)
+        return SandboxSpec(session_id=session_id, image_id=image.id, limits=image.limits, env=env,
+                           ro_binds=image.ro_binds)
 
     # ---- lookup ----------------------------------------------------------------------------------
 
