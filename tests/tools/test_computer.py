@@ -167,7 +167,8 @@ def test_terminal_typing_and_key_chords(desktop: Any) -> None:
     keyboard = desktop.computer.keyboard
     assert keyboard.type("echo 'héllo wörld ✓' > /tmp/typed.txt").success
     assert keyboard.press(["Enter"]).success
-    wait_for(lambda: read_text(desktop, "/tmp/typed.txt") == "héllo wörld ✓\n", 10, what="the typed command's file")
+    wait_for(lambda: read_text(desktop, "/tmp/typed.txt"), 10, what="the typed command's file")
+    assert read_text(desktop, "/tmp/typed.txt") == "héllo wörld ✓\n"
     # Ctrl+C interrupts a running command: the next command runs at once instead of after 60 s.
     assert keyboard.type("sleep 60\n").success
     assert keyboard.press(["CTRL", "c"]).success
@@ -298,6 +299,7 @@ class Chromium:
         targets = httpx.get(f"http://127.0.0.1:{port}/json/list").json()
         self.page_ws = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
         self.next_id = 0
+        self.log: list[str] = []
 
     async def command(self, ws: Any, method: str, **params: Any) -> dict[str, Any]:
         self.next_id += 1
@@ -307,6 +309,8 @@ class Chromium:
             if message.get("id") == self.next_id:
                 assert "error" not in message, message
                 return dict(message["result"])
+            if message.get("method") in ("Log.entryAdded", "Runtime.exceptionThrown"):
+                self.log.append(json.dumps(message["params"])[:300])
 
     def close(self) -> None:
         self.process.kill()
@@ -335,6 +339,8 @@ def live_view(url: str, tmp: Path, colour: tuple[int, int, int]) -> tuple[str, i
 
     async def run() -> tuple[str, int, Image.Image]:
         async with websockets.connect(browser.page_ws, max_size=None) as ws:
+            await browser.command(ws, "Log.enable")
+            await browser.command(ws, "Runtime.enable")
             await browser.command(ws, "Page.navigate", url=url)
             deadline = time.monotonic() + 30
             status, count = "", -1
@@ -346,6 +352,8 @@ def live_view(url: str, tmp: Path, colour: tuple[int, int, int]) -> tuple[str, i
                                              expression="document.getElementById('status').textContent")
                 status = str(text["result"].get("value", ""))
             shot = await browser.command(ws, "Page.captureScreenshot", format="png")
+            if status != "live":
+                status += "\n" + "\n".join(browser.log)
             return status, count, Image.open(io.BytesIO(base64.b64decode(shot["data"]))).convert("RGB")
 
     try:
@@ -363,7 +371,7 @@ def test_live_view_shows_the_desktop_in_a_browser(server: ServerProcess, desktop
     url = info.data["resource_url"]
     assert url.startswith(f"{server.endpoint}/desktop/{desktop.session_id}/")
     status, magenta, page = live_view(url, tmp_path, (255, 0, 255))
-    assert status == "live"
+    assert status == "live", f"{status} {magenta}\n{server.log()[-3000:]}"
     # The xterm's magenta background arrives through x11vnc, the relay and the noVNC client (a 120x40
     # xterm is ~700x500 pixels).
     assert magenta > 100_000, f"no magenta window on the live view ({magenta} pixels)"
