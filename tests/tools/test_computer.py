@@ -165,10 +165,10 @@ def test_terminal_typing_and_key_chords(desktop: Any) -> None:
     assert desktop.computer.window.get_active_window().window.window_id == term.window_id
 
     keyboard = desktop.computer.keyboard
-    assert keyboard.type("echo 'héllo wörld ✓' > /tmp/typed.txt").success
+    assert keyboard.type("echo 'héllo wörld ✓ 日本語 Ωμέγα' > /tmp/typed.txt").success
     assert keyboard.press(["Enter"]).success
     wait_for(lambda: read_text(desktop, "/tmp/typed.txt"), 10, what="the typed command's file")
-    assert read_text(desktop, "/tmp/typed.txt") == "héllo wörld ✓\n"
+    assert read_text(desktop, "/tmp/typed.txt") == "héllo wörld ✓ 日本語 Ωμέγα\n"
     # Ctrl+C interrupts a running command: the next command runs at once instead of after 60 s.
     assert keyboard.type("sleep 60\n").success
     assert keyboard.press(["CTRL", "c"]).success

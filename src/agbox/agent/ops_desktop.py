@@ -273,10 +273,20 @@ def type_text(args: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
     if not isinstance(text, str):
         raise OpError("invalid", "'text' must be a string")
     if text:
-        # xdotool maps characters missing from the keymap (any Unicode) to a spare keycode itself.
+        # Characters beyond the US keyboard get keycodes of their own first (see x11.map_keysyms).
+        extra = [keysym_of(ch) for ch in text if ord(ch) > 0x7E]
+        if extra:
+            with _display() as display:
+                display.map_keysyms(extra)
         _run(["xdotool", "type", "--clearmodifiers", "--delay", "8", "--", text], "type text",
              timeout_s=30 + len(text) * 0.05)
     return {"ok": True}
+
+
+def keysym_of(char: str) -> int:
+    """The X keysym of a character: Latin-1 keysyms equal the code point, others are 0x01000000 + it."""
+    code = ord(char)
+    return code if 0xA0 <= code <= 0xFF else 0x01000000 | code
 
 
 def keysym(name: Any) -> str:
@@ -717,13 +727,66 @@ def _png_chunk(kind: bytes, body: bytes) -> bytes:
     return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
 
 
-def encode_png(width: int, height: int, rgb: bytes) -> bytes:
-    row = width * 3
-    # Filter type 0 (none) before each row; level 1 keeps a 1080p capture at a few tens of ms.
-    raw = b"".join(b"\0" + rgb[y * row:(y + 1) * row] for y in range(height))
-    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(raw, 1))
-            + _png_chunk(b"IEND", b""))
+ADLER_BASE = 65521
+
+
+def adler32_combine(first: int, second: int, second_length: int) -> int:
+    """Adler-32 of A+B from those of A and B (zlib's adler32_combine; Python's zlib lacks it)."""
+    s1 = ((first & 0xFFFF) + (second & 0xFFFF) - 1) % ADLER_BASE
+    s2 = ((first >> 16) + (second >> 16) + second_length * ((first & 0xFFFF) - 1)) % ADLER_BASE
+    return (s2 << 16) | s1
+
+
+class PngEncoder:
+    """PNG of a screen capture, compressed in horizontal bands that are kept between captures.
+
+    Each band is an independent raw-deflate segment (ended by a full flush), so the bands of a screen
+    that did not change since the previous capture are reused as they are and only changed bands are
+    converted and compressed again; the zlib stream's Adler-32 is combined from the bands' own.
+    """
+
+    BAND_ROWS = 16
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.shape: tuple[int, int, int] = (0, 0, 0)
+        # Per band: (its BGRX bytes, compressed segment, Adler-32 and length of its filtered rows).
+        self.bands: list[tuple[bytes, bytes, int, int]] = []
+
+    def encode(self, width: int, height: int, stride: int, bgrx: bytes) -> bytes:
+        with self.lock:
+            if self.shape != (width, height, stride):
+                self.shape = (width, height, stride)
+                self.bands = []
+            band_bytes = self.BAND_ROWS * stride
+            segments = []
+            adler = 1
+            for index, top in enumerate(range(0, height, self.BAND_ROWS)):
+                raw = bgrx[top * stride: top * stride + band_bytes]
+                cached = self.bands[index] if index < len(self.bands) else None
+                if cached is None or cached[0] != raw:
+                    rows = min(self.BAND_ROWS, height - top)
+                    rgb = _rgb(width, rows, stride, raw)
+                    line = width * 3
+                    filtered = b"".join(b"\0" + rgb[y * line:(y + 1) * line] for y in range(rows))
+                    # Level 1: a 1080p screen in tens of milliseconds; desktops compress well anyway.
+                    packer = zlib.compressobj(1, zlib.DEFLATED, -15)
+                    cached = (raw, packer.compress(filtered) + packer.flush(zlib.Z_FULL_FLUSH),
+                              zlib.adler32(filtered), len(filtered))
+                    if index < len(self.bands):
+                        self.bands[index] = cached
+                    else:
+                        self.bands.append(cached)
+                segments.append(cached[1])
+                adler = adler32_combine(adler, cached[2], cached[3])
+        # zlib header (deflate, 32 KiB window, fastest), the bands, an empty final block, the checksum.
+        stream = b"\x78\x01" + b"".join(segments) + b"\x03\x00" + adler.to_bytes(4, "big")
+        header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+        return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", stream)
+                + _png_chunk(b"IEND", b""))
+
+
+PNG = PngEncoder()
 
 
 def encode_jpeg(width: int, height: int, rgb: bytes, quality: int) -> bytes:
@@ -743,11 +806,10 @@ def screenshot(args: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
         raise OpError("invalid", f"format must be png or jpeg, got {args.get('format')!r}")
     with _display() as display:
         width, height, stride, pixels = display.capture()
-    rgb = _rgb(width, height, stride, pixels)
     if fmt == "png":
-        image = encode_png(width, height, rgb)
+        image = PNG.encode(width, height, stride, pixels)
     else:
-        image = encode_jpeg(width, height, rgb, int(args.get("quality") or 85))
+        image = encode_jpeg(width, height, _rgb(width, height, stride, pixels), int(args.get("quality") or 85))
     return {"type": "screenshot", "mime_type": f"image/{fmt}", "width": width, "height": height,
             "data": base64.b64encode(image).decode("ascii")}
 

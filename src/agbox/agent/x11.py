@@ -105,6 +105,12 @@ def _load() -> Any:
             lib.XGetImage.restype = ctypes.POINTER(XImage)
             lib.XGetImage.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int, ctypes.c_int, ctypes.c_uint,
                                       ctypes.c_uint, ctypes.c_ulong, ctypes.c_int]
+            lib.XDisplayKeycodes.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)]
+            lib.XGetKeyboardMapping.restype = ctypes.POINTER(ctypes.c_ulong)
+            lib.XGetKeyboardMapping.argtypes = [ctypes.c_void_p, ctypes.c_ubyte, ctypes.c_int,
+                                                ctypes.POINTER(ctypes.c_int)]
+            lib.XChangeKeyboardMapping.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
+                                                   ctypes.POINTER(ctypes.c_ulong), ctypes.c_int]
             lib.XSetWindowBackground.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
             lib.XClearWindow.argtypes = [ctypes.c_void_p, ctypes.c_ulong]
             lib.XSync.argtypes = [ctypes.c_void_p, ctypes.c_int]
@@ -232,6 +238,38 @@ class Display:
     def set_background(self, pixel: int) -> None:
         self.lib.XSetWindowBackground(self.handle, self.root, pixel)
         self.lib.XClearWindow(self.handle, self.root)
+        self.lib.XSync(self.handle, 0)
+
+    def keyboard_map(self) -> tuple[int, int, list[int]]:
+        """(first keycode, keysyms per keycode, keysyms of every keycode in order)."""
+        low, high = ctypes.c_int(), ctypes.c_int()
+        self.lib.XDisplayKeycodes(self.handle, ctypes.byref(low), ctypes.byref(high))
+        per = ctypes.c_int()
+        count = high.value - low.value + 1
+        table = self.lib.XGetKeyboardMapping(self.handle, low.value, count, ctypes.byref(per))
+        try:
+            return low.value, per.value, list(table[:count * per.value])
+        finally:
+            self.lib.XFree(table)
+
+    def map_keysyms(self, keysyms: list[int]) -> None:
+        """Give each keysym missing from the keyboard map a spare keycode of its own, for good.
+
+        Typing tools otherwise map a scratch keycode per character and map it back right after the key
+        event; a busy app that reads the map late then sees the old map and drops the character."""
+        low, per, table = self.keyboard_map()
+        present = set(table)
+        missing = [k for k in dict.fromkeys(keysyms) if k not in present]
+        if not missing:
+            return
+        spare = [low + i for i in range(len(table) // per) if not any(table[i * per:(i + 1) * per])]
+        # Keycodes at the top of the range first: low ones are what real keyboards send. Beyond the spare
+        # ones, the typing tool's own remapping still applies.
+        spare.reverse()
+        for keycode, keysym in zip(spare, missing, strict=False):
+            levels = min(per, 2)  # the same symbol with and without Shift
+            row = (ctypes.c_ulong * per)(*([keysym] * levels + [0] * (per - levels)))
+            self.lib.XChangeKeyboardMapping(self.handle, keycode, per, row, 1)
         self.lib.XSync(self.handle, 0)
 
     def set_root_string(self, name: str, value: str) -> None:
