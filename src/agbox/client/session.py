@@ -288,4 +288,4 @@ class Session:
         return SessionMetricsResult(request_id=result.request_id, success=True, metrics=metrics, raw=raw)
 
 
-SESSION_MODULES = ("file", "code", "context")
+SESSION_MODULES = ("file", "code", "context", "computer")
