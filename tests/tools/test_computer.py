@@ -424,3 +424,14 @@ def test_live_view_takes_over_the_pointer_and_the_view_only_link_does_not(deskto
     wait_for(lambda: cursor() == {"x": 640, "y": 480}, 10, what="the VNC client's pointer on the desktop")
     assert asyncio.run(rfb_pointer(properties["viewOnlyUrl"], 700, 500)) == (1920, 1080)
     assert cursor() == {"x": 640, "y": 480}  # the view-only server ignored the pointer
+
+
+def test_browser_init_opens_a_visible_chromium_on_the_desktop(desktop: Any) -> None:
+    from agb.modules.browser import BrowserOption
+
+    assert desktop.browser.initialize(BrowserOption())
+    assert desktop.browser.get_endpoint_url().startswith("ws://")
+    chromium = wait_for(lambda: next((w for w in windows(desktop) if w.pname == "chromium"), None), 20,
+                        what="Chromium's window on the desktop")
+    assert chromium.width > 600 and chromium.pid > 0
+    assert desktop.computer.app.stop_by_pid(chromium.pid).success

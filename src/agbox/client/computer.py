@@ -378,6 +378,3 @@ class Computer:
     def screenshot(self) -> OperationResult:
         return self.screen.capture()
 
-
-def attach_session(session: Session) -> None:
-    session.computer = Computer(session)  # type: ignore[attr-defined]
