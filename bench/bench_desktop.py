@@ -13,6 +13,8 @@ Everything through the unmodified official SDK against a real ``agbox serve`` on
 - input to screen changed: ``input_text`` of one character into a terminal, then screenshots until the
   image differs.
 - idle memory: the sandbox cgroup's memory of a desktop session after it is ready (``get_metrics``).
+- desktops alive at once: that many desktop sessions created one after another, then every one must answer a
+  screenshot; reported with the sum of their cgroup memory.
 
 Run alone: ``python bench/bench_desktop.py [--quick]``.
 """
@@ -111,6 +113,36 @@ def _host_ready_samples(n: int) -> tuple[list[float], list[float]]:
     return ready, shots
 
 
+def _alive_at_once(srv: B.Server, count: int) -> tuple[int, float, float]:
+    """(desktops that answered a screenshot, their summed cgroup memory in MiB, seconds to create them all)."""
+    from agb.session_params import CreateSessionParams
+
+    official = srv.official()
+    sessions = []
+    start = time.perf_counter()
+    try:
+        for _ in range(count):
+            created = official.create(CreateSessionParams(image_id=IMAGE))
+            if not created.success:
+                break
+            sessions.append(created.session)
+        elapsed = time.perf_counter() - start
+        alive = 0
+        memory = 0.0
+        for session in sessions:
+            with contextlib.suppress(RuntimeError):
+                _shot(session)
+                alive += 1
+            metrics = session.get_metrics()
+            if metrics.success:
+                memory += metrics.metrics.mem_used / 2**20
+        return alive, memory, elapsed
+    finally:
+        for session in sessions:
+            with contextlib.suppress(Exception):
+                official.delete(session)
+
+
 def run(quick: bool) -> list[dict[str, Any]]:
     from agb.session_params import CreateSessionParams
 
@@ -196,6 +228,15 @@ def run(quick: bool) -> list[dict[str, Any]]:
         finally:
             official.delete(session)
             ours.close()
+
+    count = B.samples(quick, 30, 5)
+    B.say(f"desktop: {count} desktops alive at once")
+    with B.server("/tmp/agbox-bench-desktop-many-", env={"AGBOX_WARM_POOL": "0", "AGBOX_PREWARM_IMAGES": ""}) as srv:
+        alive, memory, elapsed = _alive_at_once(srv, count)
+    rows.append(B.row(FAMILY, f"desktop sessions alive at once (of {count} created)", key="desktop.alive",
+                      unit="sessions", value=alive, higher_is_better=True,
+                      note=f"each answered a 1920x1080 screenshot; {memory:.0f} MiB cgroup memory in all "
+                           f"({memory / max(alive, 1):.0f} MiB each); created in {elapsed:.1f} s"))
     return rows
 
 
