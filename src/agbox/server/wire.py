@@ -144,7 +144,7 @@ class WireApi:
         # Everything a create will need is checked before anything is made ...
         self.platform.contexts.check_persistence(owner, p.get("persistenceDataList"))
         record = await self.sessions.create(owner, p.get("imageId"), p.get("labels"), p.get("timeout"),
-                                            p.get("mcpPolicyId"))
+                                            p.get("mcpPolicyId"), p.get("desktopSize"))
         try:
             await self.platform.contexts.on_create(record, p)
         except BaseException:
