@@ -26,6 +26,7 @@ from agbox.server.openapi import build_document
 from agbox.server.operations import validate
 from agbox.server.wire import ROUTES, WireApi, envelope, error_envelope, internal_error_envelope, new_request_id
 from agbox.services.platform import Platform
+from agbox.services.telemetry import CONTENT_TYPE as TELEMETRY_CONTENT_TYPE
 from agbox.wirejson import loads, same_secret
 
 log = logging.getLogger(__name__)
@@ -189,6 +190,17 @@ def create_app(platform: Platform, *, manage_platform: bool = True,
     routes.append(Route("/link/{session_id}/callTool", link_call_tool, methods=["POST"]))
     routes.extend(wire_route(wire, op, method, path) for op, (method, path) in list(ROUTES.items()))
     routes.append(Route("/health", lambda request: JSONResponse({"ok": True}), methods=["GET"]))
+
+    async def metrics(request: Request) -> Response:
+        # Aggregates only (no ids), but still for key holders: Prometheus sends a bearer token.
+        try:
+            platform.keys.authenticate(bearer(request))
+        except AuthenticationError as exc:
+            return Response(exc.message, status_code=401, media_type="text/plain",
+                            headers={"www-authenticate": "Bearer"})
+        return Response(platform.telemetry.exposition(), media_type=TELEMETRY_CONTENT_TYPE)
+
+    routes.append(Route("/metrics", metrics, methods=["GET"]))
     document = build_document()
     routes.append(Route("/openapi.json", lambda request: JSONResponse(document), methods=["GET"]))
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(ErrorEdge)],
