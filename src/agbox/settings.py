@@ -46,6 +46,15 @@ class Settings:
     # Extra image files (TOML); an image here with a built-in id replaces it (e.g. other limits).
     images_dir: Path | None = None
     reap_interval_s: float = 1.0
+    # Where state lives: None = SQLite in the data dir; "postgresql://user:pw@host:port/db" = PostgreSQL,
+    # which several control-plane replicas can share.
+    store_url: str | None = None
+    # runtime = "ray": the cluster to join (host:port of the head's GCS, or "auto"), and where each
+    # node keeps its sandboxes' files (a path on that node; default <data dir>/nodes).
+    ray_address: str | None = None
+    # Context blobs (and the pre-signed URL secret) on a path every replica reaches; None = in the data dir.
+    blob_dir: Path | None = None
+    node_data_dir: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -65,6 +74,10 @@ class Settings:
             "AGBOX_RUNTIME": ("runtime", str),
             "AGBOX_IMAGES_DIR": ("images_dir", Path),
             "AGBOX_WARM_POOL": ("warm_pool_size", int),
+            "AGBOX_STORE": ("store_url", str),
+            "AGBOX_RAY_ADDRESS": ("ray_address", str),
+            "AGBOX_BLOB_DIR": ("blob_dir", Path),
+            "AGBOX_NODE_DATA_DIR": ("node_data_dir", str),
         }
         for var, (field, kind) in mapping.items():
             raw = env.get(var)

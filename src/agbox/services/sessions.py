@@ -81,14 +81,23 @@ class SessionService:
     async def recover(self) -> None:
         """After a restart: re-attach to live sandboxes, and end (truthfully) the ones that are gone."""
         for record in self.store.sessions(statuses=[*ACTIVE_STATUSES, SessionStatus.DELETING]):
+            if not self.runtime.manages(record.node):
+                continue
             handle = SandboxHandle(record.id, record.node, record.handle)
             alive = False
             with contextlib.suppress(Exception):
                 alive = record.status is SessionStatus.RUNNING and await self.runtime.reattach(handle)
             if alive:
                 self.handles[record.id] = handle
-            else:
-                self.store.set_status(record.id, SessionStatus.FINISH, time.time(), "server restarted")
+                continue
+            reason = "server restarted"
+            if self.runtime.sessions_outlive_control_plane:
+                # A release that a stopped replica left half-done is finished here; a sandbox that is
+                # gone says why (e.g. its node was lost).
+                reason = "released by API" if record.status is SessionStatus.DELETING else self.runtime.end_reason(handle)
+                with contextlib.suppress(Exception):
+                    await self.runtime.destroy(handle)
+            self.store.set_status(record.id, SessionStatus.FINISH, time.time(), reason)
 
     def start_lifecycle(self) -> None:
         self._lifecycle_task = asyncio.create_task(self._lifecycle_loop(), name="agbox-lifecycle")
@@ -98,7 +107,11 @@ class SessionService:
             self._lifecycle_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._lifecycle_task
+        if self.runtime.sessions_outlive_control_plane:
+            self.handles.clear()
         for record in self.store.sessions(statuses=[*ACTIVE_STATUSES, SessionStatus.DELETING]):
+            if self.runtime.sessions_outlive_control_plane or not self.runtime.manages(record.node):
+                continue
             # Graceful stop: release hooks run (auto-upload of contexts), as on any release.
             await self._release_now(record, "server stopped")
         for task in list(self._releasing.values()):
@@ -157,8 +170,10 @@ class SessionService:
         if not isinstance(session_id, str) or not session_id:
             raise InvalidRequestError("sessionId is required")
         record = self.store.get_session(session_id)
-        if record is None or record.owner != owner or record.status not in ACTIVE_STATUSES:
+        if record is None or record.owner != owner:
             raise SessionNotFoundError(session_id)
+        if record.status not in ACTIVE_STATUSES:
+            raise SessionNotFoundError(session_id, record.finish_reason)
         if touch:
             self.touch(record)
         return record
@@ -195,7 +210,10 @@ class SessionService:
     def handle(self, record: SessionRecord) -> SandboxHandle:
         handle = self.handles.get(record.id)
         if handle is None:
-            raise SessionNotFoundError(record.id)
+            # Created by another control-plane replica: the record says where the sandbox is.
+            if record.status is not SessionStatus.RUNNING or not self.runtime.manages(record.node):
+                raise SessionNotFoundError(record.id)
+            handle = self.handles[record.id] = SandboxHandle(record.id, record.node, record.handle)
         return handle
 
     def set_labels(self, owner: str, session_id: Any, labels: Any) -> None:
@@ -231,10 +249,17 @@ class SessionService:
         if task is not None:
             await asyncio.shield(task)
 
+    def end(self, session_id: str, reason: str) -> None:
+        """End a session whose sandbox is gone, with the cause as its reason (release runs in the background)."""
+        record = self.store.get_session(session_id)
+        if record is not None and record.status in ACTIVE_STATUSES:
+            self._start_release(record, reason)
+
     def _start_release(self, record: SessionRecord, reason: str) -> None:
         if record.id in self._releasing:
             return
-        self.store.set_status(record.id, SessionStatus.DELETING)
+        if not self.store.claim_release(record.id):
+            return  # already being released (by another replica sharing the store, or earlier)
         record.status = SessionStatus.DELETING
         task = asyncio.create_task(self._release_now(record, reason), name=f"release-{record.id}")
         self._releasing[record.id] = task
@@ -270,11 +295,11 @@ class SessionService:
     def sweep(self) -> None:
         now = time.time()
         for record in self.store.sessions(statuses=[SessionStatus.RUNNING]):
-            if record.id in self._releasing:
+            if record.id in self._releasing or not self.runtime.manages(record.node):
                 continue
-            handle = self.handles.get(record.id)
-            if handle is None or not self.runtime.alive(handle):
-                self._start_release(record, "sandbox ended")
+            handle = self.handles.get(record.id) or SandboxHandle(record.id, record.node, record.handle)
+            if not self.runtime.alive(handle):
+                self._start_release(record, self.runtime.end_reason(handle))
             elif now - record.last_active_at >= record.idle_timeout_s and record.id not in self._in_flight:
                 self._start_release(record, f"idle for {record.idle_timeout_s} s")
             elif now >= record.expires_at:

@@ -1,4 +1,4 @@
-"""The store interface. SQLite implements it; a PostgreSQL store would implement the same."""
+"""The store interface. SQLite (store/sqlite.py) and PostgreSQL (store/postgres.py) implement it."""
 
 from __future__ import annotations
 
@@ -45,3 +45,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def set_labels(self, session_id: str, labels: dict[str, str]) -> None: ...
+
+    @abc.abstractmethod
+    def claim_release(self, session_id: str) -> bool:
+        """Move an active session to DELETING; True for the one caller (of any replica) that did it."""

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from agbox.models import ApiKeyRecord, SessionRecord, SessionStatus
+from agbox.models import ACTIVE_STATUSES, ApiKeyRecord, SessionRecord, SessionStatus
 from agbox.store.base import Store
 
 SCHEMA = """
@@ -137,3 +137,11 @@ class SqliteStore(SqliteDatabase, Store):
 
     def set_labels(self, session_id: str, labels: dict[str, str]) -> None:
         self._exec("UPDATE sessions SET labels = ? WHERE id = ?", (json.dumps(labels), session_id))
+
+    def claim_release(self, session_id: str) -> bool:
+        active = [s.value for s in ACTIVE_STATUSES]
+        with self._lock:
+            cursor = self._db.execute(
+                f"UPDATE sessions SET status = ? WHERE id = ? AND status IN ({', '.join('?' * len(active))})",
+                (SessionStatus.DELETING.value, session_id, *active))
+            return cursor.rowcount > 0
