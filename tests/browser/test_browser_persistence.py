@@ -1,14 +1,19 @@
 """Browser persistence through contexts with the official SDK: cookies (BrowserContext), fingerprints
-(BrowserFingerprintContext), and extensions found under extensionPath."""
+(BrowserFingerprintContext), and extensions (ExtensionsService)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
+import os
 import time
+import zipfile
+from pathlib import Path
 from typing import Any
 
+from agb.extension import ExtensionsService
 from agb.modules.browser.browser import BrowserFingerprint, BrowserFingerprintContext, BrowserOption
 from agb.modules.browser.fingerprint import FingerprintFormat
 from agb.session_params import BrowserContext, CreateSessionParams
@@ -73,15 +78,21 @@ def test_cookies_and_fingerprint_survive_to_the_next_session(official: Any) -> N
         official.context.delete(fingerprint_ctx)
 
 
-def test_extensions_and_a_raw_fingerprint_in_a_10kb_query(official: Any) -> None:
-    session = official.create(CreateSessionParams(image_id="agb-browser-use-1")).session
+def test_extension_service_and_a_raw_fingerprint_in_a_10kb_query(official: Any, tmp_path: Path) -> None:
+    """An extension zip from ExtensionsService reaches the session unpacked and Chromium loads it (its MV3
+    service worker is a chrome-extension:// target); a full fingerprint travels in the init query."""
+    service = ExtensionsService(official, f"extensions-{os.urandom(4).hex()}")
+    profile = official.context.create(f"browser-{os.urandom(4).hex()}").context
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("manifest.json", json.dumps({"manifest_version": 3, "name": "agbox test extension",
+                                                      "version": "1.0", "background": {"service_worker": "worker.js"}}))
+        archive.writestr("worker.js", "self.addEventListener('install', () => {});\n")
+    (tmp_path / "extension.zip").write_bytes(buffer.getvalue())
+    extension = service.create(str(tmp_path / "extension.zip"))
+    session = official.create(CreateSessionParams(image_id="agb-browser-use-1", browser_context=BrowserContext(
+        profile.id, extension_option=service.create_extension_option([extension.id])))).session
     try:
-        manifest = json.dumps({"manifest_version": 3, "name": "agbox test extension", "version": "1.0",
-                               "background": {"service_worker": "worker.js"}})
-        made = session.command.execute(
-            f"mkdir -p /tmp/extensions/ext_test && echo '{manifest}' > /tmp/extensions/ext_test/manifest.json && "
-            "echo 'self.addEventListener(\"install\", () => {});' > /tmp/extensions/ext_test/worker.js", timeout_ms=5000)
-        assert made.exit_code == 0, made.stderr
         option = BrowserOption(use_stealth=True, extension_path="/tmp/extensions/",
                                fingerprint_format=FingerprintFormat.load(example_fingerprint()))
         assert len(json.dumps(option.to_map())) > 8000  # the request line is ~10 KB
@@ -105,3 +116,5 @@ def test_extensions_and_a_raw_fingerprint_in_a_10kb_query(official: Any) -> None
         assert user_agent == EXAMPLE_USER_AGENT
     finally:
         official.delete(session)
+        service.cleanup()
+        official.context.delete(profile)

@@ -1,9 +1,9 @@
 """Wire operations of the session browser: ``POST /browser/init`` → ``data.port`` and
 ``POST /internet/getCdpLink`` → ``data.url`` (a ``ws://…/devtools/browser/<id>`` URL).
 
-The work happens in ``agbox.services.browser``; this module registers the operations. The platform
-owns the BrowserService and orders its release hook (Chromium closes before contexts upload the
-profile).
+The work happens in ``agbox.services.browser``; this module registers the operations and the live
+view's routes. The platform owns the BrowserService and orders its release hook (Chromium closes
+before contexts upload the profile).
 """
 
 from __future__ import annotations
