@@ -64,9 +64,24 @@ class RayCluster:
         return str(row[0]), str(row[1])
 
 
-def ray_processes() -> list[str]:
+def ray_processes(temp_dir: Path) -> list[str]:
+    """This cluster's Ray daemons (their arguments name its temp dir; workers die with their raylet)."""
     out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "agbox-ray-" in line or line.split(None, 1)[-1].startswith("ray::")]
+    return [line for line in out.splitlines() if str(temp_dir) in line]
+
+
+def close_node_services(address: str) -> None:
+    """End the node services gracefully (their sandboxes, cgroups and run dirs go with them); the
+    control planes leave them running on purpose."""
+    import ray
+
+    ray.init(address=address, namespace="agbox", logging_level="ERROR", log_to_driver=False)
+    try:
+        actors = [ray.get_actor(a["name"], namespace=a["namespace"])
+                  for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("agbox-node-")]
+        ray.get([actor.close.remote() for actor in actors], timeout=30)
+    finally:
+        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +115,9 @@ def ray_cluster(postgres: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
         for proc in (server, replica, state.server if state else None):
             if proc is not None:
                 proc.stop()
+        if cluster.head_node is not None:
+            with contextlib.suppress(Exception):
+                close_node_services(cluster.address)
         cluster.shutdown()
         for key, value in saved.items():
             if value is None:
@@ -107,7 +125,7 @@ def ray_cluster(postgres: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
             else:
                 os.environ[key] = value
         with contextlib.suppress(Exception):
-            wait_for(lambda: not ray_processes(), 20, interval_s=0.2, what="every Ray process to exit")
+            wait_for(lambda: not ray_processes(temp_dir), 20, interval_s=0.2, what="every Ray process to exit")
         import shutil
 
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -258,6 +276,22 @@ def test_lost_node_ends_its_sessions_others_keep_working(ray_cluster: RayCluster
         assert fresh.session.command.execute("echo new", timeout_ms=10000).stdout == "new\n"
         lost_call = agb.get(doomed[0])
         assert not lost_call.success
+
+        # A node that (re)joins gets a node service on discovery and takes new sessions.
+        ray_cluster.second = ray_cluster.cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1",
+                                                          resources={"agbox_slots": 3})
+        known = {lost_node, ray_cluster.node_of(survivors[0].session_id)}
+
+        def lands_on_new_node() -> bool:
+            made = agb.create(CreateSessionParams(image_id="agb-code-space-1"))
+            if not made.success:  # the first node is full until the new one is discovered
+                assert "no node has room" in made.error_message, made.error_message
+                return False
+            sessions.append(made.session)
+            return ray_cluster.node_of(made.session.session_id) not in known
+
+        wait_for(lands_on_new_node, 30, interval_s=0.5, what="a create to land on the joined node")
+        assert sessions[-1].command.execute("echo joined", timeout_ms=10000).stdout == "joined\n"
     finally:
         for session in sessions:
             with contextlib.suppress(Exception):

@@ -39,7 +39,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from agbox.errors import SandboxError
+from agbox.errors import LimitExceededError, SandboxError
 from agbox.runtime.base import EventCallback, Runtime, SandboxHandle, SandboxSpec, SandboxStats
 from agbox.runtime.channel import MAX_LINE
 from agbox.runtime.ray_node import (
@@ -342,7 +342,7 @@ class RayRuntime(Runtime):
         candidates = self.place(spec)
         if not candidates:
             offering = [n.name for n in self.nodes.values() if n.offers(spec.image_id)]
-            raise SandboxError(f"no node has room for {spec.image_id} "
+            raise LimitExceededError(f"no node has room for {spec.image_id} "
                                f"({len(self.nodes)} nodes, {len(offering)} offer the image)")
         errors = []
         for node in candidates:
