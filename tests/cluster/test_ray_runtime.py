@@ -107,8 +107,9 @@ def ray_cluster(postgres: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
                 "--blob-dir", str(root / "shared-blobs")]
         # Nothing warmed at start (the pools fill after the first creates): quicker start-up on 2 cores.
         env = {**RAY_ENV, "AGBOX_WARM_POOL": "1", "AGBOX_PREWARM_IMAGES": ""}
-        server = start_server(root / "a", extra_env=env, extra_args=args)
-        replica = start_server(root / "b", extra_env=env, extra_args=args)
+        # A Ray control plane's start joins the cluster and starts the node services: slow on a busy 2-core box.
+        server = start_server(root / "a", extra_env=env, extra_args=args, ready_timeout_s=120)
+        replica = start_server(root / "b", extra_env=env, extra_args=args, ready_timeout_s=120)
         state = RayCluster(cluster, head, second, server, replica, store_url, args, env)
         yield state
     finally:
@@ -183,7 +184,7 @@ def _get(url: str) -> bytes | None:
 def test_any_replica_serves_any_session_and_kill_9_loses_nothing(ray_cluster: RayCluster) -> None:
     a, b = ray_cluster.sdk(), ray_cluster.sdk(ray_cluster.replica)
     context = a.context.create("replicated").context
-    upload = a.context.get_file_upload_url(context.id, "/seed.txt").url
+    upload = a.context.get_file_upload_url(context.id, "/home/user/data/seed.txt").url
     # Signed by replica A, honoured by replica B (shared secret on the shared blob path).
     via_b = upload.replace(ray_cluster.server.endpoint, ray_cluster.replica.endpoint)
     assert via_b != upload and httpx.put(via_b, content=b"seed").status_code == 200
@@ -228,13 +229,13 @@ def test_any_replica_serves_any_session_and_kill_9_loses_nothing(ray_cluster: Ra
             assert ray_cluster.session_row(sid) == ("RUNNING", "")
             assert session.command.execute("echo alive", timeout_ms=10000).stdout == "alive\n"
         assert on_b[0].file.read("/tmp/from-a.txt").content == "written via A"
-        files = {e.file_name for e in b.context.list_files(context.id, "").entries}
+        files = {e.file_name for e in b.context.list_files(context.id, "/home/user/data").entries}
         assert files == {"seed.txt", "v.txt"}
         assert b.create(CreateSessionParams(image_id="agb-code-space-1")).session.delete().success
 
         # A restarted replica A re-attaches to the sessions (the node services kept them).
         ray_cluster.server = start_server(ray_cluster.server.data_dir, extra_env=ray_cluster.env,
-                                          extra_args=ray_cluster.args)
+                                          extra_args=ray_cluster.args, ready_timeout_s=120)
         again = ray_cluster.sdk().get(ids[0])
         assert again.success and again.session.command.execute("echo back", timeout_ms=10000).stdout == "back\n"
     finally:

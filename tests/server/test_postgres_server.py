@@ -26,7 +26,8 @@ def test_official_sdk_on_postgres_store(postgres: Any, tmp_path: Path) -> None:
     try:
         agb = OfficialAGB(api_key=srv.api_key, cfg=Config(endpoint=srv.endpoint, timeout_ms=60000))
         context = agb.context.create("pg-ctx").context
-        assert httpx.put(agb.context.get_file_upload_url(context.id, "/seed.txt").url, content=b"seed").status_code == 200
+        seed_url = agb.context.get_file_upload_url(context.id, "/home/user/data/seed.txt").url
+        assert httpx.put(seed_url, content=b"seed").status_code == 200
         sync = ContextSync(context_id=context.id, path="/home/user/data", policy=SyncPolicy())
         created = agb.create(CreateSessionParams(image_id="agb-code-space-1", labels={"store": "pg"},
                                                  context_syncs=[sync]))
@@ -52,7 +53,7 @@ def test_official_sdk_on_postgres_store(postgres: Any, tmp_path: Path) -> None:
         assert second.list().success and session.session_id not in second.list().session_ids
 
         assert agb.delete(session, sync_context=True).success
-        names = {e.file_name for e in agb.context.list_files(context.id, "").entries}
+        names = {e.file_name for e in agb.context.list_files(context.id, "/home/user/data").entries}
         assert names == {"seed.txt", "made.txt"}
         left = agb.create(CreateSessionParams(image_id="agb-code-space-1")).session
     finally:
@@ -62,7 +63,7 @@ def test_official_sdk_on_postgres_store(postgres: Any, tmp_path: Path) -> None:
     srv = start_server(data_dir, extra_args=["--store", url])
     try:
         agb = OfficialAGB(api_key=srv.api_key, cfg=Config(endpoint=srv.endpoint, timeout_ms=60000))
-        download = agb.context.get_file_download_url(context.id, "/made.txt")
+        download = agb.context.get_file_download_url(context.id, "/home/user/data/made.txt")
         assert download.success and httpx.get(download.url).content == b"made\n"
         assert not agb.get(left.session_id).success
         with psycopg.connect(url) as conn:

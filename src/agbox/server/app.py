@@ -19,7 +19,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from agbox.errors import AgboxError, AuthenticationError, InvalidRequestError, LimitExceededError
-from agbox.server.wire import ROUTES, WireApi, envelope, error_envelope, feature_modules, new_request_id
+from agbox.server import browser, contexts, links, mcp_endpoint, session_page, stream, terminal
+from agbox.server.wire import ROUTES, WireApi, envelope, error_envelope, new_request_id
 from agbox.services.platform import Platform
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,9 @@ async def server_error(request: Request, exc: Exception) -> Response:
 def create_app(platform: Platform, *, manage_platform: bool = True,
                on_ready: Callable[[], Awaitable[None]] | None = None) -> Starlette:
     wire = WireApi(platform)
+    links.register_ops(wire)
+    browser.register_ops(wire)
+    contexts.register_ops(wire)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -135,11 +139,9 @@ def create_app(platform: Platform, *, manage_platform: bool = True,
             if manage_platform:
                 await platform.close()
 
-    routes: list[BaseRoute] = []
-    for module in feature_modules():
-        make_routes = getattr(module, "routes", None)
-        if make_routes is not None:
-            routes.extend(make_routes(wire))
+    routes: list[BaseRoute] = [*contexts.routes(wire), *stream.routes(wire), *terminal.routes(wire),
+                               *mcp_endpoint.routes(wire), *browser.routes(wire),
+                               *session_page.routes(wire)]
     routes.append(Route("/link/{session_id}/callTool", link_call_tool, methods=["POST"]))
     routes.extend(wire_route(wire, op, method, path) for op, (method, path) in list(ROUTES.items()))
     routes.append(Route("/health", lambda request: JSONResponse({"ok": True}), methods=["GET"]))

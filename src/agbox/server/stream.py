@@ -38,7 +38,8 @@ NO_INVOCATION = "invalid-request"
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 
 
-def _owner(wire: WireApi, websocket: WebSocket, session_id: str) -> str | None:
+def session_owner(wire: WireApi, websocket: WebSocket, session_id: str) -> str | None:
+    """The owner of the session when the socket carries its access token, else None."""
     token = websocket.headers.get("x-access-token") or websocket.query_params.get("token") or ""
     record = wire.platform.store.get_session(session_id)
     if record is None or not token or not secrets.compare_digest(token, record.token):
@@ -195,7 +196,7 @@ class StreamConnection:
 def routes(wire: WireApi) -> list[BaseRoute]:
     async def endpoint(websocket: WebSocket) -> None:
         session_id = str(websocket.path_params["session_id"])
-        owner = _owner(wire, websocket, session_id)
+        owner = session_owner(wire, websocket, session_id)
         if owner is None:
             await websocket.close(code=1008, reason="missing or wrong session access token")
             return

@@ -7,7 +7,6 @@ become AGB envelopes (``success=false``, ``code``, ``message``).
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import secrets
@@ -17,6 +16,7 @@ from typing import Any
 from agbox.errors import AgboxError, InvalidRequestError
 from agbox.models import SessionRecord
 from agbox.services.platform import Platform
+from agbox.services.session_view import resource_url
 
 log = logging.getLogger(__name__)
 
@@ -39,23 +39,11 @@ ROUTES: dict[str, tuple[str, str]] = {
     "callMcpTool": ("POST", "/mcp"),
     # Handled by the links feature module; listed here so SDK clients know the route without a platform.
     "getLink": ("GET", "/internet/getLink"),
+    # Handled by the browser feature module (server/browser.py).
+    "initBrowser": ("POST", "/browser/init"),
+    "getCdpLink": ("POST", "/internet/getCdpLink"),
+    "getBrowserLiveView": ("POST", "/browser/liveView"),
 }
-
-
-# Optional feature modules: each may define ``register_ops(wire)`` (AGB wire operations) and
-# ``routes(wire) -> list[BaseRoute]`` (HTTP/WebSocket routes of its own).
-FEATURE_MODULES = ("agbox.server.links", "agbox.server.contexts", "agbox.server.stream", "agbox.server.mcp_endpoint")
-
-
-def feature_modules() -> list[Any]:
-    modules = []
-    for name in FEATURE_MODULES:
-        try:
-            modules.append(importlib.import_module(name))
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-    return modules
 
 
 def new_request_id() -> str:
@@ -93,12 +81,8 @@ class WireApi:
             "listTools": self._list_tools,
             "callMcpTool": self._call_tool,
         }
-        # Feature modules (links, contexts, ...) add operations through register().
+        # The feature modules of the edge (links, contexts) add theirs through register() (server/app.py).
         self.extra_ops: dict[str, Callable[[str, Params, str], Awaitable[dict[str, Any]]]] = {}
-        for module in feature_modules():
-            register_ops = getattr(module, "register_ops", None)
-            if register_ops is not None:
-                register_ops(self)
 
     def register(self, op: str, method: str, path: str,
                  handler: Callable[[str, Params, str], Awaitable[dict[str, Any]]]) -> None:
@@ -128,7 +112,7 @@ class WireApi:
         tools = self.tools.list_tools(record.image_id)
         return {
             "sessionId": record.id,
-            "resourceUrl": f"{base}/sessions/{record.id}",
+            "resourceUrl": resource_url(base, record),
             "appInstanceId": f"ai-{record.id[8:]}",
             "resourceId": f"r-{record.id[8:]}",
             "linkUrl": f"{base}/link/{record.id}",
@@ -143,9 +127,7 @@ class WireApi:
     async def _create_session(self, owner: str, p: Params, rid: str) -> dict[str, Any]:
         record = await self.sessions.create(owner, p.get("imageId"), p.get("labels"), p.get("timeout"),
                                             p.get("mcpPolicyId"))
-        extra = self.platform.extensions.get("on_create")
-        if extra is not None:
-            await extra(record, p)
+        await self.platform.contexts.on_create(record, p)
         data = self.session_urls(record)
         data["success"] = True
         return envelope(rid, data)

@@ -6,18 +6,22 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from agbox.errors import AgboxError
 from agbox.images import ImageCatalog
 from agbox.runtime.base import Runtime
+from agbox.services.browser import BrowserService
+from agbox.services.context_files import BlobStore, LocalBlobStore
+from agbox.services.contexts import ContextService
 from agbox.services.keys import KeyService
+from agbox.services.links import LinkService
 from agbox.services.sessions import SessionService
+from agbox.services.shared_blobs import SharedBlobStore, replica_id, shared_secret
 from agbox.services.tools import ToolService
+from agbox.services.url_signing import load_secret
 from agbox.settings import Settings
 from agbox.store.base import Store
-from agbox.store.factory import open_store
+from agbox.store.factory import open_context_store, open_store
 from agbox.tools.registry import ToolRegistry
 
 log = logging.getLogger(__name__)
@@ -49,11 +53,21 @@ class Platform:
         self.keys = KeyService(self.store)
         self.sessions = SessionService(settings, self.store, self.runtime, self.images)
         self.tools = ToolService(self.sessions, self.images, ToolRegistry())
-        self.extensions: dict[str, Any] = {}
-        # Called first in close(), e.g. to shut links' listeners (release hooks do not run at shutdown).
-        self.close_hooks: list[Callable[[], None]] = []
-        # Run after every session is released (so their auto-uploads finished), before the runtime stops.
-        self.async_close_hooks: list[Callable[[], Awaitable[None]]] = []
+        self.links = LinkService(self)
+        self.browser = BrowserService(self, self.links)
+        contexts_dir = settings.data_dir / "contexts"
+        blobs: BlobStore
+        if settings.blob_dir is not None:  # shared by several control-plane replicas
+            blobs = SharedBlobStore(settings.blob_dir, replica_id(settings.data_dir))
+            secret = shared_secret(settings.blob_dir / "url-secret")
+        else:
+            blobs, secret = LocalBlobStore(contexts_dir), load_secret(contexts_dir / "url-secret")
+        self.contexts = ContextService(settings, open_context_store(settings, self.store), blobs, self.sessions, secret)
+        # At release, in this order before the sandbox goes: the session's links close, its Chromium
+        # closes (so the profile on disk is complete), then its contexts upload.
+        self.sessions.before_release.append(self.links.before_release)
+        self.sessions.before_release.append(self.browser.before_release)
+        self.sessions.before_release.append(self.contexts.before_release)
         self.started = False
 
     def _lock_data_dir(self) -> int:
@@ -76,17 +90,19 @@ class Platform:
         for image_id in self.settings.prewarm_images:
             await self.runtime.prewarm(self.sessions.spec_for(self.images.get(image_id), ""))
         self.sessions.start_lifecycle()
+        self.contexts.start()
         self.started = True
 
     async def close(self) -> None:
         try:
-            for hook in self.close_hooks:
-                hook()
+            # Links first: release hooks do not run at shutdown, and open relays would keep sandboxes busy.
+            self.links.close()
             await self.sessions.close()
-            for async_hook in self.async_close_hooks:
-                await async_hook()
+            # After every session is released (so their auto-uploads finished), before the runtime stops.
+            await self.contexts.close()
             await self.runtime.close()
         finally:
+            self.contexts.store.close()
             self.store.close()
             os.close(self._lock_fd)
             self.started = False

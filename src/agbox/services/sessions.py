@@ -170,8 +170,10 @@ class SessionService:
         if not isinstance(session_id, str) or not session_id:
             raise InvalidRequestError("sessionId is required")
         record = self.store.get_session(session_id)
-        if record is None or record.owner != owner or record.status not in ACTIVE_STATUSES:
+        if record is None or record.owner != owner:
             raise SessionNotFoundError(session_id)
+        if record.status not in ACTIVE_STATUSES:
+            raise SessionNotFoundError(session_id, record.finish_reason)
         if touch:
             self.touch(record)
         return record
@@ -246,6 +248,12 @@ class SessionService:
         task = self._releasing.get(record.id)
         if task is not None:
             await asyncio.shield(task)
+
+    def end(self, session_id: str, reason: str) -> None:
+        """End a session whose sandbox is gone, with the cause as its reason (release runs in the background)."""
+        record = self.store.get_session(session_id)
+        if record is not None and record.status in ACTIVE_STATUSES:
+            self._start_release(record, reason)
 
     def _start_release(self, record: SessionRecord, reason: str) -> None:
         if record.id in self._releasing:

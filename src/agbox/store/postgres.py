@@ -109,6 +109,28 @@ CREATE TABLE context_tasks (
     PRIMARY KEY (session_id, context_id, path, task_type)
 );
 """),
+    # The same rewrite as SqliteContextStore.migrate_key_space (store/contexts.py): a context bound at
+    # exactly one known path gets its keys under it, any other under "/"; bases move under their mount.
+    (2, "context keys are absolute sandbox paths", """
+CREATE TABLE context_meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+UPDATE context_files AS f
+SET path = CASE WHEN m.mounts = 1 THEN rtrim(m.mount, '/') ELSE '' END || '/' || f.path
+FROM (SELECT owned.context_id, count(DISTINCT b.path) AS mounts, min(b.path) AS mount
+      FROM (SELECT DISTINCT context_id FROM context_files) AS owned
+      LEFT JOIN context_bindings AS b ON b.context_id = owned.context_id
+      GROUP BY owned.context_id) AS m
+WHERE f.context_id = m.context_id AND left(f.path, 1) <> '/';
+UPDATE context_bindings SET base = (
+    SELECT coalesce(jsonb_object_agg(CASE WHEN left(e.key, 1) = '/' THEN e.key
+                                          ELSE rtrim(context_bindings.path, '/') || '/' || e.key END, e.value),
+                    '{}'::jsonb)::text
+    FROM jsonb_each(context_bindings.base::jsonb) AS e)
+WHERE base <> '{}';
+INSERT INTO context_meta (name, value) VALUES ('key_space', 'absolute-sandbox-paths');
+"""),
 )
 
 # Columns that exist only here: SQLite orders by its implicit rowid, which a REPLACE renews; ``seq``

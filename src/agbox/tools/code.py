@@ -1,4 +1,4 @@
-"""The ``run_code`` tool: Python (stateful per session, rich outputs), JavaScript, Java, R."""
+"""The ``run_code`` tool: Python (IPython, stateful per session, rich outputs), JavaScript (stateful), Java, R."""
 
 from __future__ import annotations
 
@@ -66,10 +66,13 @@ async def run_code(ctx: ToolContext, args: dict[str, Any]) -> ToolOutput:
 TOOLS = [
     ToolDef(
         name="run_code",
-        description="Run code in the session. Python runs in a persistent interpreter (variables survive between "
-                    "calls, the last expression is returned like in a notebook, with rich outputs: HTML, "
-                    "Markdown, PNG/SVG images such as matplotlib figures, LaTeX, JSON). JavaScript (Node.js), "
-                    "Java and R run in a fresh process per call. On timeout the code is interrupted.",
+        description="Run code in the session. Python runs in a persistent IPython shell, like a notebook: variables "
+                    "survive between calls, the last expression is returned, display() and IPython.display give "
+                    "rich outputs (HTML, Markdown, PNG/JPEG/SVG images such as matplotlib figures, LaTeX, JSON, "
+                    "Vega-Lite charts), %magics and !shell lines work. JavaScript runs in a persistent Node.js "
+                    "REPL (declarations survive, top-level await, the last expression is returned); code with "
+                    "static import/export runs as an ES module on its own. Java and R run in a fresh process per "
+                    "call. On timeout the code is interrupted.",
         input_schema=schema({
             "code": {"type": "string", "description": "The source code to run."},
             "language": {"type": "string", "enum": [*LANGUAGES, *ALIASES],
