@@ -184,6 +184,7 @@ def _get(url: str) -> bytes | None:
 def test_any_replica_serves_any_session_and_kill_9_loses_nothing(ray_cluster: RayCluster) -> None:
     a, b = ray_cluster.sdk(), ray_cluster.sdk(ray_cluster.replica)
     context = a.context.create("replicated").context
+    # Context files are keyed by their absolute path in the sandbox (as in AGB).
     upload = a.context.get_file_upload_url(context.id, "/home/user/data/seed.txt").url
     # Signed by replica A, honoured by replica B (shared secret on the shared blob path).
     via_b = upload.replace(ray_cluster.server.endpoint, ray_cluster.replica.endpoint)

@@ -14,6 +14,7 @@ from agbox.services.browser import BrowserService
 from agbox.services.context_files import BlobStore, LocalBlobStore
 from agbox.services.contexts import ContextService
 from agbox.services.keys import KeyService
+from agbox.services.limits import LimitService
 from agbox.services.links import LinkService
 from agbox.services.sessions import SessionService
 from agbox.services.shared_blobs import SharedBlobStore, replica_id, shared_secret
@@ -50,8 +51,10 @@ class Platform:
         self.store = store or open_store(settings)
         self.runtime = runtime or make_runtime(settings)
         self.images = ImageCatalog(extra_dir=settings.images_dir)
-        self.keys = KeyService(self.store)
-        self.sessions = SessionService(settings, self.store, self.runtime, self.images)
+        self.keys = KeyService(self.store, settings.key_cache_ttl_s)
+        self.limits = LimitService(settings, self.store, settings.key_cache_ttl_s)
+        self.sessions = SessionService(settings, self.store, self.runtime, self.images, self.limits)
+        self.sessions.revoked_owners = self.keys.revoked_ids
         self.tools = ToolService(self.sessions, self.images, ToolRegistry())
         self.links = LinkService(self)
         self.browser = BrowserService(self, self.links)

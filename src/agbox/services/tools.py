@@ -13,6 +13,7 @@ from agbox.runtime.channel import AgentError
 from agbox.services.sessions import SessionService
 from agbox.tools.base import ToolContext, ToolDef, ToolOutput
 from agbox.tools.registry import ToolRegistry
+from agbox.wirejson import loads
 
 log = logging.getLogger(__name__)
 # How long a call that lost its sandbox waits for the end to be complete (and its cause known).
@@ -24,10 +25,7 @@ def parse_args(raw: Any) -> dict[str, Any]:
     if raw is None or raw == "":
         return {}
     if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except ValueError as exc:
-            raise InvalidRequestError(f"args is not valid JSON: {exc}") from exc
+        raw = loads(raw, "args")
     if not isinstance(raw, dict):
         raise InvalidRequestError("args must be a JSON object")
     return raw
