@@ -208,6 +208,17 @@ def test_any_replica_serves_any_session_and_kill_9_loses_nothing(ray_cluster: Ra
         assert link.success, link.error_message
         assert wait_for(lambda: _get(link.data + "b.txt"), 15, interval_s=0.1, what="B's link") == b"via-b\n"
 
+        # A call through replica B that outlasts the idle timeout: replica A's sweep sees the session
+        # busy on its node (not only B's own count) and leaves it alone.
+        short = a.create(CreateSessionParams(image_id="agb-code-space-1", idle_release_timeout=2)).session
+        long_call = b.get(short.session_id).session.command.execute("sleep 4; echo done", timeout_ms=20000)
+        # (A release mid-call would have ended the sandbox under the call.)
+        assert long_call.success and long_call.stdout == "done\n", long_call.error_message
+        # ...and once idle, it is released by one replica.
+        wait_for(lambda: ray_cluster.session_row(short.session_id)[0] == "FINISH", 15, interval_s=0.2,
+                 what="idle release")
+        assert ray_cluster.session_row(short.session_id)[1] == "idle for 2 s"
+
         # kill -9 replica A while it is serving calls.
         stop = threading.Event()
         outcomes: list[bool] = []

@@ -173,6 +173,7 @@ class RayNode:
     lost: bool = False
     # Sessions the node reported running, and when that report was asked for.
     sessions: set[str] = dataclasses.field(default_factory=set)
+    busy: set[str] = dataclasses.field(default_factory=set)
     reported_at: float = 0.0
     failures: int = 0
     channel: CallChannel | None = None
@@ -314,6 +315,7 @@ class RayRuntime(Runtime):
         node.failures = 0
         node.apply_usage(report)
         node.sessions = set(report["sessions"])
+        node.busy = set(report.get("busy", ()))
         node.reported_at = asked_at
 
     def mark_lost(self, node: RayNode, why: str) -> None:
@@ -407,6 +409,10 @@ class RayRuntime(Runtime):
         # Not in the node's last report: dead only if that report was asked for after the sandbox
         # started (another replica may have just created it).
         return float(handle.details.get("created_at", 0)) >= node.reported_at
+
+    def busy(self, handle: SandboxHandle) -> bool:
+        node = self.by_name.get(handle.node)
+        return node is not None and handle.session_id in node.busy
 
     def end_reason(self, handle: SandboxHandle, since: LimitEvents | None = None) -> str:
         node = self.by_name.get(handle.node)
