@@ -127,6 +127,11 @@ class Runtime(abc.ABC):
     def alive(self, handle: SandboxHandle) -> bool:
         """Cheap liveness check used by the lifecycle loop."""
 
+    def busy(self, handle: SandboxHandle) -> bool:
+        """True while an op runs in the sandbox for any control plane (a session in use is not idle);
+        a runtime that cannot tell says False and each control plane counts only its own calls."""
+        return False
+
     def limit_events(self, handle: SandboxHandle) -> LimitEvents:
         """The sandbox's limit counters now (compare two readings with ``limit_note``)."""
         return LimitEvents()

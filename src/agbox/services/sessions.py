@@ -340,7 +340,8 @@ class SessionService:
                 self._start_release(record, "API key revoked")
             elif not self.runtime.alive(handle):
                 self._start_release(record, self.runtime.end_reason(handle))
-            elif now - record.last_active_at >= record.idle_timeout_s and record.id not in self._in_flight:
+            elif now - record.last_active_at >= record.idle_timeout_s and record.id not in self._in_flight \
+                    and not self.runtime.busy(handle):
                 self._start_release(record, f"idle for {record.idle_timeout_s} s")
             elif now >= record.expires_at:
                 self._start_release(record, "maximum lifetime reached")
