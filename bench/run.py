@@ -38,7 +38,7 @@ if str(BENCH_DIR) not in sys.path:
 import benchlib as B  # noqa: E402
 
 # Families run in this order; any other bench_*.py follows alphabetically.
-ORDER = ["create", "tti", "tool", "mcp", "links", "files", "code", "startup", "density", "peer"]
+ORDER = ["create", "tti", "tool", "mcp", "links", "files", "code", "startup", "density", "load", "peer"]
 
 # (label, row key, field, comparison, threshold, unit). "field" may be p50_ms, value or delta_ms.
 TARGETS: list[tuple[str, str, str, str, float, str]] = [
@@ -56,6 +56,9 @@ TARGETS: list[tuple[str, str, str, str, float, str]] = [
     (">= 100 creates/s sustained", "create.sustained", "value", ">=", 100, "creates/s"),
     (">= 1000 idle sessions alive (shell p50 <= 100 ms)", "density.max_sessions", "value", ">=", 1000, "sessions"),
     ("<= 10 MiB per idle session (PSS)", "density.pss", "value", "<=", 10, "MiB"),
+    ("load: 0 errors, 50 concurrent clients (create, tools, link, release)", "load.errors", "value", "<=", 0,
+     "errors"),
+    ("load: create p99 < 1 s at 50 concurrent clients", "load.create", "p99_ms", "<=", 1000, "ms"),
 ]
 
 
