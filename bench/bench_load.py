@@ -94,10 +94,11 @@ def run(quick: bool) -> list[dict[str, Any]]:
         loaded: dict[str, list[float]] = {op: [] for op in OPS}
         errors: list[str] = []
         lock = threading.Lock()
+        # Clients are made before the clock starts (an httpx client builds an SSL context: slow under load).
+        clients = [Client(srv.endpoint, srv.api_key) for _ in range(workers)]
         stop_at = time.monotonic() + duration
 
-        def worker() -> None:
-            mine = Client(srv.endpoint, srv.api_key)
+        def worker(mine: Client) -> None:
             try:
                 while time.monotonic() < stop_at:
                     timings: dict[str, list[float]] = {op: [] for op in OPS}
@@ -112,7 +113,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
             finally:
                 mine.close()
 
-        threads = [threading.Thread(target=worker, name=f"load-{i}") for i in range(workers)]
+        threads = [threading.Thread(target=worker, args=(clients[i],), name=f"load-{i}") for i in range(workers)]
         started = time.monotonic()
         for thread in threads:
             thread.start()
