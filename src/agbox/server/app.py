@@ -27,7 +27,7 @@ from agbox.server.operations import validate
 from agbox.server.wire import ROUTES, WireApi, envelope, error_envelope, internal_error_envelope, new_request_id
 from agbox.services.platform import Platform
 from agbox.services.telemetry import CONTENT_TYPE as TELEMETRY_CONTENT_TYPE
-from agbox.wirejson import loads, same_secret
+from agbox.wirejson import clip, loads, same_secret
 
 log = logging.getLogger(__name__)
 
@@ -114,14 +114,14 @@ async def link_call_tool(request: Request) -> Response:
 
 async def not_found(request: Request, exc: Exception) -> Response:
     return json_response(envelope(new_request_id(), None, success=False, code="NotFound",
-                                  message=f"no such endpoint: {request.method} {request.url.path}", status=404),
+                                  message=f"no such endpoint: {request.method} {clip(request.url.path)}", status=404),
                          status=404)
 
 
 async def method_not_allowed(request: Request, exc: Exception) -> Response:
+    message = f"{clip(request.method, 20)} is not allowed on {clip(request.url.path)}"
     response = json_response(envelope(new_request_id(), None, success=False, code="MethodNotAllowed",
-                                      message=f"{request.method} is not allowed on {request.url.path}", status=405),
-                             status=405)
+                                      message=message, status=405), status=405)
     allow = (getattr(exc, "headers", None) or {}).get("Allow")
     if allow:  # RFC 9110: a 405 names the methods the resource supports
         response.headers["Allow"] = allow
