@@ -45,6 +45,11 @@ class Settings:
     prewarm_images: tuple[str, ...] = ("agb-code-space-1",)
     # Extra image files (TOML); an image here with a built-in id replaces it (e.g. other limits).
     images_dir: Path | None = None
+    # The language model behind the browser tools act/observe/extract: an OpenAI-compatible
+    # chat-completions endpoint (base URL, model name, key). None = those tools say no model is configured.
+    browser_model_url: str | None = None
+    browser_model: str = "gpt-4o-mini"
+    browser_model_api_key: str | None = dataclasses.field(default=None, repr=False)
     reap_interval_s: float = 1.0
     # Where state lives: None = SQLite in the data dir; "postgresql://user:pw@host:port/db" = PostgreSQL,
     # which several control-plane replicas can share.
@@ -72,6 +77,9 @@ class Settings:
             "AGBOX_RUNTIME": ("runtime", str),
             "AGBOX_IMAGES_DIR": ("images_dir", Path),
             "AGBOX_WARM_POOL": ("warm_pool_size", int),
+            "AGBOX_BROWSER_MODEL_URL": ("browser_model_url", str),
+            "AGBOX_BROWSER_MODEL": ("browser_model", str),
+            "AGBOX_BROWSER_MODEL_API_KEY": ("browser_model_api_key", str),
             "AGBOX_STORE": ("store_url", str),
             "AGBOX_RAY_ADDRESS": ("ray_address", str),
             "AGBOX_NODE_DATA_DIR": ("node_data_dir", str),
