@@ -136,8 +136,10 @@ class BrowserService:
                 return state.port
             fingerprint = await self._fingerprint(record, option)
             prepared = await self._agent(record, "browser_prepare", {"extension_path": option.extension_path})
+            # An image with an X display (the desktop) gets a visible window there; others run headless.
+            display = self.platform.images.get(record.image_id).env.get("DISPLAY") or None
             command = chromium_command(option, profile_dir=profile_dir, extensions=prepared.get("extensions") or [],
-                                       fingerprint=fingerprint)
+                                       fingerprint=fingerprint, display=display)
             started = await self._agent(record, "browser_start", {
                 "argv": command.argv, "env": command.env, "make_dirs": [profile_dir],
                 "ready_timeout_s": START_TIMEOUT_S - 5}, timeout_s=START_TIMEOUT_S)
