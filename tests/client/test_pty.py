@@ -65,8 +65,9 @@ def test_full_screen_program_and_resize(make_session: Callable[..., Any]) -> Non
 
 def test_ctrl_c_and_signals(make_session: Callable[..., Any]) -> None:
     session = make_session()
-    sleeper = session.pty.create(["sleep", "600"])
+    sleeper = session.pty.create(["sh", "-c", "echo ready; exec sleep 600"])
     try:
+        assert sleeper.wait_for_output("ready")
         sleeper.send_input("\x03")
         assert sleeper.wait(30).signal == "SIGINT"
         assert sleeper.result is not None and sleeper.result.exit_code == 130

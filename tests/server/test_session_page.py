@@ -27,6 +27,7 @@ def test_resource_url_has_agb_parameters_and_opens_the_session_page(official_ses
     assert session.session_id in page.text and "agb-code-space-1" in page.text and "RUNNING" in page.text
     assert "&lt;b&gt;core&lt;/b&gt;" in page.text and "<b>core</b>" not in page.text  # labels are escaped
     assert link.data in page.text  # the session's open link
+    assert "<th>Browser</th><td>not started</td>" in page.text
 
     wrong = session.resource_url.replace(query["authcode"][0], "0" * len(query["authcode"][0]))
     for denied in (wrong, session.resource_url.split("&authcode=")[0],
@@ -35,3 +36,13 @@ def test_resource_url_has_agb_parameters_and_opens_the_session_page(official_ses
         assert answer.status_code == 403, denied
         assert answer.headers["content-type"].startswith("text/html")
         assert session.session_id not in answer.text
+
+
+def test_page_shows_a_running_browser() -> None:
+    from agbox.models import SessionRecord, SessionStatus
+    from agbox.server.session_page import render
+
+    record = SessionRecord(id="session-abc", owner="k", image_id="agb-browser-use-1", status=SessionStatus.RUNNING,
+                           labels={}, created_at=1.0, last_active_at=2.0, idle_timeout_s=300, expires_at=3.0, token="t")
+    page = render(record, "http://h/sessions/session-abc/mcp", [], 9222)
+    assert "Chromium running (DevTools port 9222" in page and "agb-browser-use-1" in page

@@ -87,7 +87,9 @@ def _handle(request: dict[str, Any]) -> None:
     except Exception as exc:  # the top-level handler of a request thread: report, never die
         import traceback
 
-        send({"id": rid, "ok": False, "error": {"kind": "internal", "message": f"{type(exc).__name__}: {exc}",
+        # The message reaches the agent's user: what failed, not which Python class (the trace is for logs).
+        send({"id": rid, "ok": False, "error": {"kind": "internal",
+                                                 "message": f"{request.get('op')} failed inside the sandbox: {exc}",
                                                  "trace": traceback.format_exc()}})
     finally:
         with _running_lock:
@@ -114,7 +116,11 @@ def main() -> None:
             if target is not None:
                 target.cancel()
             continue
-        threading.Thread(target=_handle, args=(request,), daemon=True).start()
+        try:
+            threading.Thread(target=_handle, args=(request,), daemon=True).start()
+        except RuntimeError as exc:  # no thread to be had (the sandbox's process limit): answer, never die
+            send({"id": request.get("id"), "ok": False,
+                  "error": {"kind": "os", "errno": 11, "message": f"the agent could not start the request: {exc}"}})
 
 
 if __name__ == "__main__":

@@ -67,11 +67,15 @@ def pty_open(args: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
     pid, fd = os.forkpty()
     if pid == 0:  # the child: only exec (the agent has threads; nothing else is safe after fork)
         try:
+            # Python's own dispositions (SIGINT raises, SIGPIPE ignored) must not reach the program.
+            for number in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):
+                signal.signal(number, signal.SIG_DFL)
             os.chdir(cwd)
             os.execvpe(argv[0], argv, env)  # noqa: S606 - argv is the user's program, run as asked
         except OSError as exc:
             os.write(2, f"agbox: cannot run {argv[0]}: {exc.strerror}\r\n".encode())
-        os._exit(127)
+        finally:
+            os._exit(127)
     _set_size(fd, cols, rows)
     with _terminals_lock:
         _terminals[pid] = fd

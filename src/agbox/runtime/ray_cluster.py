@@ -40,7 +40,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from agbox.errors import SandboxError
-from agbox.runtime.base import EventCallback, Runtime, SandboxHandle, SandboxSpec, SandboxStats
+from agbox.runtime.base import EventCallback, LimitEvents, Runtime, SandboxHandle, SandboxSpec, SandboxStats
 from agbox.runtime.channel import MAX_LINE
 from agbox.runtime.ray_node import (
     CALL_GRACE_S,
@@ -404,7 +404,7 @@ class RayRuntime(Runtime):
         # started (another replica may have just created it).
         return float(handle.details.get("created_at", 0)) >= node.reported_at
 
-    def end_reason(self, handle: SandboxHandle) -> str:
+    def end_reason(self, handle: SandboxHandle, since: LimitEvents | None = None) -> str:
         node = self.by_name.get(handle.node)
         return NODE_LOST if node is None or node.lost else "sandbox ended"
 

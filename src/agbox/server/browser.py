@@ -38,10 +38,10 @@ def register_ops(wire: WireApi) -> None:
     async def get_cdp_link(owner: str, p: Params, rid: str) -> dict[str, Any]:
         return envelope(rid, {"url": await service.cdp_url(owner, p.get("sessionId"))})
 
-    wire.register("initBrowser", "POST", "/browser/init", init_browser)
     async def live_view(owner: str, p: Params, rid: str) -> dict[str, Any]:
         return envelope(rid, {"url": service.live_url(owner, p.get("sessionId"))})
 
+    wire.register("initBrowser", "POST", "/browser/init", init_browser)
     wire.register("getCdpLink", "POST", "/internet/getCdpLink", get_cdp_link)
     wire.register("getBrowserLiveView", "POST", "/browser/liveView", live_view)
 

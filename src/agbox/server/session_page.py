@@ -1,7 +1,8 @@
 """The page a session's ``resourceUrl`` opens: ``GET /sessions/{id}/view?resourceId=…&authcode=…``.
 
-A small HTML page for a person: the session's id, image, status, labels, times and links (its MCP
-endpoint and the port links it has open). It is where browser and desktop live views will go.
+A small HTML page for a person: the session's id, image, status, labels, times, links (its MCP
+endpoint and the port links it has open) and whether its browser runs. It is where browser and
+desktop live views will go.
 Authorized by the authcode alone (services/session_view.py); a missing or wrong one, or an unknown
 session, gets the same 403 page, so the page does not tell which sessions exist.
 """
@@ -51,7 +52,7 @@ def _page(title: str, body: str) -> str:
             f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>{body}</body></html>")
 
 
-def render(record: SessionRecord, mcp_url: str, links: list[tuple[int, str]]) -> str:
+def render(record: SessionRecord, mcp_url: str, links: list[tuple[int, str]], browser_port: int | None) -> str:
     esc = html.escape
     labels = "".join(f"<div><code>{esc(k)}</code> = <code>{esc(v)}</code></div>"
                      for k, v in sorted(record.labels.items())) or "-"
@@ -69,6 +70,9 @@ def render(record: SessionRecord, mcp_url: str, links: list[tuple[int, str]]) ->
         ("Ends at the latest", _time(record.expires_at)),
         ("MCP endpoint", f"<code>{esc(mcp_url)}</code> (session token as Bearer)"),
         ("Links", link_rows),
+        ("Browser", f"Chromium running (DevTools port {browser_port} in the sandbox; "
+                    "<code>session.browser.get_endpoint_url()</code> gives its CDP URL)"
+         if browser_port is not None else "not started"),
     ]
     table = "".join(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in rows)
     body = (f"<h1>agbox session</h1><p class=\"sub\"><code>{esc(record.id)}</code></p><table>{table}</table>"
@@ -86,6 +90,8 @@ def routes(wire: WireApi) -> list[BaseRoute]:
                                                  "Ask the session's owner for its current resource URL.</p>")
             return HTMLResponse(body, status_code=403, headers=HEADERS)
         mcp_url = wire.session_urls(record)["mcpUrl"]
-        return HTMLResponse(render(record, mcp_url, platform.links.session_links(record.id)), headers=HEADERS)
+        browser = platform.browser.states.get(record.id)
+        page = render(record, mcp_url, platform.links.session_links(record.id), browser.port if browser else None)
+        return HTMLResponse(page, headers=HEADERS)
 
     return [Route("/sessions/{session_id}/view", view, methods=["GET"], name="session_view")]

@@ -52,7 +52,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from agbox.errors import ConflictError, InvalidRequestError
+from agbox.errors import AgboxError, ConflictError, InvalidRequestError
 from agbox.models import SessionRecord, SessionStatus
 from agbox.runtime.base import SandboxHandle
 from agbox.services.http1 import (
@@ -218,9 +218,6 @@ class Link:
     def _active(self) -> bool:
         if self.closed:
             return False
-        sessions = self.service.platform.sessions
-        if self.session_id not in sessions.handles:
-            return False
         try:
             record = self.service.platform.store.get_session(self.session_id)
         except Exception:  # the store is closed: the platform is stopping
@@ -231,7 +228,7 @@ class Link:
         if now - self.last_touch >= TOUCH_INTERVAL_S:  # link traffic counts as session activity
             self.last_touch = now
             with contextlib.suppress(Exception):
-                sessions.touch(record)
+                self.service.platform.sessions.touch(record)
         return True
 
     # ---- relay -------------------------------------------------------------------------------
@@ -253,9 +250,17 @@ class Link:
             conn.abort()
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | str:
-        handle: SandboxHandle | None = self.service.platform.sessions.handles.get(self.session_id)
+        sessions = self.service.platform.sessions
+        handle: SandboxHandle | None = sessions.handles.get(self.session_id)
         if handle is None:
-            return f"Session {self.session_id} has ended."
+            # A session another control-plane replica created: its record says where it runs.
+            record = self.service.platform.store.get_session(self.session_id)
+            if record is None or record.status is not SessionStatus.RUNNING:
+                return f"Session {self.session_id} has ended."
+            try:
+                handle = sessions.handle(record)
+            except AgboxError:
+                return f"Session {self.session_id} has ended."
         try:
             sock = await asyncio.wait_for(self.service.platform.runtime.connect_port(handle, self.port),
                                           CONNECT_TIMEOUT_S)

@@ -25,6 +25,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def revoke_key(self, key_id: str, when: float) -> bool: ...
 
+    @abc.abstractmethod
+    def key_by_id(self, key_id: str) -> ApiKeyRecord | None: ...
+
+    @abc.abstractmethod
+    def set_key_limits(self, key_id: str, limits: dict[str, float]) -> bool:
+        """Replace the key's limit overrides; False if there is no such key."""
+
     # ---- sessions
     @abc.abstractmethod
     def put_session(self, record: SessionRecord) -> None:
