@@ -38,6 +38,8 @@ SERVER_SOURCE = "wuying_codespace"
 # Frames that never had a usable invocation id are answered under this one.
 NO_INVOCATION = "invalid-request"
 MAX_FRAME_BYTES = 16 * 1024 * 1024
+# How long a server-side close waits for the frames queued before it to be sent.
+CLOSE_FLUSH_S = 2.0
 MAX_INVOCATION_ID = 256
 MAX_STREAMS_PER_SESSION = 8
 
@@ -64,8 +66,10 @@ class StreamConnection:
         self.websocket = websocket
         self.owner = owner
         self.session_id = session_id
-        self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        # Frames to send, and (code, reason) last when the server closes the socket.
+        self.outbox: asyncio.Queue[dict[str, Any] | tuple[int, str]] = asyncio.Queue()
         self.running: dict[str, asyncio.Task[None]] = {}
+        self.finished = asyncio.Event()
 
     def send(self, invocation_id: str, data: dict[str, Any], source: str = SERVER_SOURCE) -> None:
         self.outbox.put_nowait({"invocationId": invocation_id, "source": source, "target": "SDK", "data": data})
@@ -73,12 +77,23 @@ class StreamConnection:
     async def _write_loop(self) -> None:
         while True:
             frame = await self.outbox.get()
+            if isinstance(frame, tuple):
+                code, reason = frame
+                with contextlib.suppress(Exception):
+                    await self.websocket.close(code=code, reason=reason)
+                self.finished.set()
+                return
             await self.websocket.send_text(json.dumps(frame, ensure_ascii=False))
 
     async def close(self, code: int, reason: str) -> None:
-        """End the connection from the server side (its serve() loop then ends and cleans up)."""
-        with contextlib.suppress(Exception):
-            await self.websocket.close(code=code, reason=reason)
+        """End the connection from the server side (its serve() loop then ends and cleans up), after the
+        frames already queued: an invocation's last answer (e.g. why the session ended) still goes out."""
+        self.outbox.put_nowait((code, reason))
+        try:
+            await asyncio.wait_for(self.finished.wait(), CLOSE_FLUSH_S)
+        except TimeoutError:  # a client that does not read: close without its frames
+            with contextlib.suppress(Exception):
+                await self.websocket.close(code=code, reason=reason)
 
     async def serve(self) -> None:
         writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.session_id}")
@@ -102,6 +117,7 @@ class StreamConnection:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await writer
+            self.finished.set()
 
     def _handle(self, raw: str) -> None:
         try:
