@@ -27,6 +27,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from agbox.errors import AgboxError, InvalidRequestError, QuotaExceededError
 from agbox.models import SessionRecord
 from agbox.services.limits import LimitService
+from agbox.services.sessions import SessionService
 from agbox.wirejson import clip, loads, same_secret
 
 if TYPE_CHECKING:
@@ -37,9 +38,9 @@ log = logging.getLogger(__name__)
 SERVER_SOURCE = "wuying_codespace"
 # Frames that never had a usable invocation id are answered under this one.
 NO_INVOCATION = "invalid-request"
+# How long a released session's socket waits for its failing invocations to report why.
+CLOSE_GRACE_S = 3.0
 MAX_FRAME_BYTES = 16 * 1024 * 1024
-# How long a server-side close waits for the frames queued before it to be sent.
-CLOSE_FLUSH_S = 2.0
 MAX_INVOCATION_ID = 256
 MAX_STREAMS_PER_SESSION = 8
 
@@ -66,10 +67,8 @@ class StreamConnection:
         self.websocket = websocket
         self.owner = owner
         self.session_id = session_id
-        # Frames to send, and (code, reason) last when the server closes the socket.
-        self.outbox: asyncio.Queue[dict[str, Any] | tuple[int, str]] = asyncio.Queue()
+        self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.running: dict[str, asyncio.Task[None]] = {}
-        self.finished = asyncio.Event()
 
     def send(self, invocation_id: str, data: dict[str, Any], source: str = SERVER_SOURCE) -> None:
         self.outbox.put_nowait({"invocationId": invocation_id, "source": source, "target": "SDK", "data": data})
@@ -77,23 +76,21 @@ class StreamConnection:
     async def _write_loop(self) -> None:
         while True:
             frame = await self.outbox.get()
-            if isinstance(frame, tuple):
-                code, reason = frame
-                with contextlib.suppress(Exception):
-                    await self.websocket.close(code=code, reason=reason)
-                self.finished.set()
-                return
-            await self.websocket.send_text(json.dumps(frame, ensure_ascii=False))
+            try:
+                await self.websocket.send_text(json.dumps(frame, ensure_ascii=False))
+            finally:
+                self.outbox.task_done()
 
-    async def close(self, code: int, reason: str) -> None:
-        """End the connection from the server side (its serve() loop then ends and cleans up), after the
-        frames already queued: an invocation's last answer (e.g. why the session ended) still goes out."""
-        self.outbox.put_nowait((code, reason))
-        try:
-            await asyncio.wait_for(self.finished.wait(), CLOSE_FLUSH_S)
-        except TimeoutError:  # a client that does not read: close without its frames
-            with contextlib.suppress(Exception):
-                await self.websocket.close(code=code, reason=reason)
+    async def close(self, code: int, reason: str, finish_first: bool = False) -> None:
+        """End the connection from the server side (its serve() loop then ends and cleans up).
+        ``finish_first``: the sandbox is already gone, so running invocations are about to fail with
+        the cause; let them say it (bounded) before the socket closes."""
+        with contextlib.suppress(Exception):
+            if finish_first and self.running:
+                await asyncio.wait(list(self.running.values()), timeout=CLOSE_GRACE_S)
+                await asyncio.wait_for(self.outbox.join(), CLOSE_GRACE_S)
+        with contextlib.suppress(Exception):
+            await self.websocket.close(code=code, reason=reason)
 
     async def serve(self) -> None:
         writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.session_id}")
@@ -117,7 +114,6 @@ class StreamConnection:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await writer
-            self.finished.set()
 
     def _handle(self, raw: str) -> None:
         try:
@@ -220,8 +216,9 @@ class OpenStreams:
     """The open sockets of each session: at most ``MAX_STREAMS_PER_SESSION`` at once (one session
     token cannot hold an unbounded number), and all of them are closed when the session is released."""
 
-    def __init__(self, limits: LimitService) -> None:
+    def __init__(self, limits: LimitService, sessions: SessionService) -> None:
         self.limits = limits
+        self.sessions = sessions
         self.by_session: dict[str, set[StreamConnection]] = {}
 
     def admit(self, connection: StreamConnection) -> str:
@@ -245,13 +242,17 @@ class OpenStreams:
                 del self.by_session[connection.session_id]
 
     async def before_release(self, record: SessionRecord) -> None:
-        for connection in list(self.by_session.get(record.id, ())):
+        connections = list(self.by_session.get(record.id, ()))
+        if not connections:
+            return
+        sandbox_gone = not self.sessions.runtime.alive(self.sessions.handle(record))
+        for connection in connections:
             self.forget(connection)
-            await connection.close(1001, "session released")
+            await connection.close(1001, "session released", finish_first=sandbox_gone)
 
 
 def routes(wire: WireApi) -> list[BaseRoute]:
-    streams = OpenStreams(wire.platform.limits)
+    streams = OpenStreams(wire.platform.limits, wire.platform.sessions)
     wire.platform.sessions.before_release.append(streams.before_release)
 
     async def endpoint(websocket: WebSocket) -> None:
