@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import logging
 import os
 import signal
 import sys
@@ -17,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from agbox.errors import AgboxError
+from agbox.logs import configure as configure_logs
 from agbox.settings import Settings
 
 
@@ -73,6 +73,21 @@ def _ensure_key(settings: Settings) -> str:
         store.close()
 
 
+def detach_from_terminal() -> None:
+    """Make the server indifferent to how it was started (``agbox serve &`` from an interactive shell,
+    nohup, systemd). A background job of a terminal is stopped by SIGTTOU when it writes to the
+    terminal under ``stty tostop`` (and by SIGTTIN if anything reads it), which would freeze the
+    server and every sandbox with it: ignore both (writes then simply go through). Nothing reads
+    our stdin, so a terminal there is replaced by /dev/null, which every child inherits too."""
+    for sig in (signal.SIGTTOU, signal.SIGTTIN):
+        signal.signal(sig, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        if os.isatty(0):
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.close(null)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -122,6 +137,13 @@ def _graceful_server_class() -> type:
     return GracefulServer
 
 
+def _limit_changes(args: argparse.Namespace) -> dict[str, float | None]:
+    from agbox.services.limits import LIMIT_NAMES, parse_limit
+
+    return {name: parse_limit(name, raw) for name in LIMIT_NAMES
+            if (raw := getattr(args, name, None)) is not None}
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from agbox.services.keys import KeyService
 
@@ -129,15 +151,28 @@ def cmd_keys(args: argparse.Namespace) -> int:
     store = _store(settings)
     try:
         keys = KeyService(store)
+        changes = _limit_changes(args)
         if args.action == "create":
             record, key = keys.create(args.name)
+            if changes:
+                keys.set_limits(record.id, changes)
             print(f"{record.id}\t{key}")
             print("Keep the key: it is stored hashed and cannot be shown again.", file=sys.stderr)
+        elif args.action == "set":
+            if not args.key_id or not changes:
+                print("keys set needs a key id and at least one limit, e.g. --max-sessions 10", file=sys.stderr)
+                return 2
+            limits = keys.set_limits(args.key_id, changes)
+            if limits is None:
+                print(f"no key {args.key_id}", file=sys.stderr)
+                return 1
+            print(f"{args.key_id}\t" + (" ".join(f"{k}={v:g}" for k, v in sorted(limits.items())) or "defaults"))
         elif args.action == "list":
             for record in keys.list():
                 state = "revoked" if record.revoked_at else "active"
                 created = datetime.datetime.fromtimestamp(record.created_at).isoformat(timespec="seconds")
-                print(f"{record.id}\t{record.name}\t{record.prefix}…\t{state}\t{created}")
+                shown = " ".join(f"{k}={v:g}" for k, v in sorted(record.limits.items())) or "defaults"
+                print(f"{record.id}\t{record.name}\t{record.prefix}…\t{state}\t{created}\t{shown}")
         elif args.action == "revoke":
             if not args.key_id:
                 print("keys revoke needs a key id (see `agbox keys list`)", file=sys.stderr)
@@ -369,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", default=None, help="fix the API key (or set AGBOX_API_KEY)")
     serve.add_argument("--public-url", default=None, help="base URL clients use, e.g. behind a reverse proxy")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", default="text", choices=["text", "json"],
+                       help="json: one object per line, with the requestId of the wire operation")
     serve.add_argument("--runtime", default=None, choices=["local", "ray"],
                        help="where sandboxes run: this machine (default) or the nodes of a Ray cluster")
     serve.add_argument("--ray-address", default=None, help="Ray head address host:port (or AGBOX_RAY_ADDRESS)")
@@ -389,9 +426,14 @@ def build_parser() -> argparse.ArgumentParser:
     node.set_defaults(func=cmd_node)
 
     keys = sub.add_parser("keys", help="manage API keys")
-    keys.add_argument("action", choices=["create", "list", "revoke"])
+    keys.add_argument("action", choices=["create", "list", "set", "revoke"])
     keys.add_argument("key_id", nargs="?")
     keys.add_argument("--name", default="cli")
+    limit_help = "per-key limit (a number; sizes take K/M/G; 'default' drops the override)"
+    for flag, name in (("--max-sessions", "max_sessions"), ("--max-memory", "max_memory_bytes"),
+                       ("--max-cpus", "max_cpus"), ("--max-context-bytes", "max_context_bytes"),
+                       ("--requests-per-s", "requests_per_s"), ("--max-streams", "max_streams")):
+        keys.add_argument(flag, dest=name, default=None, help=limit_help)
     data_dir_option(keys)
     keys.set_defaults(func=cmd_keys)
 
@@ -449,8 +491,9 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, getattr(args, "log_level", "warning").upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.func is cmd_serve:
+        detach_from_terminal()
+    configure_logs(getattr(args, "log_level", "warning"), getattr(args, "log_format", "text"))
     try:
         return int(args.func(args))
     except AgboxError as exc:

@@ -165,7 +165,8 @@ def _get(url: str) -> bytes | None:
 def test_any_replica_serves_any_session_and_kill_9_loses_nothing(ray_cluster: RayCluster) -> None:
     a, b = ray_cluster.sdk(), ray_cluster.sdk(ray_cluster.replica)
     context = a.context.create("replicated").context
-    upload = a.context.get_file_upload_url(context.id, "/seed.txt").url
+    # Context files are keyed by their absolute path in the sandbox (as in AGB).
+    upload = a.context.get_file_upload_url(context.id, "/home/user/data/seed.txt").url
     # Signed by replica A, honoured by replica B (shared secret on the shared blob path).
     via_b = upload.replace(ray_cluster.server.endpoint, ray_cluster.replica.endpoint)
     assert via_b != upload and httpx.put(via_b, content=b"seed").status_code == 200
@@ -210,7 +211,7 @@ def test_any_replica_serves_any_session_and_kill_9_loses_nothing(ray_cluster: Ra
             assert ray_cluster.session_row(sid) == ("RUNNING", "")
             assert session.command.execute("echo alive", timeout_ms=10000).stdout == "alive\n"
         assert on_b[0].file.read("/tmp/from-a.txt").content == "written via A"
-        files = {e.file_name for e in b.context.list_files(context.id, "").entries}
+        files = {e.file_name for e in b.context.list_files(context.id, "/home/user/data").entries}
         assert files == {"seed.txt", "v.txt"}
         assert b.create(CreateSessionParams(image_id="agb-code-space-1")).session.delete().success
 

@@ -76,6 +76,10 @@ class Runtime(abc.ABC):
     # plane then leaves its sessions to the other replicas or to its own restart (reattach).
     sessions_outlive_control_plane: bool = False
 
+    def warm_sandboxes(self) -> int:
+        """Started sandboxes waiting to be handed to a create (for telemetry)."""
+        return 0
+
     def end_reason(self, handle: SandboxHandle, since: LimitEvents | None = None) -> str:
         """Why a sandbox that ``alive`` reports gone has ended, in words (the session's finish reason);
         limit events (out of memory, ...) after ``since`` count as the cause."""

@@ -86,6 +86,12 @@ class CgroupManager:
                 with contextlib.suppress(OSError):
                     _write(parent / "cgroup.subtree_control", wanted)
 
+    def remove_parents(self) -> None:
+        """At a clean stop: remove our (then empty) parent groups, so nothing of ours stays in /sys/fs/cgroup."""
+        for parent in self.parents.values():
+            with contextlib.suppress(OSError):
+                os.rmdir(parent)
+
     def leftovers(self) -> list[str]:
         """Names of sandbox groups that exist under our parent (from an earlier process)."""
         names: set[str] = set()

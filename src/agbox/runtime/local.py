@@ -131,7 +131,7 @@ class LocalRuntime(Runtime):
         shutil.copytree(AGENT_DIR, agent_copy, ignore=shutil.ignore_patterns("__pycache__", "__init__.py"))
         # Compiled once here with the sandbox's own interpreter, so no sandbox recompiles the agent.
         subprocess.run(["/usr/bin/python3", "-m", "compileall", "-q", str(agent_copy)], check=False,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for directory, _dirs, files in os.walk(agent_copy):
             os.chmod(directory, 0o755)
             for name in files:
@@ -152,6 +152,7 @@ class LocalRuntime(Runtime):
                 await self.destroy(SandboxHandle(session_id, self.node, {}))
         self._spawner.shutdown(wait=False)
         self.disks.close()
+        self.cgroups.remove_parents()
         # The base copy and logs are ours alone (the data dir is locked): leave nothing in /run.
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
@@ -313,6 +314,9 @@ class LocalRuntime(Runtime):
     @staticmethod
     def _pool_key(spec: SandboxSpec) -> tuple[Any, ...]:
         return (spec.limits, tuple(sorted(spec.env.items())), spec.hostname, spec.ro_binds)
+
+    def warm_sandboxes(self) -> int:
+        return sum(len(pool) for pool in self._pools.values())
 
     def _take_warm(self, spec: SandboxSpec) -> _Sandbox | None:
         pool = self._pools.get(self._pool_key(spec), [])

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from agbox.errors import AgboxError
+from agbox.errors import AgboxError, InvalidRequestError
 from agbox.server.stream import session_owner
 from agbox.services.terminals import TerminalExit, TerminalRequest, TerminalService
+from agbox.wirejson import loads
 
 if TYPE_CHECKING:
     from agbox.server.wire import WireApi
@@ -83,7 +84,7 @@ class TerminalConnection:
                         raise ValueError(f"input frames are limited to {MAX_INPUT_FRAME} bytes")
                     await self.terminals.write(self.owner, self.session_id, pty_id, data)
                     continue
-                frame = json.loads(message.get("text") or "")
+                frame = loads(message.get("text") or "", "control frame", max_bytes=MAX_INPUT_FRAME)
                 if not isinstance(frame, dict):
                     raise ValueError("control frames are JSON objects")
                 kind = frame.get("type")
@@ -96,8 +97,9 @@ class TerminalConnection:
                     await self.terminals.signal(self.owner, self.session_id, pty_id, frame.get("signal", "SIGINT"))
                 else:
                     raise ValueError("unknown control frame; expected input, resize or signal")
-            except (ValueError, RecursionError) as exc:
-                self.outbox.put_nowait({"type": "error", "message": str(exc)})
+            except (ValueError, InvalidRequestError) as exc:
+                message_text = exc.message if isinstance(exc, InvalidRequestError) else str(exc)
+                self.outbox.put_nowait({"type": "error", "message": message_text})
             except AgboxError as exc:
                 self.outbox.put_nowait({"type": "error", "message": exc.message})
 
@@ -137,7 +139,7 @@ def routes(wire: WireApi) -> list[BaseRoute]:
         await websocket.accept()
         try:
             first = await websocket.receive_text()
-            request = TerminalRequest.parse(json.loads(first))
+            request = TerminalRequest.parse(loads(first, "the first frame", max_bytes=MAX_INPUT_FRAME))
         except WebSocketDisconnect:
             return
         except (ValueError, RecursionError, KeyError, AgboxError) as exc:

@@ -7,16 +7,21 @@ become AGB envelopes (``success=false``, ``code``, ``message``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from agbox.errors import AgboxError, InvalidRequestError
+from agbox.errors import AgboxError, InvalidRequestError, ThrottledError
+from agbox.logs import request_id_var
 from agbox.models import SessionRecord
+from agbox.server.operations import validate
 from agbox.services.platform import Platform
 from agbox.services.session_view import resource_url
+from agbox.wirejson import clip
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +63,21 @@ def envelope(request_id: str, data: Any = None, *, success: bool = True, code: s
     return body
 
 
+# Messages may quote client input (an id, a path); never echo more than this of it.
+MAX_MESSAGE_CHARS = 2000
+
+
 def error_envelope(request_id: str, exc: AgboxError) -> dict[str, Any]:
-    return envelope(request_id, None, success=False, code=exc.code, message=exc.message, status=exc.status_code)
+    body = envelope(request_id, None, success=False, code=exc.code, message=clip(exc.message, MAX_MESSAGE_CHARS),
+                    status=exc.status_code)
+    if isinstance(exc, ThrottledError):  # the HTTP edge turns it into 429 + Retry-After
+        body["retryAfter"] = round(exc.retry_after_s, 3)
+    return body
+
+
+def internal_error_envelope(request_id: str) -> dict[str, Any]:
+    return envelope(request_id, None, success=False, code="InternalError",
+                    message=f"internal error; see the server log for request {request_id}", status=500)
 
 
 class WireApi:
@@ -91,18 +109,30 @@ class WireApi:
 
     async def dispatch(self, op: str, api_key: str | None, params: Params) -> dict[str, Any]:
         request_id = new_request_id()
+        started = time.perf_counter()
+        known = op in self._ops or op in self.extra_ops
+        token = request_id_var.set(request_id)
+        outcome = "ok"
         try:
             handler = self._ops.get(op) or self.extra_ops.get(op)
             if handler is None:
                 raise InvalidRequestError(f"unknown operation {op}")
             owner = self.platform.keys.authenticate(api_key)
-            return await handler(owner, params, request_id)
+            self.platform.limits.admit_request(owner)
+            return await handler(owner, validate(op, params), request_id)
         except AgboxError as exc:
+            outcome = exc.code
             return error_envelope(request_id, exc)
-        except Exception:  # the one top-level catch of the wire: log it, answer without a traceback
+        except Exception:  # backstop only (causes are fixed where they arise): log once, answer without a traceback
+            outcome = "InternalError"
             log.exception("internal error in %s (%s)", op, request_id)
-            return envelope(request_id, None, success=False, code="InternalError",
-                            message=f"internal error; see the server log for request {request_id}", status=500)
+            return internal_error_envelope(request_id)
+        finally:
+            log.debug("%s: %s in %.1f ms", op if known else "(unknown operation)", outcome,
+                      (time.perf_counter() - started) * 1000)
+            request_id_var.reset(token)
+            # Unknown operation names are not labels: a client must not grow the metric set at will.
+            self.platform.telemetry.operation_done(op if known else "(unknown)", outcome, started)
 
     # ---- session data as the SDK wants it ----------------------------------------------------------
 
@@ -125,9 +155,18 @@ class WireApi:
     # ---- operations ------------------------------------------------------------------------------------
 
     async def _create_session(self, owner: str, p: Params, rid: str) -> dict[str, Any]:
+        # Everything a create will need is checked before anything is made ...
+        self.platform.contexts.check_persistence(owner, p.get("persistenceDataList"))
         record = await self.sessions.create(owner, p.get("imageId"), p.get("labels"), p.get("timeout"),
-                                            p.get("mcpPolicyId"))
-        await self.platform.contexts.on_create(record, p)
+                                            p.get("mcpPolicyId"), p.get("desktopSize"))
+        self.platform.telemetry.creates.labels(record.image_id).inc()
+        try:
+            await self.platform.contexts.on_create(record, p)
+        except BaseException:
+            # ... and a create that fails half-way leaves no session behind.
+            with contextlib.suppress(Exception):
+                await self.sessions.release(owner, record.id)
+            raise
         data = self.session_urls(record)
         data["success"] = True
         return envelope(rid, data)

@@ -22,6 +22,7 @@ import random
 from typing import Any
 
 from agbox.errors import InvalidRequestError
+from agbox.wirejson import loads
 
 CHROMIUM = "/usr/lib/chromium/chromium"
 PROFILE_DIR = "/tmp/agb_browser_data"
@@ -135,7 +136,8 @@ def _raw_fingerprint(value: Any) -> dict[str, Any] | None:
     if not isinstance(value, str):
         raise InvalidRequestError("browserOption.fingerprintRawData must be a base64 string")
     try:
-        decoded = json.loads(base64.b64decode(value.encode("ascii"), validate=True).decode("utf-8"))
+        decoded = loads(base64.b64decode(value.encode("ascii"), validate=True).decode("utf-8"),
+                        "browserOption.fingerprintRawData")
     except (ValueError, binascii.Error, UnicodeError) as exc:
         raise InvalidRequestError(f"browserOption.fingerprintRawData is not base64 of a JSON object: {exc}") from None
     return _check_fingerprint(decoded, "browserOption.fingerprintRawData")
@@ -156,10 +158,7 @@ def parse_option(raw: Any) -> BrowserOption:
     if raw is None or raw == "":
         option: Any = {}
     elif isinstance(raw, str):
-        try:
-            option = json.loads(raw)
-        except ValueError as exc:
-            raise InvalidRequestError(f"browserOption is not valid JSON: {exc}") from None
+        option = loads(raw, "browserOption")
     else:
         option = raw
     if not isinstance(option, dict):

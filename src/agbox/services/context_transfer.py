@@ -18,6 +18,7 @@ import base64
 import secrets
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,8 @@ OWN_ARCHIVE = ".agbox-archive.tar"
 
 class ContextTransfer:
     def __init__(self, store: ContextStore, blobs: BlobStore, sessions: SessionService, spool: Path) -> None:
+        # (owner, bytes a commit adds) -> raises QuotaExceededError past the key's limit; set by ContextService.
+        self.check_quota: Callable[[str, int], None] = lambda owner, growth: None
         self.store = store
         self.blobs = blobs
         self.sessions = sessions
@@ -129,7 +132,7 @@ class ContextTransfer:
                 found = await loop.run_in_executor(None, self._ingest_tar, spool, target)
         finally:
             spool.unlink(missing_ok=True)
-        self._commit(binding, scope, policy, found)
+        self._commit(record.owner, binding, scope, policy, found)
 
     def _ingest_file(self, path: Path) -> tuple[str, int]:
         with open(path, "rb") as handle:
@@ -152,7 +155,8 @@ class ContextTransfer:
                 found[join_key(target, rel)] = self.blobs.ingest(read_chunks(source))
         return found
 
-    def _commit(self, binding: Binding, scope: str, policy: Policy, found: dict[str, tuple[str, int]]) -> None:
+    def _commit(self, owner: str, binding: Binding, scope: str, policy: Policy,
+                found: dict[str, tuple[str, int]]) -> None:
         now = time.time()
         root = policy.key_root(binding.path)
         target = join_key(root, scope)
@@ -172,6 +176,9 @@ class ContextTransfer:
         if policy.lifecycle_days is not None and "" in policy.recycle_paths:
             context_expiry = now + policy.lifecycle_days * 86400
         if upserts or deletes or context_expiry is not None:
+            growth = sum(f.size for f in upserts) - sum(current[k].size for k in {*deletes, *(f.path for f in upserts)}
+                                                        if k in current)
+            self.check_quota(owner, growth)
             self.store.commit(binding.context_id, upserts, deletes, when=now, expires_at=context_expiry)
         for k in in_scope:
             base.pop(k, None)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import json
 import logging
@@ -41,6 +42,7 @@ from agbox.services.sync_policy import Policy, context_key, join_key, relative_t
 from agbox.services.url_signing import sign, verify
 from agbox.settings import Settings
 from agbox.store.contexts import Binding, ContextRecord, ContextStore, FileRecord, TaskRecord
+from agbox.wirejson import loads
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,17 @@ def iso(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+
+@dataclasses.dataclass(frozen=True)
+class PlannedMount:
+    """One checked ``persistenceDataList`` item: the context, the path as sent, where it mounts."""
+
+    context: ContextRecord
+    path: str
+    mount: str
+    policy_doc: dict[str, Any]
+    policy: Policy
+
 class ContextService:
     def __init__(self, settings: Settings, store: ContextStore, blobs: BlobStore, sessions: SessionService,
                  secret: bytes) -> None:
@@ -69,6 +82,7 @@ class ContextService:
         self.spool = settings.data_dir / "contexts" / "spool"
         self.spool.mkdir(parents=True, exist_ok=True)
         self.transfer = ContextTransfer(store, blobs, sessions, self.spool)
+        self.transfer.check_quota = self.check_quota
         self._session_locks: dict[str, asyncio.Lock] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -231,10 +245,20 @@ class ContextService:
             raise ContextNotFoundError("context not found")
         return record, str(claims.get("p"))
 
+    def check_quota(self, owner: str, growth: int) -> None:
+        """Refuse a change that would take the key's context storage past its limit."""
+        if growth <= 0 or self.sessions.limits.for_key(owner).max_context_bytes is None:
+            return
+        used = sum(f.size for c in self.store.contexts(owner, kind=None) for f in self.store.files(c.id))
+        self.sessions.limits.check_context_bytes(owner, used, growth)
+
     def commit_object(self, context_id: str, key: str, blob: str, size: int) -> None:
         now = time.time()
-        if self.store.get_context(context_id) is None:
+        context = self.store.get_context(context_id)
+        if context is None:
             raise ContextNotFoundError(f"context {context_id} not found")
+        replaced = sum(f.size for f in self.store.files(context_id, key) if f.path == key)
+        self.check_quota(context.owner, size - replaced)
         self.store.commit(context_id, [FileRecord(key, blob, size, now, now)], [], when=now)
 
     def object_blob(self, context_id: str, key: str) -> FileRecord:
@@ -245,37 +269,39 @@ class ContextService:
 
     # ---- session bindings ------------------------------------------------------------------------
 
-    async def on_create(self, record: SessionRecord, params: dict[str, Any]) -> None:
-        raw = params.get("persistenceDataList")
+    def check_persistence(self, owner: str, raw: Any) -> list[PlannedMount]:
+        """Every ``persistenceDataList`` item checked before a session is made (its context, mount
+        path and policy); InvalidRequestError or ContextNotFoundError names the first bad item."""
         if isinstance(raw, str) and raw.strip():
-            try:
-                raw = json.loads(raw)
-            except ValueError as exc:
-                raise InvalidRequestError("persistenceDataList must be a JSON list") from exc
-        if not raw:
-            return
+            raw = loads(raw, "persistenceDataList")
+        if raw in (None, "", []):
+            return []
         if not isinstance(raw, list):
-            raise InvalidRequestError("persistenceDataList must be a list")
-        jobs = []
-        for item in raw:
+            raise InvalidRequestError("persistenceDataList must be a list of {contextId, path, policy}")
+        plan = []
+        for index, item in enumerate(raw):
             if not isinstance(item, dict):
-                continue
-            context_id, path = str(item.get("contextId") or ""), str(item.get("path") or "")
-            now = int(time.time() * 1000)
-            try:
-                context = self.owned(record.owner, context_id)
-                mount = self._mount(path)
-                policy_raw = item.get("policy")
-                policy = Policy.parse(policy_raw)
-            except AgboxError as exc:
-                self.store.put_task(TaskRecord(record.id, context_id, path, "download", "Failed", exc.message,
-                                               now, now))
-                continue
-            binding = Binding(record.id, context.id, mount, json.loads(policy_raw) if isinstance(policy_raw, str)
-                              and policy_raw else (policy_raw if isinstance(policy_raw, dict) else {}))
+                raise InvalidRequestError(f"persistenceDataList[{index}] must be an object {{contextId, path, policy}}")
+            path = item.get("path")
+            if not isinstance(path, str):
+                raise InvalidRequestError(f"persistenceDataList[{index}].path must be a string")
+            context = self.owned(owner, item.get("contextId"))
+            mount = self._mount(path)
+            policy_raw = item.get("policy")
+            policy_doc = loads(policy_raw, "policy") if isinstance(policy_raw, str) and policy_raw else policy_raw
+            policy = Policy.parse(policy_doc)
+            plan.append(PlannedMount(context, path, mount, policy_doc if isinstance(policy_doc, dict) else {}, policy))
+        return plan
+
+    async def on_create(self, record: SessionRecord, params: dict[str, Any]) -> None:
+        # Checked once already, before the session was made (check_persistence via the wire).
+        plan = self.check_persistence(record.owner, params.get("persistenceDataList"))
+        jobs = []
+        for item in plan:
+            binding = Binding(record.id, item.context.id, item.mount, item.policy_doc)
             self.store.put_binding(binding)
-            if policy.auto_download:
-                jobs.append(self._start(record, binding, "", "download", path))
+            if item.policy.auto_download:
+                jobs.append(self._start(record, binding, "", "download", item.path))
         await self._wait_inline(jobs)
 
     @staticmethod
@@ -309,10 +335,9 @@ class ContextService:
     def load_internal(self, owner: str, session_id: Any, types: Any) -> list[dict[str, str]]:
         record = self.sessions.get(owner, session_id)
         if isinstance(types, str):
-            try:
-                types = json.loads(types) if types.strip().startswith("[") else [types]
-            except ValueError as exc:
-                raise InvalidRequestError("contextTypes must be a JSON list") from exc
+            types = loads(types, "contextTypes") if types.strip().startswith("[") else [types]
+        if types is not None and not isinstance(types, list):
+            raise InvalidRequestError('contextTypes must be a list such as ["file_transfer"]')
         wanted = [str(t) for t in (types or [FILE_TRANSFER])]
         out = []
         for kind in wanted:
@@ -384,7 +409,7 @@ class ContextService:
                     await self.transfer.upload(record, current, scope)
         except Exception as exc:
             status = "Failed"
-            error = exc.message if isinstance(exc, AgboxError) else f"{type(exc).__name__}: {exc}"
+            error = exc.message if isinstance(exc, AgboxError) else f"internal error during {kind}; see the server log"
             if not isinstance(exc, AgboxError):
                 log.exception("context %s of session %s failed", kind, record.id)
         self.store.put_task(TaskRecord(record.id, binding.context_id, reported_path, kind, status, error, started,

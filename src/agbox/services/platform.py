@@ -14,9 +14,11 @@ from agbox.services.browser import BrowserService
 from agbox.services.context_files import BlobStore, LocalBlobStore
 from agbox.services.contexts import ContextService
 from agbox.services.keys import KeyService
+from agbox.services.limits import LimitService
 from agbox.services.links import LinkService
 from agbox.services.sessions import SessionService
 from agbox.services.shared_blobs import SharedBlobStore, replica_id, shared_secret
+from agbox.services.telemetry import Telemetry
 from agbox.services.tools import ToolService
 from agbox.services.url_signing import load_secret
 from agbox.settings import Settings
@@ -50,9 +52,12 @@ class Platform:
         self.store = store or open_store(settings)
         self.runtime = runtime or make_runtime(settings)
         self.images = ImageCatalog(extra_dir=settings.images_dir)
-        self.keys = KeyService(self.store)
-        self.sessions = SessionService(settings, self.store, self.runtime, self.images)
-        self.tools = ToolService(self.sessions, self.images, ToolRegistry())
+        self.keys = KeyService(self.store, settings.key_cache_ttl_s)
+        self.limits = LimitService(settings, self.store, settings.key_cache_ttl_s)
+        self.sessions = SessionService(settings, self.store, self.runtime, self.images, self.limits)
+        self.sessions.revoked_owners = self.keys.revoked_ids
+        self.telemetry = Telemetry(self.store, self.runtime)
+        self.tools = ToolService(self.sessions, self.images, ToolRegistry(), self.telemetry)
         self.links = LinkService(self)
         self.browser = BrowserService(self, self.links)
         contexts_dir = settings.data_dir / "contexts"

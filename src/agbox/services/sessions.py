@@ -14,20 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from agbox.errors import InvalidRequestError, LimitExceededError, SessionNotFoundError
+from agbox.errors import AgboxError, InvalidRequestError, LimitExceededError, SessionNotFoundError
 from agbox.images import Image, ImageCatalog
 from agbox.models import ACTIVE_STATUSES, SessionRecord, SessionStatus
 from agbox.runtime.base import Runtime, SandboxHandle, SandboxSpec
+from agbox.services.limits import LimitService
 from agbox.services.paging import paginate
 from agbox.settings import Settings
 from agbox.store.base import Store
+from agbox.wirejson import check_text, loads
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +44,7 @@ def validate_labels(labels: Any, settings: Settings) -> dict[str, str]:
     if labels is None or labels == "":
         return {}
     if isinstance(labels, str):
-        try:
-            labels = json.loads(labels)
-        except ValueError as exc:
-            raise InvalidRequestError("labels must be a JSON object of string keys and values") from exc
+        labels = loads(labels, "labels", max_bytes=settings.max_label_count * settings.max_label_bytes * 2)
     if not isinstance(labels, dict):
         raise InvalidRequestError("labels must be a JSON object of string keys and values")
     if len(labels) > settings.max_label_count:
@@ -56,15 +55,30 @@ def validate_labels(labels: Any, settings: Settings) -> dict[str, str]:
             raise InvalidRequestError("label keys must be non-empty strings")
         if not isinstance(value, str):
             raise InvalidRequestError(f"label {key!r} must have a string value")
+        check_text(key, "a label key")
+        check_text(value, f"label {key!r}")
         if len(key.encode()) + len(value.encode()) > settings.max_label_bytes:
             raise InvalidRequestError(f"label {key!r} is too long (key and value at most {settings.max_label_bytes} bytes)")
         clean[key] = value
     return clean
 
 
+def validate_desktop_size(value: Any) -> str:
+    """``WIDTHxHEIGHT`` or ``WIDTHxHEIGHTxDEPTH`` (depth 16 or 24) within what Xvfb handles well."""
+    match = re.fullmatch(r"(\d{2,5})x(\d{2,5})(?:x(16|24))?", value.strip().lower()) if isinstance(value, str) else None
+    if match is None:
+        raise InvalidRequestError(f"desktopSize must look like 1920x1080 or 1920x1080x24, got {value!r}")
+    width, height = int(match.group(1)), int(match.group(2))
+    if not (64 <= width <= 7680 and 64 <= height <= 4320):
+        raise InvalidRequestError(f"desktopSize must be between 64x64 and 7680x4320, got {value!r}")
+    return f"{width}x{height}x{match.group(3) or 24}"
+
+
 class SessionService:
-    def __init__(self, settings: Settings, store: Store, runtime: Runtime, images: ImageCatalog) -> None:
+    def __init__(self, settings: Settings, store: Store, runtime: Runtime, images: ImageCatalog,
+                 limits: LimitService | None = None) -> None:
         self.settings = settings
+        self.limits = limits or LimitService(settings, store)
         self.store = store
         self.runtime = runtime
         self.images = images
@@ -75,6 +89,8 @@ class SessionService:
         self._releasing: dict[str, asyncio.Task[None]] = {}
         self._lifecycle_task: asyncio.Task[None] | None = None
         self._in_flight: dict[str, int] = {}
+        # Ids of revoked API keys (read from the store each sweep): their sessions are released.
+        self.revoked_owners: Callable[[], set[str]] = set
 
     # ---- start / stop ----------------------------------------------------------------------------
 
@@ -121,12 +137,16 @@ class SessionService:
     # ---- create ----------------------------------------------------------------------------------
 
     async def create(self, owner: str, image_id: str | None, labels: Any = None, idle_timeout_s: Any = None,
-                     policy_id: str | None = None) -> SessionRecord:
+                     policy_id: str | None = None, desktop_size: Any = None) -> SessionRecord:
         image = self.images.get(image_id)
+        if desktop_size not in (None, ""):
+            desktop_size = validate_desktop_size(desktop_size)
         clean_labels = validate_labels(labels, self.settings)
         if idle_timeout_s in (None, "", 0):
             idle = self.settings.default_idle_timeout_s
         else:
+            if isinstance(idle_timeout_s, float | bool):
+                raise InvalidRequestError("timeout must be an integer number of seconds")
             try:
                 idle = int(idle_timeout_s)
             except (TypeError, ValueError) as exc:
@@ -134,9 +154,14 @@ class SessionService:
             if idle < 1:
                 raise InvalidRequestError("timeout must be at least 1 second")
             idle = min(idle, self.settings.max_lifetime_s)
+        if policy_id is not None and not isinstance(policy_id, str):
+            raise InvalidRequestError("mcpPolicyId must be a string")
         active = len(self.store.sessions(statuses=ACTIVE_STATUSES))
         if active >= self.settings.max_sessions:
             raise LimitExceededError(f"too many active sessions on this server ({active}); release some first")
+        # No await between this check and put_session below: concurrent creates cannot both slip in.
+        self.limits.check_new_session(owner, [self._footprint(r) for r in self.store.sessions(
+            owner=owner, statuses=ACTIVE_STATUSES)], image.limits.memory_bytes, image.limits.cpus)
         now = time.time()
         record = SessionRecord(
             id=new_session_id(), owner=owner, image_id=image.id, status=SessionStatus.CREATING,
@@ -145,7 +170,7 @@ class SessionService:
             node=getattr(self.runtime, "node", self.runtime.name), policy_id=policy_id or "",
         )
         self.store.put_session(record)
-        spec = self.spec_for(image, record.id)
+        spec = self.spec_for(image, record.id, desktop_size or None)
         try:
             handle = await self.runtime.create(spec)
         except BaseException as exc:
@@ -159,9 +184,21 @@ class SessionService:
             await hook(record)
         return record
 
-    @staticmethod
-    def spec_for(image: Image, session_id: str) -> SandboxSpec:
-        return SandboxSpec(session_id=session_id, image_id=image.id, limits=image.limits, env=dict(image.env))
+    def _footprint(self, record: SessionRecord) -> tuple[int, float]:
+        """(memory bytes, cpus) a session's sandbox may use."""
+        try:
+            limits = self.images.get(record.image_id).limits
+        except AgboxError:  # an image removed since: count nothing rather than fail every create
+            return 0, 0.0
+        return limits.memory_bytes, limits.cpus
+
+    def spec_for(self, image: Image, session_id: str, desktop_size: str | None = None) -> SandboxSpec:
+        env = dict(image.env)
+        if "computer" in image.tool_sets:
+            # The sandbox's agent starts an X desktop of this size (warm-pooled per size like any spec).
+            env["AGBOX_DESKTOP_SIZE"] = desktop_size or self.settings.desktop_size
+        return SandboxSpec(session_id=session_id, image_id=image.id, limits=image.limits, env=env,
+                           ro_binds=image.ro_binds)
 
     # ---- lookup ----------------------------------------------------------------------------------
 
@@ -258,7 +295,7 @@ class SessionService:
     def _start_release(self, record: SessionRecord, reason: str) -> None:
         if record.id in self._releasing:
             return
-        if not self.store.claim_release(record.id):
+        if not self.store.claim_release(record.id, reason):
             return  # already being released (by another replica sharing the store, or earlier)
         record.status = SessionStatus.DELETING
         task = asyncio.create_task(self._release_now(record, reason), name=f"release-{record.id}")
@@ -294,11 +331,14 @@ class SessionService:
 
     def sweep(self) -> None:
         now = time.time()
+        revoked = self.revoked_owners()
         for record in self.store.sessions(statuses=[SessionStatus.RUNNING]):
             if record.id in self._releasing or not self.runtime.manages(record.node):
                 continue
             handle = self.handles.get(record.id) or SandboxHandle(record.id, record.node, record.handle)
-            if not self.runtime.alive(handle):
+            if record.owner in revoked:
+                self._start_release(record, "API key revoked")
+            elif not self.runtime.alive(handle):
                 self._start_release(record, self.runtime.end_reason(handle))
             elif now - record.last_active_at >= record.idle_timeout_s and record.id not in self._in_flight:
                 self._start_release(record, f"idle for {record.idle_timeout_s} s")

@@ -12,10 +12,10 @@ Paths inside a policy (white lists, their excludes, recycle paths) are relative 
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 from agbox.errors import InvalidRequestError
+from agbox.wirejson import clip, loads
 
 LIFECYCLE_DAYS: dict[str, int | None] = {
     "Lifecycle_1Day": 1, "Lifecycle_3Days": 3, "Lifecycle_5Days": 5, "Lifecycle_10Days": 10,
@@ -83,12 +83,16 @@ class Policy:
         if raw in (None, ""):
             return cls()
         if isinstance(raw, str):
-            try:
-                raw = json.loads(raw)
-            except ValueError as exc:
-                raise InvalidRequestError("policy must be a JSON object (SyncPolicy)") from exc
+            raw = loads(raw, "policy (SyncPolicy JSON)")
         if not isinstance(raw, dict):
             raise InvalidRequestError("policy must be a JSON object (SyncPolicy)")
+
+        def listed(value: Any, what: str) -> list[Any]:
+            if value in (None, ""):
+                return []
+            if not isinstance(value, list):
+                raise InvalidRequestError(f"policy: {what} must be a list")
+            return value
 
         def section(name: str) -> dict[str, Any]:
             value = raw.get(name)
@@ -97,8 +101,8 @@ class Policy:
         upload, download = section("uploadPolicy"), section("downloadPolicy")
         recycle, bw = section("recyclePolicy"), section("bwList")
         lifecycle = recycle.get("lifecycle") or "Lifecycle_Forever"
-        if lifecycle not in LIFECYCLE_DAYS:
-            raise InvalidRequestError(f"unknown lifecycle {lifecycle!r}")
+        if not isinstance(lifecycle, str) or lifecycle not in LIFECYCLE_DAYS:
+            raise InvalidRequestError(f"unknown lifecycle {clip(lifecycle, 60)}")
         mapping = str(section("mappingPolicy").get("path") or "").strip()
         policy = cls(
             auto_upload=upload.get("autoUpload", True) is not False,
@@ -108,16 +112,17 @@ class Policy:
             extract={k: v for k, v in section("extractPolicy").items()
                      if k in ("extract", "deleteSrcFile", "extractToCurrentFolder")},
             lifecycle_days=LIFECYCLE_DAYS[lifecycle],
-            recycle_paths=[relative_path(p, allow_root=True) for p in (recycle.get("paths") or [""])],
+            recycle_paths=[relative_path(p, allow_root=True)
+                           for p in (listed(recycle.get("paths"), "recyclePolicy.paths") or [""])],
             mapping=context_key(mapping, allow_root=True) if mapping else "",
         )
-        for white in bw.get("whiteLists") or []:
+        for white in listed(bw.get("whiteLists"), "bwList.whiteLists"):
             if not isinstance(white, dict):
                 continue
             path = relative_path(str(white.get("path") or ""), allow_root=True)
             if path:
                 policy.include.append(path)
-            for excluded in white.get("excludePaths") or []:
+            for excluded in listed(white.get("excludePaths"), "whiteLists.excludePaths"):
                 rel = relative_path(str(excluded), allow_root=True)
                 rel = rel if not path or under(rel, path) else f"{path}/{rel}"
                 if rel:

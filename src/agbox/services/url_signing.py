@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agbox.errors import AgboxError
+from agbox.wirejson import same_secret
 
 
 def load_secret(path: Path) -> bytes:
@@ -40,8 +41,8 @@ def sign(secret: bytes, claims: dict[str, Any]) -> str:
 def verify(secret: bytes, token: str) -> dict[str, Any]:
     """The claims of a token signed with ``secret``; ``AgboxError`` for anything else."""
     body, _, signature = token.partition(".")
-    expected = hmac.new(secret, body.encode(), hashlib.sha256).hexdigest()
-    if not signature or not hmac.compare_digest(signature, expected):
+    expected = hmac.new(secret, body.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+    if not same_secret(signature, expected):  # any text, also non-ASCII, is simply a wrong signature
         raise AgboxError("bad signature")
     try:
         claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))

@@ -25,6 +25,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def revoke_key(self, key_id: str, when: float) -> bool: ...
 
+    @abc.abstractmethod
+    def key_by_id(self, key_id: str) -> ApiKeyRecord | None: ...
+
+    @abc.abstractmethod
+    def set_key_limits(self, key_id: str, limits: dict[str, float]) -> bool:
+        """Replace the key's limit overrides; False if there is no such key."""
+
     # ---- sessions
     @abc.abstractmethod
     def put_session(self, record: SessionRecord) -> None:
@@ -47,5 +54,6 @@ class Store(abc.ABC):
     def set_labels(self, session_id: str, labels: dict[str, str]) -> None: ...
 
     @abc.abstractmethod
-    def claim_release(self, session_id: str) -> bool:
-        """Move an active session to DELETING; True for the one caller (of any replica) that did it."""
+    def claim_release(self, session_id: str, reason: str = "") -> bool:
+        """Move an active session to DELETING with its finish reason (so calls in the meantime can say
+        why it ended); True for the one caller (of any replica) that did it."""

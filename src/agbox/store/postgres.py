@@ -131,6 +131,9 @@ UPDATE context_bindings SET base = (
 WHERE base <> '{}';
 INSERT INTO context_meta (name, value) VALUES ('key_space', 'absolute-sandbox-paths');
 """),
+    (3, "per-key limit overrides", """
+ALTER TABLE api_keys ADD COLUMN limits TEXT NOT NULL DEFAULT '{}';
+"""),
 )
 
 # Columns that exist only here: SQLite orders by its implicit rowid, which a REPLACE renews; ``seq``
@@ -209,7 +212,12 @@ def _redacted(url: str) -> str:
 
 _SESSION_COLUMNS = ("id, owner, image_id, status, labels, created_at, last_active_at, idle_timeout_s, expires_at, "
                     "token, node, handle, policy_id, finished_at, finish_reason")
-_KEY_COLUMNS = "id, name, key_hash, prefix, created_at, revoked_at"
+_KEY_COLUMNS = "id, name, key_hash, prefix, created_at, revoked_at, limits"
+
+
+def _key(row: tuple[Any, ...]) -> ApiKeyRecord:
+    key_id, name, key_hash, prefix, created, revoked, limits = row
+    return ApiKeyRecord(key_id, name, key_hash, prefix, created, revoked, json.loads(limits or "{}"))
 
 
 class PostgresStore(Store):
@@ -226,15 +234,23 @@ class PostgresStore(Store):
     # ---- API keys
 
     def add_key(self, record: ApiKeyRecord) -> None:
-        self.db.exec(f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
-                     (record.id, record.name, record.key_hash, record.prefix, record.created_at, record.revoked_at))
+        self.db.exec(f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                     (record.id, record.name, record.key_hash, record.prefix, record.created_at, record.revoked_at,
+                      json.dumps(record.limits)))
 
     def key_by_hash(self, key_hash: str) -> ApiKeyRecord | None:
         rows = self.db.exec(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = %s", (key_hash,))
-        return ApiKeyRecord(*rows[0]) if rows else None
+        return _key(rows[0]) if rows else None
+
+    def key_by_id(self, key_id: str) -> ApiKeyRecord | None:
+        rows = self.db.exec(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = %s", (key_id,))
+        return _key(rows[0]) if rows else None
 
     def list_keys(self) -> list[ApiKeyRecord]:
-        return [ApiKeyRecord(*row) for row in self.db.exec(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at")]
+        return [_key(row) for row in self.db.exec(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at")]
+
+    def set_key_limits(self, key_id: str, limits: dict[str, float]) -> bool:
+        return self.db.exec_count("UPDATE api_keys SET limits = %s WHERE id = %s", (json.dumps(limits), key_id)) > 0
 
     def revoke_key(self, key_id: str, when: float) -> bool:
         return self.db.exec_count("UPDATE api_keys SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL",
@@ -290,13 +306,14 @@ class PostgresStore(Store):
     def set_labels(self, session_id: str, labels: dict[str, str]) -> None:
         self.db.exec("UPDATE sessions SET labels = %s WHERE id = %s", (json.dumps(labels), session_id))
 
-    def claim_release(self, session_id: str) -> bool:
+    def claim_release(self, session_id: str, reason: str = "") -> bool:
         # SKIP LOCKED: a replica claiming the same session right now holds the row; this one backs off
         # at once instead of waiting to find it already claimed.
         rows = self.db.exec(
             "WITH mine AS (SELECT id FROM sessions WHERE id = %s AND status = ANY(%s) FOR UPDATE SKIP LOCKED) "
-            "UPDATE sessions SET status = %s FROM mine WHERE sessions.id = mine.id RETURNING sessions.id",
-            (session_id, [s.value for s in ACTIVE_STATUSES], SessionStatus.DELETING.value))
+            "UPDATE sessions SET status = %s, finish_reason = %s FROM mine WHERE sessions.id = mine.id "
+            "RETURNING sessions.id",
+            (session_id, [s.value for s in ACTIVE_STATUSES], SessionStatus.DELETING.value, reason))
         return bool(rows)
 
 

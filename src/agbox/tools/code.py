@@ -6,6 +6,7 @@ from typing import Any
 
 from agbox.errors import InvalidRequestError
 from agbox.tools.base import ToolContext, ToolDef, ToolOutput, arg_int, json_text, schema
+from agbox.wirejson import json_type
 
 LANGUAGES = ("python", "javascript", "java", "r")
 ALIASES = {"py": "python", "python3": "python", "js": "javascript", "node": "javascript", "nodejs": "javascript"}
@@ -54,7 +55,7 @@ async def run_code(ctx: ToolContext, args: dict[str, Any]) -> ToolOutput:
     code = args.get("code")
     if not isinstance(code, str):
         raise InvalidRequestError("missing required argument 'code'" if code is None
-                                  else f"argument 'code' must be a string, got {type(code).__name__}")
+                                  else f"argument 'code' must be a string, got {json_type(code)}")
     language = normalize_language(args.get("language"))
     timeout_s = arg_int(args, "timeout_s", DEFAULT_TIMEOUT_S, minimum=1, maximum=MAX_TIMEOUT_S)
     result = await ctx.agent("run_code", {
