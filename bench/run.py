@@ -38,7 +38,7 @@ if str(BENCH_DIR) not in sys.path:
 import benchlib as B  # noqa: E402
 
 # Families run in this order; any other bench_*.py follows alphabetically.
-ORDER = ["create", "tti", "tool", "mcp", "links", "files", "disk", "code", "browser", "startup", "density", "peer"]
+ORDER = ["create", "tti", "tool", "mcp", "links", "files", "disk", "code", "browser", "startup", "density", "load", "peer"]
 
 # (label, row key, field, comparison, threshold, unit). "field" may be p50_ms, value or delta_ms.
 TARGETS: list[tuple[str, str, str, str, float, str]] = [
@@ -62,6 +62,9 @@ TARGETS: list[tuple[str, str, str, str, float, str]] = [
     ("desktop ready p50 <= 1000 ms (warm pool off)", "desktop.ready_cold", "p50_ms", "<=", 1000, "ms"),
     ("screenshot p50 <= 50 ms at 1920x1080", "desktop.screenshot_static", "p50_ms", "<=", 50, "ms"),
     (">= 30 desktop sessions alive at once", "desktop.alive", "value", ">=", 30, "sessions"),
+    ("load: 0 errors, 50 concurrent clients (create, tools, link, release)", "load.errors", "value", "<=", 0,
+     "errors"),
+    ("load: create p99 < 1 s at 50 concurrent clients", "load.create", "p99_ms", "<=", 1000, "ms"),
 ]
 
 

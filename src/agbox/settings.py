@@ -45,6 +45,11 @@ class Settings:
     prewarm_images: tuple[str, ...] = ("agb-code-space-1",)
     # Extra image files (TOML); an image here with a built-in id replaces it (e.g. other limits).
     images_dir: Path | None = None
+    # The language model behind the browser tools act/observe/extract: an OpenAI-compatible
+    # chat-completions endpoint (base URL, model name, key). None = those tools say no model is configured.
+    browser_model_url: str | None = None
+    browser_model: str = "gpt-4o-mini"
+    browser_model_api_key: str | None = dataclasses.field(default=None, repr=False)
     reap_interval_s: float = 1.0
     # How long a server trusts what it read about an API key (revocation takes effect within this).
     key_cache_ttl_s: float = 1.0
@@ -86,6 +91,9 @@ class Settings:
             "AGBOX_RUNTIME": ("runtime", str),
             "AGBOX_IMAGES_DIR": ("images_dir", Path),
             "AGBOX_WARM_POOL": ("warm_pool_size", int),
+            "AGBOX_BROWSER_MODEL_URL": ("browser_model_url", str),
+            "AGBOX_BROWSER_MODEL": ("browser_model", str),
+            "AGBOX_BROWSER_MODEL_API_KEY": ("browser_model_api_key", str),
             "AGBOX_KEY_MAX_SESSIONS": ("key_max_sessions", int),
             "AGBOX_KEY_MAX_MEMORY_BYTES": ("key_max_memory_bytes", int),
             "AGBOX_KEY_MAX_CPUS": ("key_max_cpus", float),

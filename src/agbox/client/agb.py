@@ -31,6 +31,8 @@ class CreateSessionParams:
     idle_release_timeout: int | None = None
     # agbox extension: screen of a desktop image, "WIDTHxHEIGHT" or "WIDTHxHEIGHTxDEPTH".
     desktop_size: str | None = None
+    # A BrowserContext (agbox.client.browser): the browser profile, and optionally a fingerprint, in contexts.
+    browser_context: Any = None
 
     def __post_init__(self) -> None:
         self.labels = self.labels or {}
@@ -88,7 +90,10 @@ class AGB:
             body["mcpPolicyId"] = params.policy_id
         if params.desktop_size:
             body["desktopSize"] = params.desktop_size
-        persistence = [sync.to_wire() for sync in params.context_syncs if hasattr(sync, "to_wire")]
+        syncs = list(params.context_syncs)
+        if params.browser_context is not None:  # after the caller's own, as the official SDK orders them
+            syncs.extend(params.browser_context.context_syncs())
+        persistence = [sync.to_wire() for sync in syncs if hasattr(sync, "to_wire")]
         if persistence:
             body["persistenceDataList"] = persistence
         response = self._backend.call("createSession", {"imageId": params.image_id}, body)

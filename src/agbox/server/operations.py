@@ -149,6 +149,8 @@ OPERATIONS: dict[str, Operation] = {o.op: o for o in (
     ), OBJECT),
     Operation("getCdpLink", "POST", "/internet/getCdpLink", "The session browser's CDP WebSocket URL",
               (SESSION_ID_QUERY,), OBJECT),
+    Operation("getBrowserLiveView", "POST", "/browser/liveView",
+              "A URL of a page that shows the session browser's screen, live; data.url", (SESSION_ID_QUERY,), OBJECT),
     # ---- contexts
     Operation("listContexts", "GET", "/sdk/ListContexts", "List this key's contexts", PAGING, {"type": "array"}),
     Operation("getContext", "GET", "/sdk/GetContext", "Get (or create) a context by id or name", (

@@ -295,7 +295,7 @@ class SessionService:
     def _start_release(self, record: SessionRecord, reason: str) -> None:
         if record.id in self._releasing:
             return
-        if not self.store.claim_release(record.id):
+        if not self.store.claim_release(record.id, reason):
             return  # already being released (by another replica sharing the store, or earlier)
         record.status = SessionStatus.DELETING
         task = asyncio.create_task(self._release_now(record, reason), name=f"release-{record.id}")
@@ -340,7 +340,8 @@ class SessionService:
                 self._start_release(record, "API key revoked")
             elif not self.runtime.alive(handle):
                 self._start_release(record, self.runtime.end_reason(handle))
-            elif now - record.last_active_at >= record.idle_timeout_s and record.id not in self._in_flight:
+            elif now - record.last_active_at >= record.idle_timeout_s and record.id not in self._in_flight \
+                    and not self.runtime.busy(handle):
                 self._start_release(record, f"idle for {record.idle_timeout_s} s")
             elif now >= record.expires_at:
                 self._start_release(record, "maximum lifetime reached")
