@@ -41,6 +41,8 @@ def test_computer_api_over_both_backends(make_session: Any) -> None:
     url = computer.screen.capture()
     assert url.success and "/screenshots/" in url.data
 
+    info = session.info().data
+    assert info["resource_type"] == "Desktop" and info["resource_url"].endswith(info["auth_code"] + "/")
     assert "xterm" in {a.start_cmd for a in computer.app.list_installed().data}
     assert pid in {p.pid for p in computer.list_visible_apps().data}
     assert computer.app.stop_by_pid(pid).success

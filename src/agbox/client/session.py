@@ -153,6 +153,13 @@ class Session:
             return OperationResult(request_id=response.get("requestId", ""), success=False,
                                    error_message=envelope_error(response, "No resource data found in response"))
         info = {"session_id": data.get("sessionId", ""), "resource_url": data.get("resourceUrl", "")}
+        desktop = data.get("desktopInfo")
+        if isinstance(desktop, dict) and desktop:
+            # Desktop sessions, as the official SDK maps them (live view secrets and connection details).
+            for key, wire_key in (("app_id", "appId"), ("auth_code", "authCode"), ("resource_id", "resourceId"),
+                                  ("connection_properties", "connectionProperties"),
+                                  ("resource_type", "resourceType"), ("ticket", "ticket")):
+                info[key] = desktop.get(wire_key, "")
         return OperationResult(request_id=response.get("requestId", ""), success=True, data=info)
 
     def get_link(self, protocol_type: str | None = None, port: int | None = None) -> OperationResult:

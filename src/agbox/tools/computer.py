@@ -7,6 +7,7 @@ argument types, so a wrong call gets a precise message before it reaches the san
 
 from __future__ import annotations
 
+import base64
 import secrets
 import time
 from collections import OrderedDict
@@ -226,8 +227,6 @@ def screenshot_store(state: dict[str, Any]) -> OrderedDict[str, tuple[float, byt
 
 
 async def system_screenshot(ctx: ToolContext, args: dict[str, Any]) -> ToolOutput:
-    import base64
-
     shot = await _agent(ctx, "desktop_screenshot", {"format": "png"})
     key = secrets.token_urlsafe(18)
     store = screenshot_store(ctx.state)
