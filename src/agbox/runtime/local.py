@@ -6,8 +6,9 @@ Each sandbox gets
 - a writable root: a tmpfs (made inside its mount namespace) sized to the disk limit, with the
   host's ``/usr`` and a sanitized ``/etc`` bound read-only over it, and the agent bound read-only at ``/opt/agbox/agent``;
 - a cgroup with memory, CPU and pids limits, killed as a whole on destroy;
-- no network interface but loopback: links reach its ports through ``connect_port``, which opens
-  the socket inside the sandbox's network namespace.
+- its own network (``runtime/network.py``: a veth, an address, DNS and a policy), or, with networking
+  off, no interface but loopback; either way links reach its ports through ``connect_port``, which
+  opens the socket inside the sandbox's network namespace.
 
 Processes are spawned from one long-lived thread, because bwrap's ``--die-with-parent`` ties the
 sandbox to the thread that forked it; if this process dies, every sandbox dies with it.
@@ -36,9 +37,10 @@ from typing import Any
 
 from agbox.errors import SandboxError
 from agbox.runtime import reaper, seccomp, sysutil
-from agbox.runtime.base import EventCallback, Runtime, SandboxHandle, SandboxSpec, SandboxStats
+from agbox.runtime.base import EventCallback, NetworkPolicy, Runtime, SandboxHandle, SandboxSpec, SandboxStats
 from agbox.runtime.cgroups import CgroupManager, CgroupSet
 from agbox.runtime.channel import AgentChannel
+from agbox.runtime.network import NetworkManager, NetworkOptions, SandboxNetwork
 from agbox.runtime.rootfs import SANDBOX_GID, SANDBOX_HOME, SANDBOX_UID, SANDBOX_USER, build_base
 
 log = logging.getLogger(__name__)
@@ -60,12 +62,14 @@ class _Sandbox:
     bwrap_pid: int
     child_pid: int
     channel: AgentChannel
+    net: SandboxNetwork | None = None
 
 
 class LocalRuntime(Runtime):
     name = "local"
 
-    def __init__(self, data_dir: Path, run_dir: Path = Path("/run/agbox"), warm_pool_size: int = 0) -> None:
+    def __init__(self, data_dir: Path, run_dir: Path = Path("/run/agbox"), warm_pool_size: int = 0,
+                 network: NetworkOptions | None = None) -> None:
         self.data_dir = data_dir
         # Started sandboxes kept ready per spec, so a create is a hand-over instead of a start.
         self.warm_pool_size = warm_pool_size
@@ -87,6 +91,8 @@ class LocalRuntime(Runtime):
         self._bwrap = shutil.which("bwrap") or "/usr/bin/bwrap"
         self._seccomp = seccomp.build_filter()
         self._setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
+        # None: networking is off and sandboxes have only loopback.
+        self.network = NetworkManager(tag, network) if network is not None else None
 
     # ---- node set-up ---------------------------------------------------------------------------
 
@@ -103,6 +109,8 @@ class LocalRuntime(Runtime):
             os.chmod(path, 0o711)
         (self.run_dir / "data_dir").write_text(str(self.data_dir))
         await asyncio.get_running_loop().run_in_executor(None, self._prepare_node)
+        if self.network is not None:
+            await self.network.start()
 
     def _prepare_node(self) -> None:
         self.cgroups.prepare()
@@ -116,6 +124,10 @@ class LocalRuntime(Runtime):
             with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                 os.unlink(entry.path)
         build_base(self.base_dir)
+        if self.network is not None:  # the resolver every sandbox has in its own namespace
+            resolv = self.base_dir / "etc" / "resolv.conf"
+            resolv.unlink(missing_ok=True)  # may be a copied symlink: never write through it
+            resolv.write_text("nameserver 127.0.0.53\n")
         os.chmod(self.base_dir, 0o755)
         # A copy of the agent, so the sandbox uid can read it wherever agbox is installed.
         agent_copy = self.base_dir / "agent"
@@ -143,6 +155,8 @@ class LocalRuntime(Runtime):
             with contextlib.suppress(Exception):
                 await self.destroy(SandboxHandle(session_id, self.node, {}))
         self._spawner.shutdown(wait=False)
+        if self.network is not None:
+            await self.network.close()
         # The base copy and logs are ours alone (the data dir is locked): leave nothing in /run.
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
@@ -177,7 +191,9 @@ class LocalRuntime(Runtime):
         argv += [
             "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm",
             "--chdir", SANDBOX_HOME, "--hostname", spec.hostname,
-            "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID),
+            # With networking the sandbox joins the namespace it was forked in (runtime/network.py).
+            "--unshare-all", *(["--share-net"] if self.network is not None else []),
+            "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID),
             "--die-with-parent", "--new-session", "--disable-userns", "--info-fd", str(info_fd),
             "/usr/bin/python3", "-I", "-S", f"{AGENT_MOUNT}/main.py",
         ]
@@ -201,7 +217,8 @@ class LocalRuntime(Runtime):
         return ["/bin/sh", "-c", join, "agbox-launch", *group.procs_files(), "--",
                 self._setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--pdeathsig=KILL", "--"]
 
-    def _spawn(self, spec: SandboxSpec, sandbox_id: str, uid: int, group: CgroupSet) -> tuple[int, int, int, int]:
+    def _spawn(self, spec: SandboxSpec, sandbox_id: str, uid: int, group: CgroupSet,
+               net: SandboxNetwork | None) -> tuple[int, int, int, int]:
         """Runs on the spawner thread (fork + exec only). Returns (bwrap pid, info fd, agent stdin, agent stdout)."""
         info_r, info_w = os.pipe()
         seccomp_r: int | None = None
@@ -213,11 +230,12 @@ class LocalRuntime(Runtime):
         out_r, out_w = os.pipe()
         log_fd = os.open(str(self.sandbox_dir / f"{sandbox_id}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            proc = subprocess.Popen(
-                [*self._launcher(group, uid), *self._argv(spec, info_w, seccomp_r)],
-                stdin=in_r, stdout=out_w, stderr=log_fd, env=self._env(spec),
-                pass_fds=(info_w,) if seccomp_r is None else (info_w, seccomp_r), close_fds=True,
-            )
+            with self.network.joined(net) if self.network is not None else contextlib.nullcontext():
+                proc = subprocess.Popen(
+                    [*self._launcher(group, uid), *self._argv(spec, info_w, seccomp_r)],
+                    stdin=in_r, stdout=out_w, stderr=log_fd, env=self._env(spec),
+                    pass_fds=(info_w,) if seccomp_r is None else (info_w, seccomp_r), close_fds=True,
+                )
         except BaseException:
             for fd in (info_r, in_w, out_r):
                 os.close(fd)
@@ -265,10 +283,13 @@ class LocalRuntime(Runtime):
         uid = self._allocate_uid()
         group: CgroupSet | None = None
         channel: AgentChannel | None = None
+        net: SandboxNetwork | None = None
         try:
             group = self.cgroups.create(sandbox_id, spec.limits.memory_bytes, spec.limits.cpus, spec.limits.pids)
+            if self.network is not None:
+                net = await self.network.create(spec.network)
             bwrap_pid, info_r, in_w, out_r = await loop.run_in_executor(
-                self._spawner, self._spawn, spec, sandbox_id, uid, group)
+                self._spawner, self._spawn, spec, sandbox_id, uid, group, net)
             channel = AgentChannel(in_w, out_r, sandbox_id)
             await channel.open()
             child_pid = await loop.run_in_executor(None, self._await_info, sandbox_id, info_r)
@@ -277,12 +298,16 @@ class LocalRuntime(Runtime):
                 await asyncio.wait_for(channel.ready, READY_TIMEOUT_S)
             except (TimeoutError, SandboxError) as exc:
                 raise SandboxError(f"the sandbox agent did not start: {self._log_tail(sandbox_id)}") from exc
-            return _Sandbox(sandbox_id, spec, uid, group, bwrap_pid, child_pid, channel)
+            if self.network is not None and net is not None:
+                await loop.run_in_executor(None, self.network.wait_ready, net)
+            return _Sandbox(sandbox_id, spec, uid, group, bwrap_pid, child_pid, channel, net)
         except BaseException:
             if group is not None:
                 await loop.run_in_executor(None, self._kill_group, group)
             if channel is not None:
                 await channel.close()
+            if self.network is not None and net is not None:
+                await self.network.destroy(net)
             self._remove_log(sandbox_id)
             self._used_uids.discard(uid)
             raise
@@ -341,6 +366,12 @@ class LocalRuntime(Runtime):
         sandbox = self._take_warm(spec)
         if sandbox is None:
             sandbox = await self._start_sandbox(spec)
+        elif self.network is not None and sandbox.net is not None and spec.network is not None:
+            try:  # warm sandboxes start with the default policy: usually nothing to do here
+                self.network.apply(sandbox.net, spec.network)
+            except Exception:
+                await self._destroy_sandbox(sandbox)
+                raise
         self._sandboxes[spec.session_id] = sandbox
         self._refill(spec)
         return SandboxHandle(spec.session_id, self.node, {
@@ -371,11 +402,14 @@ class LocalRuntime(Runtime):
         sandbox = self._get(handle)
         limits = sandbox.spec.limits
         rx = tx = 0
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{sandbox.child_pid}/net/dev").read_text().splitlines()[2:]:
-                fields = line.split(":", 1)[1].split()
-                rx += int(fields[0])
-                tx += int(fields[8])
+        if self.network is not None and sandbox.net is not None:
+            rx, tx = self.network.counters(sandbox.net)
+        else:
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{sandbox.child_pid}/net/dev").read_text().splitlines()[2:]:
+                    fields = line.split(":", 1)[1].split()
+                    rx += int(fields[0])
+                    tx += int(fields[8])
         # The sandbox's root as its own processes see it (the tmpfs lives in its mount namespace).
         vfs = os.statvfs(f"/proc/{sandbox.child_pid}/root/")
         return SandboxStats(
@@ -388,6 +422,17 @@ class LocalRuntime(Runtime):
             rx_bytes=rx, tx_bytes=tx,
             pids=self.cgroups.pids_current(sandbox.group),
         )
+
+    async def set_network_policy(self, handle: SandboxHandle, policy: NetworkPolicy) -> dict[str, Any]:
+        sandbox = self._get(handle)
+        if self.network is None or sandbox.net is None:
+            raise SandboxError("networking is off on this server")
+        self.network.apply(sandbox.net, policy)
+        return sandbox.net.describe()
+
+    def network_info(self, handle: SandboxHandle) -> dict[str, Any] | None:
+        sandbox = self._sandboxes.get(handle.session_id)
+        return sandbox.net.describe() if sandbox is not None and sandbox.net is not None else None
 
     async def connect_port(self, handle: SandboxHandle, port: int) -> socket.socket:
         sandbox = self._get(handle)
@@ -429,6 +474,8 @@ class LocalRuntime(Runtime):
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._kill_group, sandbox.group)
         await sandbox.channel.close()
+        if self.network is not None and sandbox.net is not None:
+            await self.network.destroy(sandbox.net)
         self._remove_log(sandbox.id)
         self._used_uids.discard(sandbox.uid)
 

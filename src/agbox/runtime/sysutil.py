@@ -1,4 +1,4 @@
-"""Thin ctypes wrappers for the few syscalls the standard library lacks (setns)."""
+"""Thin ctypes wrappers for the few syscalls the standard library lacks (setns, unshare)."""
 
 from __future__ import annotations
 
@@ -19,3 +19,7 @@ def _check(result: int, what: str) -> None:
 
 def setns(fd: int, nstype: int) -> None:
     _check(_libc.setns(fd, nstype), "setns")
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")

@@ -37,6 +37,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "getMcpResource": ("POST", "/mcp/getMcpResource"),
     "listTools": ("POST", "/mcp/listTools"),
     "callMcpTool": ("POST", "/mcp"),
+    "setNetworkPolicy": ("POST", "/mcp/setNetworkPolicy"),  # ours: change a running session's policy
     # Handled by the links feature module; listed here so SDK clients know the route without a platform.
     "getLink": ("GET", "/internet/getLink"),
 }
@@ -92,6 +93,7 @@ class WireApi:
             "getMcpResource": self._get_mcp_resource,
             "listTools": self._list_tools,
             "callMcpTool": self._call_tool,
+            "setNetworkPolicy": self._set_network_policy,
         }
         # Feature modules (links, contexts, ...) add operations through register().
         self.extra_ops: dict[str, Callable[[str, Params, str], Awaitable[dict[str, Any]]]] = {}
@@ -141,8 +143,9 @@ class WireApi:
     # ---- operations ------------------------------------------------------------------------------------
 
     async def _create_session(self, owner: str, p: Params, rid: str) -> dict[str, Any]:
+        # networkPolicy is ours (beside the official fields): the official SDK never sends it.
         record = await self.sessions.create(owner, p.get("imageId"), p.get("labels"), p.get("timeout"),
-                                            p.get("mcpPolicyId"))
+                                            p.get("mcpPolicyId"), p.get("networkPolicy"))
         extra = self.platform.extensions.get("on_create")
         if extra is not None:
             await extra(record, p)
@@ -189,7 +192,12 @@ class WireApi:
     async def _get_mcp_resource(self, owner: str, p: Params, rid: str) -> dict[str, Any]:
         record = self.sessions.get(owner, p.get("sessionId"))
         urls = self.session_urls(record)
-        return envelope(rid, {"sessionId": record.id, "resourceUrl": urls["resourceUrl"]})
+        return envelope(rid, {"sessionId": record.id, "resourceUrl": urls["resourceUrl"],
+                              "network": self.sessions.network_info(record)})
+
+    async def _set_network_policy(self, owner: str, p: Params, rid: str) -> dict[str, Any]:
+        network = await self.sessions.set_network_policy(owner, p.get("sessionId"), p.get("networkPolicy"))
+        return envelope(rid, {"sessionId": p.get("sessionId"), "network": network})
 
     async def _list_tools(self, owner: str, p: Params, rid: str) -> dict[str, Any]:
         image_id = p.get("imageId") or "agb-code-space-1"

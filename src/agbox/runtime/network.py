@@ -1,0 +1,415 @@
+"""A network per sandbox: its own namespace with a veth to the host, an address from a subnet pool, a
+default route, a resolver, and two layers of nftables rules.
+
+- The namespace is made by this (root) process with ``unshare`` on a dedicated thread and held only
+  through a file descriptor: it belongs to the host's user namespace, so nothing inside the sandbox
+  (not even uid 0 of its own user namespace) can change its addresses, routes or rules; and when this
+  process dies the namespace, its veth pair and its rules vanish with it.
+- The sandbox is started inside it (the spawner thread joins it before forking; bwrap gets
+  ``--share-net``), so the network and its policy are in place before any sandbox code runs.
+- Host layer (one table per server, ``inet agbox_<tag>``): what no policy opens. Sandboxes reach no
+  host address (input: reject), no other sandbox, no metadata/loopback/multicast range, no private
+  range unless the operator opens it, no IPv6; outbound traffic is masqueraded.
+- Every block is a reject: a TCP reset for TCP (an ICMP error reaching a socket while ``connect`` still
+  holds it is only a "soft" error, and the connect would wait for the 1 s SYN retry), ICMP
+  admin-prohibited for everything else; a refused connection fails at once, never by a timeout.
+- Sandbox layer (``inet agbox`` inside the namespace): the session's policy (allow CIDRs, addresses
+  admitted by the resolver for allowed names, deny CIDRs, then the default verdict).
+- DNS: a socket at 127.0.0.53:53 inside the namespace, served by this process (``runtime/dns.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import ipaddress
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from agbox.errors import SandboxError
+from agbox.runtime import sysutil
+from agbox.runtime.base import NetworkPolicy
+from agbox.runtime.dns import LISTEN_ADDRESS, SandboxResolver, parse_upstream
+from agbox.runtime.netlink import Netlink
+from agbox.runtime.nftables import Nft, NftError, library
+
+log = logging.getLogger(__name__)
+
+# Host-side interface names start with this; the host rules match it (shared by every agbox server).
+IFNAME_PREFIX = "agb"
+SANDBOX_IFNAME = "eth0"
+# Never reachable, whatever the policy or the operator says: "this network", loopback, link-local
+# (cloud metadata 169.254.169.254 and the like), multicast and reserved, broadcast, Azure's wireserver.
+NEVER_RANGES = ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/3", "255.255.255.255/32",
+                "168.63.129.16/32")
+# Blocked unless the operator opens a range on purpose (AGBOX_NETWORK_OPEN_RANGES).
+PRIVATE_RANGES = ("10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16", "192.0.0.0/24",
+                  "198.18.0.0/15")
+READY_TIMEOUT_S = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkOptions:
+    """Operator settings: the pool sandbox addresses come from, upstream DNS servers (empty: the host's
+    /etc/resolv.conf), private ranges opened to sandboxes, and the default for ``internet``."""
+
+    pool: str = "10.201.0.0/16"
+    upstream_dns: tuple[str, ...] = ()
+    open_ranges: tuple[str, ...] = ()
+    internet: bool = True
+
+
+@dataclasses.dataclass
+class SandboxNetwork:
+    host_ifname: str
+    address: ipaddress.IPv4Address
+    gateway: ipaddress.IPv4Address
+    netns_fd: int
+    nft: Nft
+    dns_socket: socket.socket
+    policy: NetworkPolicy
+    resolver: SandboxResolver | None = None
+
+    def describe(self) -> dict[str, object]:
+        return {"address": str(self.address), "gateway": str(self.gateway), "dns": LISTEN_ADDRESS,
+                **self.policy.to_wire()}
+
+
+def host_nameservers(path: Path = Path("/etc/resolv.conf")) -> tuple[str, ...]:
+    servers: list[str] = []
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "nameserver":
+                with contextlib.suppress(ValueError):
+                    servers.append(str(ipaddress.IPv4Address(parts[1])))
+    return tuple(servers)
+
+
+def _nft_set(values: tuple[str, ...]) -> str:
+    return "{ " + ", ".join(values) + " }"
+
+
+def _policy_commands(policy: NetworkPolicy, table: str = "inet agbox") -> str:
+    """Rules of the sandbox layer for ``policy`` (the chain and sets already exist and are empty)."""
+    lines = []
+    if policy.allow_cidrs:
+        lines.append(f"add element {table} allow4 {_nft_set(policy.allow_cidrs)}")
+    if policy.deny_cidrs:
+        lines.append(f"add element {table} deny4 {_nft_set(policy.deny_cidrs)}")
+    chain = f"add rule {table} output"
+    reject = "goto refuse"
+    lines += [
+        f'{chain} oif "lo" accept',  # links and servers inside the sandbox; the resolver
+        f"{chain} meta nfproto ipv6 {reject}",
+        f"{chain} ip daddr @allow4 accept",
+        f"{chain} ip daddr @named4 accept",
+        f"{chain} ip daddr @deny4 {reject}",
+        f"{chain} accept" if policy.internet else f"{chain} {reject}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+SANDBOX_TABLE = """
+add table inet agbox
+add set inet agbox allow4 { type ipv4_addr; flags interval; auto-merge; }
+add set inet agbox deny4 { type ipv4_addr; flags interval; auto-merge; }
+add set inet agbox named4 { type ipv4_addr; }
+add chain inet agbox output { type filter hook output priority filter; policy accept; }
+add chain inet agbox refuse
+add rule inet agbox refuse meta l4proto tcp reject with tcp reset
+add rule inet agbox refuse reject with icmpx admin-prohibited
+"""
+
+
+class NetworkManager:
+    """Creates, re-polices and tears down sandbox networks for one runtime (one data dir)."""
+
+    def __init__(self, tag: str, options: NetworkOptions) -> None:
+        self.options = options
+        self.tag = tag
+        self.table = f"agbox_{tag}"
+        self.alias = f"agbox {tag}"
+        self.default_policy = NetworkPolicy(internet=options.internet)
+        try:
+            self.pool = ipaddress.IPv4Network(options.pool)
+            for raw in options.open_ranges:
+                ipaddress.IPv4Network(raw, strict=False)
+        except ValueError as exc:
+            raise SandboxError(f"bad network setting (AGBOX_NETWORK_POOL / AGBOX_NETWORK_OPEN_RANGES): {exc}") from exc
+        self._slots = self.pool.num_addresses // 4
+        self._cursor = 0
+        self._used: set[str] = set()
+        self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="agbox-net")
+        self._host: Netlink | None = None
+        self._host_nft: Nft | None = None
+        self._host_netns = -1
+        self.upstreams: tuple[tuple[str, int], ...] = ()
+
+    # ---- node ------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._prepare)
+
+    def _prepare(self) -> None:
+        """Check what networking needs (and say what is missing), remove what a crashed server of this
+        data dir left, and install the host layer."""
+        try:
+            library()
+        except OSError as exc:
+            raise SandboxError(f"networking needs libnftables (Debian package nftables): {exc}. "
+                               "Install it (`make install`) or turn networking off (AGBOX_NETWORK=off)") from exc
+        if not os.path.exists("/proc/sys/net/ipv4/ip_forward"):
+            raise SandboxError("networking needs IPv4 forwarding, which this kernel lacks; "
+                               "turn networking off (AGBOX_NETWORK=off)")
+        if Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() != "1":
+            try:
+                Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
+            except OSError as exc:
+                raise SandboxError(f"networking needs IPv4 forwarding (net.ipv4.ip_forward=1) and it could not be "
+                                   f"turned on ({exc.strerror}); set it on the host or turn networking off "
+                                   "(AGBOX_NETWORK=off)") from exc
+            log.warning("turned on IPv4 forwarding (net.ipv4.ip_forward=1) for sandbox networks")
+        self._check_ranges()
+        upstream = self.options.upstream_dns or host_nameservers()
+        try:
+            self.upstreams = tuple(parse_upstream(server) for server in upstream)
+        except ValueError as exc:
+            raise SandboxError(f"upstream DNS servers must be IPv4 addresses (optionally :port): {upstream}") from exc
+        if not self.upstreams:
+            log.warning("no upstream DNS server (AGBOX_NETWORK_DNS unset and none in /etc/resolv.conf): "
+                        "sandboxes can reach addresses but resolve no names")
+        self._host_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self._host = Netlink()
+        self._remove_leftovers()
+        self._host_nft = Nft()
+        try:
+            self._host_nft.run(self._host_table())
+        except NftError as exc:
+            raise SandboxError(f"networking could not install its nftables rules (does the kernel have nf_tables "
+                               f"with nat and reject?): {exc}") from exc
+
+    def _check_ranges(self) -> None:
+        if self.pool.prefixlen > 29:
+            raise SandboxError(f"the subnet pool {self.pool} is too small (at least a /29)")
+        for name in NEVER_RANGES:
+            if self.pool.overlaps(ipaddress.IPv4Network(name)):
+                raise SandboxError(f"the subnet pool {self.pool} overlaps the reserved range {name}")
+        for raw in self.options.open_ranges:
+            opened = ipaddress.IPv4Network(raw, strict=False)
+            for name in NEVER_RANGES:
+                if opened.overlaps(ipaddress.IPv4Network(name)):
+                    raise SandboxError(f"{opened} cannot be opened to sandboxes: it overlaps {name}")
+        # The pool must not hide a network the host already routes to (it would shadow it, or be shadowed).
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/net/route").read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[0].startswith(IFNAME_PREFIX):
+                    continue
+                dest = ipaddress.IPv4Address(int(fields[1], 16).to_bytes(4, "little"))
+                mask = ipaddress.IPv4Address(int(fields[7], 16).to_bytes(4, "little"))
+                route = ipaddress.IPv4Network(f"{dest}/{mask}", strict=False)
+                if route.prefixlen and route.overlaps(self.pool):
+                    raise SandboxError(f"the subnet pool {self.pool} overlaps the host's route {route} on "
+                                       f"{fields[0]}; choose another pool (AGBOX_NETWORK_POOL)")
+
+    def _host_table(self) -> str:
+        reject = "goto refuse"
+        ours = f'iifname "{IFNAME_PREFIX}*"'
+        opened = tuple(str(ipaddress.IPv4Network(r, strict=False)) for r in self.options.open_ranges)
+        open_rule = f"add rule inet {self.table} forward {ours} ip daddr {_nft_set(opened)} accept\n" if opened else ""
+        # "add" then "delete" removes a table of a crashed earlier run whether or not there is one.
+        return (
+            f"add table inet {self.table}\ndelete table inet {self.table}\nadd table inet {self.table}\n"
+            f"add chain inet {self.table} refuse\n"
+            f"add rule inet {self.table} refuse meta l4proto tcp reject with tcp reset\n"
+            f"add rule inet {self.table} refuse reject with icmpx admin-prohibited\n"
+            f"add chain inet {self.table} input {{ type filter hook input priority filter - 5; policy accept; }}\n"
+            f"add rule inet {self.table} input {ours} {reject}\n"
+            f"add chain inet {self.table} forward {{ type filter hook forward priority filter - 5; policy accept; }}\n"
+            f'add rule inet {self.table} forward {ours} oifname "{IFNAME_PREFIX}*" {reject}\n'
+            f"add rule inet {self.table} forward {ours} meta nfproto ipv6 {reject}\n"
+            f"add rule inet {self.table} forward {ours} ip daddr {_nft_set(NEVER_RANGES)} {reject}\n"
+            f"{open_rule}"
+            f"add rule inet {self.table} forward {ours} ip daddr {_nft_set(PRIVATE_RANGES)} {reject}\n"
+            f'add rule inet {self.table} forward oifname "{IFNAME_PREFIX}*" ct state established,related accept\n'
+            f'add rule inet {self.table} forward oifname "{IFNAME_PREFIX}*" drop\n'
+            f"add chain inet {self.table} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n"
+            f'add rule inet {self.table} postrouting ip saddr {self.pool} oifname != "{IFNAME_PREFIX}*" masquerade\n'
+        )
+
+    def _remove_leftovers(self) -> None:
+        """Host ends of veths this data dir's earlier process made (normally gone with its namespaces)."""
+        assert self._host is not None
+        for entry in Path("/sys/class/net").glob(f"{IFNAME_PREFIX}*"):
+            with contextlib.suppress(OSError):
+                if (entry / "ifalias").read_text().strip() == self.alias:
+                    self._host.delete_link(entry.name)
+
+    async def close(self) -> None:
+        def close_host() -> None:
+            if self._host_nft is not None:
+                with contextlib.suppress(NftError):
+                    self._host_nft.run(f"delete table inet {self.table}\n")
+                self._host_nft.close()
+                self._host_nft = None
+            if self._host is not None:
+                self._host.close()
+                self._host = None
+            if self._host_netns >= 0:
+                os.close(self._host_netns)
+                self._host_netns = -1
+
+        await asyncio.get_running_loop().run_in_executor(self._thread, close_host)
+        self._thread.shutdown(wait=False)
+
+    # ---- one sandbox -----------------------------------------------------------------------------
+
+    async def create(self, policy: NetworkPolicy | None = None) -> SandboxNetwork:
+        loop = asyncio.get_running_loop()
+        net = await loop.run_in_executor(self._thread, self._create, policy or self.default_policy)
+        try:
+            resolver = SandboxResolver(self.upstreams, net.policy, lambda addresses: self._admit(net, addresses))
+            await loop.create_datagram_endpoint(lambda: resolver, sock=net.dns_socket)
+            net.resolver = resolver
+        except BaseException:
+            await self.destroy(net)
+            raise
+        return net
+
+    def _next_slot(self) -> tuple[str, ipaddress.IPv4Network]:
+        for _ in range(self._slots):
+            index = self._cursor
+            self._cursor = (self._cursor + 1) % self._slots
+            subnet = ipaddress.IPv4Network((int(self.pool.network_address) + 4 * index, 30))
+            name = f"{IFNAME_PREFIX}{int(subnet.network_address):08x}"
+            if name not in self._used and not os.path.exists(f"/sys/class/net/{name}"):
+                return name, subnet
+        raise SandboxError(f"the subnet pool {self.pool} has no free address left")
+
+    def _create(self, policy: NetworkPolicy) -> SandboxNetwork:
+        """Runs on the network thread: it enters the new namespace and comes back."""
+        assert self._host is not None
+        netns_fd = -1
+        inner: Netlink | None = None
+        nft: Nft | None = None
+        dns: socket.socket | None = None
+        name = ""
+        try:
+            sysutil.unshare(sysutil.CLONE_NEWNET)
+            try:
+                netns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                # eth0 will be made without IPv6 (no link-local address); lo keeps ::1 for local servers.
+                Path("/proc/sys/net/ipv6/conf/default/disable_ipv6").write_text("1")
+                inner = Netlink()
+                inner.set_link("lo", up=True)
+                dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                dns.bind((LISTEN_ADDRESS, 53))
+                dns.setblocking(False)
+                nft = Nft()
+                nft.run(SANDBOX_TABLE + _policy_commands(policy))
+                while True:
+                    name, subnet = self._next_slot()
+                    try:
+                        self._host.add_veth(name, SANDBOX_IFNAME, netns_fd)
+                        break
+                    except FileExistsError:  # another agbox server (or a namespace still dying) has it
+                        self._used.add(name)
+                        continue
+                self._used.add(name)
+                gateway, address = subnet[1], subnet[2]
+                eth0 = socket.if_nametoindex(SANDBOX_IFNAME)
+                inner.add_address(eth0, ipaddress.IPv4Interface(f"{address}/30"))
+                inner.set_link(SANDBOX_IFNAME, up=True)
+                inner.add_default_route(gateway, eth0)
+            finally:
+                sysutil.setns(self._host_netns, sysutil.CLONE_NEWNET)
+            Path(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6").write_text("1")
+            self._host.add_address(socket.if_nametoindex(name), ipaddress.IPv4Interface(f"{gateway}/30"))
+            self._host.set_link(name, up=True, alias=self.alias)
+            return SandboxNetwork(name, address, gateway, netns_fd, nft, dns, policy)
+        except BaseException as exc:
+            for closer in (dns, nft):
+                if closer is not None:
+                    closer.close()
+            if netns_fd >= 0:
+                os.close(netns_fd)
+            if name:
+                with contextlib.suppress(OSError):
+                    self._host.delete_link(name)
+                self._used.discard(name)
+            if isinstance(exc, (OSError, NftError)):
+                raise SandboxError(f"could not set up the sandbox network: {exc}") from exc
+            raise
+        finally:
+            if inner is not None:
+                inner.close()
+
+    def wait_ready(self, net: SandboxNetwork) -> None:
+        """Until the kernel has the link's carrier and queue ready (a packet sent before is lost,
+        which would cost the sandbox's first connection a one-second SYN retry)."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        path = Path(f"/sys/class/net/{net.host_ifname}/operstate")
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                if path.read_text().strip() == "up":
+                    return
+            time.sleep(0.001)
+        log.warning("network of %s not up after %s s", net.host_ifname, READY_TIMEOUT_S)
+
+    def apply(self, net: SandboxNetwork, policy: NetworkPolicy) -> None:
+        """Replace the policy in one nft transaction; it applies to open connections at their next packet
+        (the sandbox layer keeps no 'established' shortcut)."""
+        if policy == net.policy:
+            return
+        table = "inet agbox"
+        commands = f"flush chain {table} output\nflush set {table} allow4\nflush set {table} deny4\n"
+        if policy.allow_domains != net.policy.allow_domains:
+            commands += f"flush set {table} named4\n"
+        net.nft.run(commands + _policy_commands(policy))
+        net.policy = policy
+        if net.resolver is not None:
+            net.resolver.policy = policy
+
+    def _admit(self, net: SandboxNetwork, addresses: list[str]) -> None:
+        net.nft.run(f"add element inet agbox named4 {_nft_set(tuple(addresses))}\n")
+
+    @staticmethod
+    def counters(net: SandboxNetwork) -> tuple[int, int]:
+        """(bytes the sandbox received, bytes it sent): the host end's counters, swapped."""
+        stats = Path(f"/sys/class/net/{net.host_ifname}/statistics")
+        try:
+            return int((stats / "tx_bytes").read_text()), int((stats / "rx_bytes").read_text())
+        except OSError:
+            return 0, 0
+
+    async def destroy(self, net: SandboxNetwork) -> None:
+        """Close everything that holds the namespace; the kernel then removes it, its veth pair and its
+        rules (asynchronously, so a name is not reused at once: slots go round-robin)."""
+        if net.resolver is not None:
+            net.resolver.close()
+            net.resolver = None
+        net.dns_socket.close()
+        net.nft.close()
+        if net.netns_fd >= 0:
+            os.close(net.netns_fd)
+            net.netns_fd = -1
+        self._used.discard(net.host_ifname)
+
+    @contextlib.contextmanager
+    def joined(self, net: SandboxNetwork | None) -> Iterator[None]:
+        """The calling thread inside ``net``'s namespace for the block (processes it forks stay there)."""
+        if net is None:
+            yield
+            return
+        sysutil.setns(net.netns_fd, sysutil.CLONE_NEWNET)
+        try:
+            yield
+        finally:
+            sysutil.setns(self._host_netns, sysutil.CLONE_NEWNET)
