@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -40,6 +40,9 @@ NAMES = {
     "private.agbox.test": PRIVATE_ADDRESS,
 }
 BIG_BYTES = 10 * 1024 * 1024
+# For benchmarks: TCP ports that send STREAM_BYTES and close, read until EOF, or echo.
+SOURCE_PORT, SINK_PORT, ECHO_PORT = 9000, 9001, 9002
+STREAM_BYTES = 512 * 1024 * 1024
 ROUTED = ("198.51.100.0/24", "10.99.0.0/24", f"{METADATA_ADDRESS}/32")
 
 
@@ -85,9 +88,7 @@ def _dns_answer(query: bytes) -> bytes | None:
     return struct.pack("!HHHHHH", qid, 0x8180 | (flags & 0x0100), 1, 1, 0, 0) + question + record
 
 
-def _serve_dns() -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((DNS_ADDRESS, 53))
+def _serve_dns(sock: socket.socket) -> None:
     while True:
         data, peer = sock.recvfrom(4096)
         answer = _dns_answer(data)
@@ -95,8 +96,43 @@ def _serve_dns() -> None:
             sock.sendto(answer, peer)
 
 
+def _serve_tcp(listener: socket.socket, handle: Callable[[socket.socket], None]) -> None:
+    def run(conn: socket.socket) -> None:
+        with conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with contextlib.suppress(OSError):
+                handle(conn)
+
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=run, args=(conn,), daemon=True).start()
+
+
+def _source(conn: socket.socket) -> None:
+    chunk = b"\0" * (4 * 1024 * 1024)
+    for _ in range(STREAM_BYTES // len(chunk)):
+        conn.sendall(chunk)
+
+
+def _sink(conn: socket.socket) -> None:
+    buffer = bytearray(4 * 1024 * 1024)
+    while conn.recv_into(buffer):
+        pass
+    conn.sendall(b"done")
+
+
+def _echo(conn: socket.socket) -> None:
+    while data := conn.recv(65536):
+        conn.sendall(data)
+
+
 def serve() -> None:
-    threading.Thread(target=_serve_dns, daemon=True).start()
+    dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dns.bind((DNS_ADDRESS, 53))
+    threading.Thread(target=_serve_dns, args=(dns,), daemon=True).start()
+    for port, handler in ((SOURCE_PORT, _source), (SINK_PORT, _sink), (ECHO_PORT, _echo)):
+        listener = socket.create_server(("0.0.0.0", port), backlog=64)
+        threading.Thread(target=_serve_tcp, args=(listener, handler), daemon=True).start()
     httpd = ThreadingHTTPServer(("0.0.0.0", 80), _Handler)
     print("ready", flush=True)
     httpd.serve_forever()

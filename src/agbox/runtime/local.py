@@ -284,10 +284,14 @@ class LocalRuntime(Runtime):
         group: CgroupSet | None = None
         channel: AgentChannel | None = None
         net: SandboxNetwork | None = None
+        configured: asyncio.Future[None] | None = None
         try:
-            group = self.cgroups.create(sandbox_id, spec.limits.memory_bytes, spec.limits.cpus, spec.limits.pids)
             if self.network is not None:
-                net = await self.network.create(spec.network)
+                # The namespace first (the sandbox is forked into it); the rest of the network is set up
+                # while the sandbox starts, and the sandbox is ready only when both are.
+                net = await self.network.create_namespace(spec.network)
+                configured = asyncio.ensure_future(self.network.configure(net))
+            group = self.cgroups.create(sandbox_id, spec.limits.memory_bytes, spec.limits.cpus, spec.limits.pids)
             bwrap_pid, info_r, in_w, out_r = await loop.run_in_executor(
                 self._spawner, self._spawn, spec, sandbox_id, uid, group, net)
             channel = AgentChannel(in_w, out_r, sandbox_id)
@@ -298,7 +302,8 @@ class LocalRuntime(Runtime):
                 await asyncio.wait_for(channel.ready, READY_TIMEOUT_S)
             except (TimeoutError, SandboxError) as exc:
                 raise SandboxError(f"the sandbox agent did not start: {self._log_tail(sandbox_id)}") from exc
-            if self.network is not None and net is not None:
+            if self.network is not None and net is not None and configured is not None:
+                await configured
                 await loop.run_in_executor(None, self.network.wait_ready, net)
             return _Sandbox(sandbox_id, spec, uid, group, bwrap_pid, child_pid, channel, net)
         except BaseException:
@@ -306,6 +311,9 @@ class LocalRuntime(Runtime):
                 await loop.run_in_executor(None, self._kill_group, group)
             if channel is not None:
                 await channel.close()
+            if configured is not None:  # let it finish (never cancelled mid-way on the network thread)
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(configured)
             if self.network is not None and net is not None:
                 await self.network.destroy(net)
             self._remove_log(sandbox_id)

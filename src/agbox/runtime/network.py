@@ -67,13 +67,13 @@ class NetworkOptions:
 
 @dataclasses.dataclass
 class SandboxNetwork:
-    host_ifname: str
-    address: ipaddress.IPv4Address
-    gateway: ipaddress.IPv4Address
     netns_fd: int
-    nft: Nft
-    dns_socket: socket.socket
-    policy: NetworkPolicy
+    policy: NetworkPolicy = dataclasses.field(default_factory=NetworkPolicy)
+    host_ifname: str = ""
+    address: ipaddress.IPv4Address = dataclasses.field(default_factory=lambda: ipaddress.IPv4Address(0))
+    gateway: ipaddress.IPv4Address = dataclasses.field(default_factory=lambda: ipaddress.IPv4Address(0))
+    nft: Nft | None = None
+    dns_socket: socket.socket | None = None
     resolver: SandboxResolver | None = None
 
     def describe(self) -> dict[str, object]:
@@ -271,13 +271,27 @@ class NetworkManager:
 
     # ---- one sandbox -----------------------------------------------------------------------------
 
-    async def create(self, policy: NetworkPolicy | None = None) -> SandboxNetwork:
+    async def create_namespace(self, policy: NetworkPolicy | None = None) -> SandboxNetwork:
+        """Phase 1, before the sandbox starts: only the namespace (the sandbox is forked into it)."""
+        net = await asyncio.get_running_loop().run_in_executor(self._thread, self._new_namespace)
+        net.policy = policy or self.default_policy
+        return net
+
+    async def configure(self, net: SandboxNetwork) -> None:
+        """Phase 2, while the sandbox's agent starts (no sandbox code runs before the session is handed
+        out, and that waits for this): veth, addresses, route, rules and resolver."""
         loop = asyncio.get_running_loop()
-        net = await loop.run_in_executor(self._thread, self._create, policy or self.default_policy)
+        await loop.run_in_executor(self._thread, self._configure, net)
+        resolver = SandboxResolver(self.upstreams, net.policy, lambda addresses: self._admit(net, addresses))
+        assert net.dns_socket is not None
+        await loop.create_datagram_endpoint(lambda: resolver, sock=net.dns_socket)
+        net.resolver = resolver
+
+    async def create(self, policy: NetworkPolicy | None = None) -> SandboxNetwork:
+        """Both phases at once (for callers that start nothing in between)."""
+        net = await self.create_namespace(policy)
         try:
-            resolver = SandboxResolver(self.upstreams, net.policy, lambda addresses: self._admit(net, addresses))
-            await loop.create_datagram_endpoint(lambda: resolver, sock=net.dns_socket)
-            net.resolver = resolver
+            await self.configure(net)
         except BaseException:
             await self.destroy(net)
             raise
@@ -293,60 +307,54 @@ class NetworkManager:
                 return name, subnet
         raise SandboxError(f"the subnet pool {self.pool} has no free address left")
 
-    def _create(self, policy: NetworkPolicy) -> SandboxNetwork:
-        """Runs on the network thread: it enters the new namespace and comes back."""
-        assert self._host is not None
-        netns_fd = -1
-        inner: Netlink | None = None
-        nft: Nft | None = None
-        dns: socket.socket | None = None
-        name = ""
+    def _new_namespace(self) -> SandboxNetwork:
+        """On the network thread: unshare into a new namespace, keep an fd to it, come back."""
         try:
             sysutil.unshare(sysutil.CLONE_NEWNET)
+        except OSError as exc:
+            raise SandboxError(f"could not create a network namespace: {exc}") from exc
+        try:
+            return SandboxNetwork(netns_fd=os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
+        finally:
+            sysutil.setns(self._host_netns, sysutil.CLONE_NEWNET)
+
+    def _configure(self, net: SandboxNetwork) -> None:
+        """On the network thread: enter the namespace, set it up, come back; the host end last."""
+        assert self._host is not None
+        inner: Netlink | None = None
+        try:
+            sysutil.setns(net.netns_fd, sysutil.CLONE_NEWNET)
             try:
-                netns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
                 # eth0 will be made without IPv6 (no link-local address); lo keeps ::1 for local servers.
                 Path("/proc/sys/net/ipv6/conf/default/disable_ipv6").write_text("1")
                 inner = Netlink()
                 inner.set_link("lo", up=True)
-                dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-                dns.bind((LISTEN_ADDRESS, 53))
-                dns.setblocking(False)
-                nft = Nft()
-                nft.run(SANDBOX_TABLE + _policy_commands(policy))
+                net.dns_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                net.dns_socket.bind((LISTEN_ADDRESS, 53))
+                net.dns_socket.setblocking(False)
+                net.nft = Nft()
+                net.nft.run(SANDBOX_TABLE + _policy_commands(net.policy))
                 while True:
                     name, subnet = self._next_slot()
                     try:
-                        self._host.add_veth(name, SANDBOX_IFNAME, netns_fd)
+                        self._host.add_veth(name, SANDBOX_IFNAME, net.netns_fd)
                         break
                     except FileExistsError:  # another agbox server (or a namespace still dying) has it
                         self._used.add(name)
-                        continue
                 self._used.add(name)
-                gateway, address = subnet[1], subnet[2]
+                net.host_ifname = name
+                net.gateway, net.address = subnet[1], subnet[2]
                 eth0 = socket.if_nametoindex(SANDBOX_IFNAME)
-                inner.add_address(eth0, ipaddress.IPv4Interface(f"{address}/30"))
+                inner.add_address(eth0, ipaddress.IPv4Interface(f"{net.address}/30"))
                 inner.set_link(SANDBOX_IFNAME, up=True)
-                inner.add_default_route(gateway, eth0)
+                inner.add_default_route(net.gateway, eth0)
             finally:
                 sysutil.setns(self._host_netns, sysutil.CLONE_NEWNET)
             Path(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6").write_text("1")
-            self._host.add_address(socket.if_nametoindex(name), ipaddress.IPv4Interface(f"{gateway}/30"))
+            self._host.add_address(socket.if_nametoindex(name), ipaddress.IPv4Interface(f"{net.gateway}/30"))
             self._host.set_link(name, up=True, alias=self.alias)
-            return SandboxNetwork(name, address, gateway, netns_fd, nft, dns, policy)
-        except BaseException as exc:
-            for closer in (dns, nft):
-                if closer is not None:
-                    closer.close()
-            if netns_fd >= 0:
-                os.close(netns_fd)
-            if name:
-                with contextlib.suppress(OSError):
-                    self._host.delete_link(name)
-                self._used.discard(name)
-            if isinstance(exc, (OSError, NftError)):
-                raise SandboxError(f"could not set up the sandbox network: {exc}") from exc
-            raise
+        except (OSError, NftError) as exc:
+            raise SandboxError(f"could not set up the sandbox network: {exc}") from exc
         finally:
             if inner is not None:
                 inner.close()
@@ -368,6 +376,7 @@ class NetworkManager:
         (the sandbox layer keeps no 'established' shortcut)."""
         if policy == net.policy:
             return
+        assert net.nft is not None
         table = "inet agbox"
         commands = f"flush chain {table} output\nflush set {table} allow4\nflush set {table} deny4\n"
         if policy.allow_domains != net.policy.allow_domains:
@@ -378,6 +387,7 @@ class NetworkManager:
             net.resolver.policy = policy
 
     def _admit(self, net: SandboxNetwork, addresses: list[str]) -> None:
+        assert net.nft is not None
         net.nft.run(f"add element inet agbox named4 {_nft_set(tuple(addresses))}\n")
 
     @staticmethod
@@ -395,8 +405,10 @@ class NetworkManager:
         if net.resolver is not None:
             net.resolver.close()
             net.resolver = None
-        net.dns_socket.close()
-        net.nft.close()
+        if net.dns_socket is not None:
+            net.dns_socket.close()
+        if net.nft is not None:
+            net.nft.close()
         if net.netns_fd >= 0:
             os.close(net.netns_fd)
             net.netns_fd = -1
