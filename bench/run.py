@@ -38,7 +38,7 @@ if str(BENCH_DIR) not in sys.path:
 import benchlib as B  # noqa: E402
 
 # Families run in this order; any other bench_*.py follows alphabetically.
-ORDER = ["create", "tti", "tool", "mcp", "links", "files", "startup", "density", "peer"]
+ORDER = ["create", "tti", "tool", "mcp", "links", "files", "network", "startup", "density", "peer"]
 
 # (label, row key, field, comparison, threshold, unit). "field" may be p50_ms, value or delta_ms.
 TARGETS: list[tuple[str, str, str, str, float, str]] = [
@@ -56,6 +56,10 @@ TARGETS: list[tuple[str, str, str, str, float, str]] = [
     (">= 100 creates/s sustained", "create.sustained", "value", ">=", 100, "creates/s"),
     (">= 1000 idle sessions alive (shell p50 <= 100 ms)", "density.max_sessions", "value", ">=", 1000, "sessions"),
     ("<= 10 MiB per idle session (PSS)", "density.pss", "value", "<=", 10, "MiB"),
+    ("networking adds <= 2 ms to a cold create (warm pool off)", "network.create_cold", "delta_ms", "<=", 2, "ms"),
+    ("networking adds nothing to a pooled create (<= 0.1 ms)", "network.create_pooled", "delta_ms", "<=", 0.1, "ms"),
+    ("session TCP download >= 0.7x the host's", "network.throughput_down", "ratio", ">=", 0.7, "x"),
+    ("session TCP upload >= 0.7x the host's", "network.throughput_up", "ratio", ">=", 0.7, "x"),
 ]
 
 

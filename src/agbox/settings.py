@@ -57,11 +57,13 @@ class Settings:
     reap_interval_s: float = 1.0
     # Sandbox networks (runtime/network.py): off = loopback only. The pool sandbox addresses come from,
     # the upstream DNS servers (empty: the host's /etc/resolv.conf), private ranges sandboxes may reach,
-    # and whether a session that does not say gets outbound internet.
+    # more ranges no sandbox may reach (e.g. a LAN outside the private ranges), and whether a session
+    # that does not say gets outbound internet.
     network: bool = True
     network_pool: str = "10.201.0.0/16"
     network_dns: tuple[str, ...] = ()
     network_open_ranges: tuple[str, ...] = ()
+    network_deny_ranges: tuple[str, ...] = ()
     network_internet: bool = True
 
     @classmethod
@@ -92,7 +94,8 @@ class Settings:
         for var, field in (("AGBOX_NETWORK", "network"), ("AGBOX_NETWORK_INTERNET", "network_internet")):
             if env.get(var):
                 values[field] = _flag(var, env[var])
-        for var, field in (("AGBOX_NETWORK_DNS", "network_dns"), ("AGBOX_NETWORK_OPEN_RANGES", "network_open_ranges")):
+        for var, field in (("AGBOX_NETWORK_DNS", "network_dns"), ("AGBOX_NETWORK_OPEN_RANGES", "network_open_ranges"),
+                           ("AGBOX_NETWORK_DENY_RANGES", "network_deny_ranges")):
             if env.get(var) is not None:
                 values[field] = tuple(i.strip() for i in env[var].split(",") if i.strip())
         if env.get("AGBOX_NETWORK_POOL"):

@@ -13,6 +13,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,10 +60,9 @@ def assert_refused(results: dict[str, tuple[str, float]], url: str) -> None:
     assert seconds < 1.0, f"{url} took {seconds} s to fail: blocked connections must fail at once"
 
 
-def host_ifname(address: str) -> str:
-    """The host end of the veth of a sandbox with this address (the name is derived from its /30)."""
-    packed = int.from_bytes(socket.inet_aton(address), "big") & ~3
-    return f"agb{packed:08x}"
+def host_ifname(session: Any) -> str:
+    """The host end of the session's veth."""
+    return str(session.info().data["network"]["hostInterface"])
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +263,7 @@ def test_host_other_sessions_metadata_and_private_ranges_are_unreachable(make: A
         assert httpx.get(f"http://{world.METADATA_ADDRESS}/", timeout=5).text.startswith("stand-in")
         assert httpx.get(f"http://{world.PRIVATE_ADDRESS}/", timeout=5).text.startswith("stand-in")
         # IPv6: the sandbox has no IPv6 address on eth0, the host end none either; link-local of the host fails.
-        host_if = host_ifname(session.info().data["network"]["address"])
+        host_if = host_ifname(session)
         assert "inet6" not in subprocess.run(["ip", "addr", "show", host_if], capture_output=True, text=True).stdout
         link_locals = re.findall(r"inet6 (fe80::\S+)/", subprocess.run(["ip", "-6", "-o", "addr"], capture_output=True,
                                                                         text=True).stdout)
@@ -351,13 +351,13 @@ def test_networks_are_gone_after_release_and_after_kill_9_and_restart(
     try:
         agb = AGB(api_key=API_KEY, endpoint=server.endpoint)
         sessions = [agb.create(CreateSessionParams(image_id="agb-code-space-1")).session for _ in range(3)]
-        names = {host_ifname(s.info().data["network"]["address"]) for s in sessions}
+        names = {host_ifname(s) for s in sessions}
         inodes = {s.command.execute("readlink /proc/self/ns/net", timeout_ms=5000).stdout.strip() for s in sessions}
         assert names <= _links() and len(inodes) == 3
         table = next(line.split()[-1] for line in _tables().splitlines() if "agbox_" in line and
                      line.split()[-1] in {f"agbox_{t}" for t in _tags(data_dir)})
         released = sessions[0]
-        released_name = host_ifname(released.info().data["network"]["address"])
+        released_name = host_ifname(released)
         released_inode = released.command.execute("readlink /proc/self/ns/net", timeout_ms=5000).stdout.strip()
         assert released.delete().success
         wait_for(lambda: released_name not in _links(), 10, what="the released session's veth to go")
@@ -412,18 +412,50 @@ def test_200_sessions_with_networks_at_once(internet: world.StandinInternet, tmp
                                                         "AGBOX_WARM_POOL": "0", "AGBOX_PREWARM_IMAGES": ""})
     agb = AGB(api_key=API_KEY, endpoint=server.endpoint)
     sessions: list[Any] = []
-    addresses: set[str] = set()
+    names: set[str] = set()
     try:
         with ThreadPoolExecutor(4) as pool:
             results = list(pool.map(lambda _: agb.create(CreateSessionParams(image_id="agb-code-space-1")), range(200)))
         sessions = [r.session for r in results if r.success]
         assert len(sessions) == 200, [r.error_message for r in results if not r.success][:3]
         addresses = {s.info().data["network"]["address"] for s in sessions}
-        assert len(addresses) == 200
-        assert {host_ifname(a) for a in addresses} <= _links()
+        names = {host_ifname(s) for s in sessions}
+        assert len(addresses) == 200 and len(names) == 200
+        assert names <= _links()
         for session in (sessions[0], sessions[-1]):
             assert_reached(probe(session, WEB), WEB)
     finally:
         agb.close()
         server.stop()  # a graceful stop releases every other session
-    wait_for(lambda: not ({host_ifname(a) for a in addresses} & _links()), 30, what="all 200 veths to go")
+    wait_for(lambda: not (names & _links()), 30, what="all 200 veths to go")
+
+
+def test_operator_opens_a_private_range_and_denies_another(internet: world.StandinInternet, tmp_path: Path) -> None:
+    from agbox import AGB, CreateSessionParams, NetworkPolicy
+
+    env = {**NET_ENV, "AGBOX_NETWORK_POOL": "10.204.0.0/16", "AGBOX_NETWORK_OPEN_RANGES": "10.99.0.0/24",
+           "AGBOX_NETWORK_DENY_RANGES": "198.51.100.0/24", "AGBOX_PREWARM_IMAGES": ""}
+    server = start_server(tmp_path / "data", extra_env=env)
+    try:
+        agb = AGB(api_key=API_KEY, endpoint=server.endpoint)
+        policy = NetworkPolicy(allow_out=[world.PUBLIC2_ADDRESS, world.PRIVATE_ADDRESS, world.WEB_ADDRESS])
+        session = agb.create(CreateSessionParams(image_id="agb-code-space-1", network=policy)).session
+        try:
+            results = probe(session, f"http://{world.PRIVATE_ADDRESS}/", PUB2, WEB, f"http://{world.METADATA_ADDRESS}/")
+            assert_reached(results, f"http://{world.PRIVATE_ADDRESS}/")  # opened by the operator
+            assert_reached(results, WEB)
+            assert_refused(results, PUB2)  # denied by the operator, whatever the session's allow-list says
+            assert_refused(results, f"http://{world.METADATA_ADDRESS}/")
+        finally:
+            session.delete()
+        agb.close()
+    finally:
+        server.stop()
+
+
+def test_a_bad_network_setting_stops_the_server_at_start_with_the_reason(tmp_path: Path) -> None:
+    env = {**os.environ, "AGBOX_API_KEY": API_KEY, "AGBOX_NETWORK_POOL": "10.201.0.0/30"}
+    result = subprocess.run([sys.executable, "-m", "agbox", "serve", "--port", "0", "--data-dir", str(tmp_path / "d")],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "subnet pool 10.201.0.0/30 is too small" in result.stdout + result.stderr

@@ -92,7 +92,7 @@ class LocalRuntime(Runtime):
         self._seccomp = seccomp.build_filter()
         self._setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
         # None: networking is off and sandboxes have only loopback.
-        self.network = NetworkManager(tag, network) if network is not None else None
+        self.network = NetworkManager(tag, network, run_dir) if network is not None else None
 
     # ---- node set-up ---------------------------------------------------------------------------
 

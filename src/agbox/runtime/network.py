@@ -24,6 +24,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import fcntl
 import ipaddress
 import logging
 import os
@@ -41,7 +42,9 @@ from agbox.runtime.nftables import Nft, NftError, library
 
 log = logging.getLogger(__name__)
 
-# Host-side interface names start with this; the host rules match it (shared by every agbox server).
+# Host-side interface names: "agb" (any agbox sandbox), 3 hex digits of the data dir's tag (this
+# server: its host rules match only its own sandboxes, so servers with other settings do not mix), and
+# the /30's address in hex (unique on the host, so a name taken by another server is simply skipped).
 IFNAME_PREFIX = "agb"
 SANDBOX_IFNAME = "eth0"
 # Never reachable, whatever the policy or the operator says: "this network", loopback, link-local
@@ -57,12 +60,14 @@ READY_TIMEOUT_S = 1.0
 @dataclasses.dataclass(frozen=True)
 class NetworkOptions:
     """Operator settings: the pool sandbox addresses come from, upstream DNS servers (empty: the host's
-    /etc/resolv.conf), private ranges opened to sandboxes, and the default for ``internet``."""
+    /etc/resolv.conf), private ranges opened to sandboxes, the default for ``internet``, and more ranges
+    no sandbox may reach (beside the built-in ones)."""
 
     pool: str = "10.201.0.0/16"
     upstream_dns: tuple[str, ...] = ()
     open_ranges: tuple[str, ...] = ()
     internet: bool = True
+    deny_ranges: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
@@ -78,7 +83,7 @@ class SandboxNetwork:
 
     def describe(self) -> dict[str, object]:
         return {"address": str(self.address), "gateway": str(self.gateway), "dns": LISTEN_ADDRESS,
-                **self.policy.to_wire()}
+                "hostInterface": self.host_ifname, **self.policy.to_wire()}
 
 
 def host_nameservers(path: Path = Path("/etc/resolv.conf")) -> tuple[str, ...]:
@@ -131,18 +136,22 @@ add rule inet agbox refuse reject with icmpx admin-prohibited
 class NetworkManager:
     """Creates, re-polices and tears down sandbox networks for one runtime (one data dir)."""
 
-    def __init__(self, tag: str, options: NetworkOptions) -> None:
+    def __init__(self, tag: str, options: NetworkOptions, run_root: Path = Path("/run/agbox")) -> None:
+        self.run_root = run_root
         self.options = options
         self.tag = tag
         self.table = f"agbox_{tag}"
         self.alias = f"agbox {tag}"
+        self.ifprefix = f"{IFNAME_PREFIX}{tag[:3]}"
         self.default_policy = NetworkPolicy(internet=options.internet)
         try:
             self.pool = ipaddress.IPv4Network(options.pool)
+            self.never = tuple(dict.fromkeys(
+                [*NEVER_RANGES, *(str(ipaddress.IPv4Network(r, strict=False)) for r in options.deny_ranges)]))
             for raw in options.open_ranges:
                 ipaddress.IPv4Network(raw, strict=False)
         except ValueError as exc:
-            raise SandboxError(f"bad network setting (AGBOX_NETWORK_POOL / AGBOX_NETWORK_OPEN_RANGES): {exc}") from exc
+            raise SandboxError(f"bad network setting (AGBOX_NETWORK_POOL / _OPEN_RANGES / _DENY_RANGES): {exc}") from exc
         self._slots = self.pool.num_addresses // 4
         self._cursor = 0
         self._used: set[str] = set()
@@ -189,6 +198,7 @@ class NetworkManager:
         self._host = Netlink()
         self._remove_leftovers()
         self._host_nft = Nft()
+        self._remove_dead_tables()
         try:
             self._host_nft.run(self._host_table())
         except NftError as exc:
@@ -218,10 +228,14 @@ class NetworkManager:
                 if route.prefixlen and route.overlaps(self.pool):
                     raise SandboxError(f"the subnet pool {self.pool} overlaps the host's route {route} on "
                                        f"{fields[0]}; choose another pool (AGBOX_NETWORK_POOL)")
+                blocked = [ipaddress.IPv4Network(r) for r in (*self.never, *PRIVATE_RANGES)]
+                if fields[2] == "00000000" and route.prefixlen and not any(route.subnet_of(b) for b in blocked):
+                    log.warning("sandboxes can reach the host's neighbours on %s (%s): it is not a private range; "
+                                "add it to AGBOX_NETWORK_DENY_RANGES if they should not", route, fields[0])
 
     def _host_table(self) -> str:
         reject = "goto refuse"
-        ours = f'iifname "{IFNAME_PREFIX}*"'
+        ours = f'iifname "{self.ifprefix}*"'
         opened = tuple(str(ipaddress.IPv4Network(r, strict=False)) for r in self.options.open_ranges)
         open_rule = f"add rule inet {self.table} forward {ours} ip daddr {_nft_set(opened)} accept\n" if opened else ""
         # "add" then "delete" removes a table of a crashed earlier run whether or not there is one.
@@ -235,19 +249,46 @@ class NetworkManager:
             f"add chain inet {self.table} forward {{ type filter hook forward priority filter - 5; policy accept; }}\n"
             f'add rule inet {self.table} forward {ours} oifname "{IFNAME_PREFIX}*" {reject}\n'
             f"add rule inet {self.table} forward {ours} meta nfproto ipv6 {reject}\n"
-            f"add rule inet {self.table} forward {ours} ip daddr {_nft_set(NEVER_RANGES)} {reject}\n"
+            f"add rule inet {self.table} forward {ours} ip daddr {_nft_set(self.never)} {reject}\n"
             f"{open_rule}"
             f"add rule inet {self.table} forward {ours} ip daddr {_nft_set(PRIVATE_RANGES)} {reject}\n"
-            f'add rule inet {self.table} forward oifname "{IFNAME_PREFIX}*" ct state established,related accept\n'
-            f'add rule inet {self.table} forward oifname "{IFNAME_PREFIX}*" drop\n'
+            f'add rule inet {self.table} forward oifname "{self.ifprefix}*" ct state established,related accept\n'
+            f'add rule inet {self.table} forward oifname "{self.ifprefix}*" drop\n'
             f"add chain inet {self.table} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n"
             f'add rule inet {self.table} postrouting ip saddr {self.pool} oifname != "{IFNAME_PREFIX}*" masquerade\n'
         )
 
+    def _remove_dead_tables(self) -> None:
+        """Host tables of agbox servers that died (kill -9) and never restarted: a server holds an flock on
+        its data dir while it lives, and its run dir (/run/agbox/<tag>) names that data dir."""
+        assert self._host_nft is not None
+        for line in self._host_nft.run("list tables\n").splitlines():
+            parts = line.split()
+            if len(parts) != 3 or not parts[2].startswith("agbox_") or parts[2] == self.table:
+                continue
+            tag = parts[2].removeprefix("agbox_")
+            try:
+                data_dir = Path((self.run_root / tag / "data_dir").read_text().strip())
+                fd = os.open(data_dir / "lock", os.O_RDWR)
+            except OSError:
+                alive = False
+            else:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    alive = False
+                except BlockingIOError:
+                    alive = True
+                finally:
+                    os.close(fd)  # closing drops a lock we may have taken
+            if not alive:
+                with contextlib.suppress(NftError):
+                    self._host_nft.run(f"delete table inet {parts[2]}\n")
+                log.info("removed the network rules of a dead agbox server (%s)", parts[2])
+
     def _remove_leftovers(self) -> None:
         """Host ends of veths this data dir's earlier process made (normally gone with its namespaces)."""
         assert self._host is not None
-        for entry in Path("/sys/class/net").glob(f"{IFNAME_PREFIX}*"):
+        for entry in Path("/sys/class/net").glob(f"{self.ifprefix}*"):
             with contextlib.suppress(OSError):
                 if (entry / "ifalias").read_text().strip() == self.alias:
                     self._host.delete_link(entry.name)
@@ -302,7 +343,7 @@ class NetworkManager:
             index = self._cursor
             self._cursor = (self._cursor + 1) % self._slots
             subnet = ipaddress.IPv4Network((int(self.pool.network_address) + 4 * index, 30))
-            name = f"{IFNAME_PREFIX}{int(subnet.network_address):08x}"
+            name = f"{self.ifprefix}{int(subnet.network_address):08x}"
             if name not in self._used and not os.path.exists(f"/sys/class/net/{name}"):
                 return name, subnet
         raise SandboxError(f"the subnet pool {self.pool} has no free address left")

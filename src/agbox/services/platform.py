@@ -29,7 +29,7 @@ def make_runtime(settings: Settings) -> Runtime:
         from agbox.runtime.network import NetworkOptions
 
         network = NetworkOptions(settings.network_pool, settings.network_dns, settings.network_open_ranges,
-                                 settings.network_internet) if settings.network else None
+                                 settings.network_internet, settings.network_deny_ranges) if settings.network else None
         return LocalRuntime(settings.data_dir, warm_pool_size=settings.warm_pool_size, network=network)
     raise AgboxError(f"unknown runtime {settings.runtime!r} (available: local)")
 
