@@ -78,6 +78,23 @@ def _settings(data_dir: Path, network: bool, pool: int) -> Any:
                              network_pool="10.209.0.0/16")
 
 
+def _timing(owner: Any, name: str, into: list[float]) -> None:
+    """Wrap the coroutine method ``owner.name`` so each call's duration lands in ``into``."""
+    original = getattr(owner, name)
+
+    async def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return await original(*args, **kwargs)
+        finally:
+            into.append(time.perf_counter() - start)
+
+    setattr(owner, name, timed)
+
+
+PHASES: dict[str, list[float]] = {"namespace": [], "configure": []}
+
+
 async def _creates(root: Path, pool: int, n: int, pace_s: float) -> tuple[list[float], list[float]]:
     """Interleaved service creates: (with network, without), each released right after (not timed)."""
     from agbox.services.platform import Platform
@@ -86,6 +103,10 @@ async def _creates(root: Path, pool: int, n: int, pace_s: float) -> tuple[list[f
     without = Platform(_settings(root / f"nonet-{pool}", False, pool))
     await with_net.start()
     await without.start()
+    if not pool:
+        network = with_net.runtime.network  # type: ignore[attr-defined]
+        _timing(network, "create_namespace", PHASES["namespace"])
+        _timing(network, "configure", PHASES["configure"])
     out: dict[bool, list[float]] = {True: [], False: []}
     try:
         for i in range(n + 3):
@@ -179,6 +200,11 @@ def run(quick: bool) -> list[dict[str, Any]]:
         cold, cold_base = asyncio.run(_creates(root, 0, n, 0.0))
         rows.append(B.row(FAMILY, "create, warm pool off, with network", cold, key="network.create_cold",
                           baseline="same, networking off (interleaved)", baseline_s=cold_base))
+        rows.append(B.row(FAMILY, "network phase 1 on the create path: namespace (unshare)", PHASES["namespace"],
+                          key="network.phase_namespace", note="bwrap no longer makes a network namespace itself"))
+        rows.append(B.row(FAMILY, "network phase 2: veth, addresses, route, rules, resolver (while the agent starts)",
+                          PHASES["configure"], key="network.phase_configure",
+                          note="concurrent with the sandbox start; the create waits for it only if it ends later"))
         pooled, pooled_base = asyncio.run(_creates(root, 1, n, PACE_S))
         rows.append(B.row(FAMILY, "create, warm pool on, with network", pooled, key="network.create_pooled",
                           baseline="same, networking off (interleaved)", baseline_s=pooled_base))

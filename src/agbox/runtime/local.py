@@ -304,7 +304,6 @@ class LocalRuntime(Runtime):
                 raise SandboxError(f"the sandbox agent did not start: {self._log_tail(sandbox_id)}") from exc
             if self.network is not None and net is not None and configured is not None:
                 await configured
-                await loop.run_in_executor(None, self.network.wait_ready, net)
             return _Sandbox(sandbox_id, spec, uid, group, bwrap_pid, child_pid, channel, net)
         except BaseException:
             if group is not None:

@@ -394,13 +394,14 @@ class NetworkManager:
             Path(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6").write_text("1")
             self._host.add_address(socket.if_nametoindex(name), ipaddress.IPv4Interface(f"{net.gateway}/30"))
             self._host.set_link(name, up=True, alias=self.alias)
+            self._wait_ready(net)
         except (OSError, NftError) as exc:
             raise SandboxError(f"could not set up the sandbox network: {exc}") from exc
         finally:
             if inner is not None:
                 inner.close()
 
-    def wait_ready(self, net: SandboxNetwork) -> None:
+    def _wait_ready(self, net: SandboxNetwork) -> None:
         """Until the kernel has the link's carrier and queue ready (a packet sent before is lost,
         which would cost the sandbox's first connection a one-second SYN retry)."""
         deadline = time.monotonic() + READY_TIMEOUT_S
