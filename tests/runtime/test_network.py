@@ -413,9 +413,17 @@ def test_200_sessions_with_networks_at_once(internet: world.StandinInternet, tmp
     agb = AGB(api_key=API_KEY, endpoint=server.endpoint)
     sessions: list[Any] = []
     names: set[str] = set()
+    clients: list[Any] = []
     try:
+        # Four clients, 50 creates each (one client per thread: no connection sits idle long enough for the
+        # server's keep-alive timeout to close it under a request).
+        clients = [AGB(api_key=API_KEY, endpoint=server.endpoint) for _ in range(4)]
+
+        def fifty(client: Any) -> list[Any]:
+            return [client.create(CreateSessionParams(image_id="agb-code-space-1")) for _ in range(50)]
+
         with ThreadPoolExecutor(4) as pool:
-            results = list(pool.map(lambda _: agb.create(CreateSessionParams(image_id="agb-code-space-1")), range(200)))
+            results = [r for batch in pool.map(fifty, clients) for r in batch]
         sessions = [r.session for r in results if r.success]
         assert len(sessions) == 200, [r.error_message for r in results if not r.success][:3]
         addresses = {s.info().data["network"]["address"] for s in sessions}
@@ -424,8 +432,16 @@ def test_200_sessions_with_networks_at_once(internet: world.StandinInternet, tmp
         assert names <= _links()
         for session in (sessions[0], sessions[-1]):
             assert_reached(probe(session, WEB), WEB)
+        # With 200 sessions the server holds ~800 fds: the firewall still changes and learns from DNS.
+        from agbox import NetworkPolicy
+
+        assert sessions[-1].set_network_policy(NetworkPolicy(allow_out=["www.agbox.test"])).success
+        results = probe(sessions[-1], WEB_BY_NAME, PUB2)
+        assert_reached(results, WEB_BY_NAME)
+        assert_refused(results, PUB2)
     finally:
-        agb.close()
+        for client in [agb, *clients]:
+            client.close()
         server.stop()  # a graceful stop releases every other session
     wait_for(lambda: not (names & _links()), 30, what="all 200 veths to go")
 
@@ -459,3 +475,20 @@ def test_a_bad_network_setting_stops_the_server_at_start_with_the_reason(tmp_pat
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "subnet pool 10.201.0.0/30 is too small" in result.stdout + result.stderr
+
+
+def test_nft_works_when_the_process_holds_more_than_1024_fds() -> None:
+    """libnftables waits with select(), which aborts the process for an fd above 1023: its contexts live
+    on a thread with a private fd table, so a busy server's fd count does not matter."""
+    from agbox.runtime.nftables import NftWorker
+
+    held = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
+    worker = NftWorker()
+    try:
+        assert max(held) > 1024
+        worker.run(None, "add table inet agboxtest_fds\ndelete table inet agboxtest_fds\n")
+        assert "agboxtest_fds" not in worker.run(None, "list tables\n")
+    finally:
+        worker.close()
+        for fd in held:
+            os.close(fd)

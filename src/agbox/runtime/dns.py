@@ -15,7 +15,7 @@ import ipaddress
 import logging
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from agbox.runtime.base import NetworkPolicy
@@ -119,7 +119,7 @@ class SandboxResolver(asyncio.DatagramProtocol):
     """Answers one sandbox's queries under its current policy."""
 
     def __init__(self, upstreams: tuple[tuple[str, int], ...], policy: NetworkPolicy,
-                 admit: Callable[[list[str]], None]) -> None:
+                 admit: Callable[[list[str]], Awaitable[None]]) -> None:
         self.upstreams = upstreams
         self.policy = policy
         self._admit = admit
@@ -171,7 +171,7 @@ class SandboxResolver(asyncio.DatagramProtocol):
                     addresses = []
                 if addresses:
                     try:
-                        self._admit(addresses)
+                        await self._admit(addresses)
                     except Exception:
                         log.exception("admitting %s for %s failed", addresses, name)
                         reply = empty_reply(query, question_end, RCODE_SERVFAIL)

@@ -375,7 +375,7 @@ class LocalRuntime(Runtime):
             sandbox = await self._start_sandbox(spec)
         elif self.network is not None and sandbox.net is not None and spec.network is not None:
             try:  # warm sandboxes start with the default policy: usually nothing to do here
-                self.network.apply(sandbox.net, spec.network)
+                await self.network.apply(sandbox.net, spec.network)
             except Exception:
                 await self._destroy_sandbox(sandbox)
                 raise
@@ -434,7 +434,7 @@ class LocalRuntime(Runtime):
         sandbox = self._get(handle)
         if self.network is None or sandbox.net is None:
             raise SandboxError("networking is off on this server")
-        self.network.apply(sandbox.net, policy)
+        await self.network.apply(sandbox.net, policy)
         return sandbox.net.describe()
 
     def network_info(self, handle: SandboxHandle) -> dict[str, Any] | None:

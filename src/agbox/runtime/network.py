@@ -38,7 +38,7 @@ from agbox.runtime import sysutil
 from agbox.runtime.base import NetworkPolicy
 from agbox.runtime.dns import LISTEN_ADDRESS, SandboxResolver, parse_upstream
 from agbox.runtime.netlink import Netlink
-from agbox.runtime.nftables import Nft, NftError, library
+from agbox.runtime.nftables import NftError, NftWorker, library
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class SandboxNetwork:
     host_ifname: str = ""
     address: ipaddress.IPv4Address = dataclasses.field(default_factory=lambda: ipaddress.IPv4Address(0))
     gateway: ipaddress.IPv4Address = dataclasses.field(default_factory=lambda: ipaddress.IPv4Address(0))
-    nft: Nft | None = None
+    configured: bool = False
     dns_socket: socket.socket | None = None
     resolver: SandboxResolver | None = None
 
@@ -157,7 +157,7 @@ class NetworkManager:
         self._used: set[str] = set()
         self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="agbox-net")
         self._host: Netlink | None = None
-        self._host_nft: Nft | None = None
+        self._nft: NftWorker | None = None
         self._host_netns = -1
         self.upstreams: tuple[tuple[str, int], ...] = ()
 
@@ -197,10 +197,10 @@ class NetworkManager:
         self._host_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         self._host = Netlink()
         self._remove_leftovers()
-        self._host_nft = Nft()
+        self._nft = NftWorker()
         self._remove_dead_tables()
         try:
-            self._host_nft.run(self._host_table())
+            self._nft.run(None, self._host_table())
         except NftError as exc:
             raise SandboxError(f"networking could not install its nftables rules (does the kernel have nf_tables "
                                f"with nat and reject?): {exc}") from exc
@@ -261,8 +261,8 @@ class NetworkManager:
     def _remove_dead_tables(self) -> None:
         """Host tables of agbox servers that died (kill -9) and never restarted: a server holds an flock on
         its data dir while it lives, and its run dir (/run/agbox/<tag>) names that data dir."""
-        assert self._host_nft is not None
-        for line in self._host_nft.run("list tables\n").splitlines():
+        assert self._nft is not None
+        for line in self._nft.run(None, "list tables\n").splitlines():
             parts = line.split()
             if len(parts) != 3 or not parts[2].startswith("agbox_") or parts[2] == self.table:
                 continue
@@ -282,7 +282,7 @@ class NetworkManager:
                     os.close(fd)  # closing drops a lock we may have taken
             if not alive:
                 with contextlib.suppress(NftError):
-                    self._host_nft.run(f"delete table inet {parts[2]}\n")
+                    self._nft.run(None, f"delete table inet {parts[2]}\n")
                 log.info("removed the network rules of a dead agbox server (%s)", parts[2])
 
     def _remove_leftovers(self) -> None:
@@ -295,11 +295,11 @@ class NetworkManager:
 
     async def close(self) -> None:
         def close_host() -> None:
-            if self._host_nft is not None:
+            if self._nft is not None:
                 with contextlib.suppress(NftError):
-                    self._host_nft.run(f"delete table inet {self.table}\n")
-                self._host_nft.close()
-                self._host_nft = None
+                    self._nft.run(None, f"delete table inet {self.table}\n")
+                self._nft.close()
+                self._nft = None
             if self._host is not None:
                 self._host.close()
                 self._host = None
@@ -373,8 +373,9 @@ class NetworkManager:
                 net.dns_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
                 net.dns_socket.bind((LISTEN_ADDRESS, 53))
                 net.dns_socket.setblocking(False)
-                net.nft = Nft()
-                net.nft.run(SANDBOX_TABLE + _policy_commands(net.policy))
+                assert self._nft is not None
+                self._nft.run(net.netns_fd, SANDBOX_TABLE + _policy_commands(net.policy))
+                net.configured = True
                 while True:
                     name, subnet = self._next_slot()
                     try:
@@ -413,24 +414,24 @@ class NetworkManager:
             time.sleep(0.001)
         log.warning("network of %s not up after %s s", net.host_ifname, READY_TIMEOUT_S)
 
-    def apply(self, net: SandboxNetwork, policy: NetworkPolicy) -> None:
+    async def apply(self, net: SandboxNetwork, policy: NetworkPolicy) -> None:
         """Replace the policy in one nft transaction; it applies to open connections at their next packet
         (the sandbox layer keeps no 'established' shortcut)."""
         if policy == net.policy:
             return
-        assert net.nft is not None
+        assert self._nft is not None and net.configured
         table = "inet agbox"
         commands = f"flush chain {table} output\nflush set {table} allow4\nflush set {table} deny4\n"
         if policy.allow_domains != net.policy.allow_domains:
             commands += f"flush set {table} named4\n"
-        net.nft.run(commands + _policy_commands(policy))
+        await self._nft.arun(net.netns_fd, commands + _policy_commands(policy))
         net.policy = policy
         if net.resolver is not None:
             net.resolver.policy = policy
 
-    def _admit(self, net: SandboxNetwork, addresses: list[str]) -> None:
-        assert net.nft is not None
-        net.nft.run(f"add element inet agbox named4 {_nft_set(tuple(addresses))}\n")
+    async def _admit(self, net: SandboxNetwork, addresses: list[str]) -> None:
+        assert self._nft is not None
+        await self._nft.arun(net.netns_fd, f"add element inet agbox named4 {_nft_set(tuple(addresses))}\n")
 
     @staticmethod
     def counters(net: SandboxNetwork) -> tuple[int, int]:
@@ -449,8 +450,6 @@ class NetworkManager:
             net.resolver = None
         if net.dns_socket is not None:
             net.dns_socket.close()
-        if net.nft is not None:
-            net.nft.close()
         if net.netns_fd >= 0:
             os.close(net.netns_fd)
             net.netns_fd = -1

@@ -6,10 +6,18 @@ network namespace keeps acting on that namespace after the thread leaves it.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import ctypes
+import os
+import resource
 import threading
 
+from agbox.runtime import sysutil
+
 LIBRARY = "libnftables.so.1"
+CLONE_FILES = 0x00000400
 
 
 class NftError(RuntimeError):
@@ -74,3 +82,61 @@ class Nft:
             if self._ctx is not None:
                 self._lib.nft_ctx_free(self._ctx)
                 self._ctx = None
+
+
+class NftWorker:
+    """Runs nft commands in the host's or a sandbox's network namespace, on one thread of its own.
+
+    libnftables waits for netlink replies with select(), which aborts the process for a socket fd
+    above 1023; a server with hundreds of sessions has more fds than that. So this thread gets a private
+    fd table (``unshare(CLONE_FILES)``, then closes its copies of everything), and every context is
+    made there, used, and freed: their fds stay in the single digits whatever the server holds.
+    """
+
+    def __init__(self) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="agbox-nft",
+                                                           initializer=self._isolate)
+        self._host: Nft | None = None
+        self._own_netns = -1
+
+    def _isolate(self) -> None:
+        sysutil.unshare(CLONE_FILES)
+        os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        self._own_netns = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+
+    def _run(self, netns_fd: int | None, commands: str) -> str:
+        if netns_fd is None:
+            if self._host is None:
+                self._host = Nft()
+            return self._host.run(commands)
+        # The fd is in the shared table; open the namespace again through the process's fd directory.
+        target = os.open(f"/proc/{os.getpid()}/fd/{netns_fd}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            sysutil.setns(target, sysutil.CLONE_NEWNET)
+            try:
+                ctx = Nft()  # bound to the namespace it was made in
+            finally:
+                sysutil.setns(self._own_netns, sysutil.CLONE_NEWNET)
+        finally:
+            os.close(target)
+        try:
+            return ctx.run(commands)
+        finally:
+            ctx.close()
+
+    def run(self, netns_fd: int | None, commands: str) -> str:
+        """Blocking; ``netns_fd`` None = the host's namespace."""
+        return self._pool.submit(self._run, netns_fd, commands).result()
+
+    async def arun(self, netns_fd: int | None, commands: str) -> str:
+        return await asyncio.wrap_future(self._pool.submit(self._run, netns_fd, commands))
+
+    def close(self) -> None:
+        def close_host() -> None:
+            if self._host is not None:
+                self._host.close()
+                self._host = None
+
+        with contextlib.suppress(RuntimeError):
+            self._pool.submit(close_host).result()
+        self._pool.shutdown(wait=True)
