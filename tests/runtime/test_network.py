@@ -446,10 +446,12 @@ def test_200_sessions_with_networks_at_once(internet: world.StandinInternet, tmp
     wait_for(lambda: not (names & _links()), 30, what="all 200 veths to go")
 
 
-def test_operator_opens_a_private_range_and_denies_another(internet: world.StandinInternet, tmp_path: Path) -> None:
+def test_operator_opens_a_private_range_and_denies_another(make: Any, tmp_path: Path) -> None:
+    """Also: two servers on one host with the same (default) pool and different settings."""
     from agbox import AGB, CreateSessionParams, NetworkPolicy
 
-    env = {**NET_ENV, "AGBOX_NETWORK_POOL": "10.204.0.0/16", "AGBOX_NETWORK_OPEN_RANGES": "10.99.0.0/24",
+    neighbour = make()  # a session of the module's server, same pool
+    env = {**NET_ENV, "AGBOX_NETWORK_OPEN_RANGES": "10.99.0.0/24",
            "AGBOX_NETWORK_DENY_RANGES": "198.51.100.0/24", "AGBOX_PREWARM_IMAGES": ""}
     server = start_server(tmp_path / "data", extra_env=env)
     try:
@@ -462,6 +464,10 @@ def test_operator_opens_a_private_range_and_denies_another(internet: world.Stand
             assert_reached(results, WEB)
             assert_refused(results, PUB2)  # denied by the operator, whatever the session's allow-list says
             assert_refused(results, f"http://{world.METADATA_ADDRESS}/")
+            assert session.info().data["network"]["address"] != neighbour.info().data["network"]["address"]
+            neighbour_results = probe(neighbour, WEB, f"http://{world.PRIVATE_ADDRESS}/")
+            assert_reached(neighbour_results, WEB)
+            assert_refused(neighbour_results, f"http://{world.PRIVATE_ADDRESS}/")  # not opened on that server
         finally:
             session.delete()
         agb.close()

@@ -42,9 +42,10 @@ from agbox.runtime.nftables import NftError, NftWorker, library
 
 log = logging.getLogger(__name__)
 
-# Host-side interface names: "agb" (any agbox sandbox), 3 hex digits of the data dir's tag (this
-# server: its host rules match only its own sandboxes, so servers with other settings do not mix), and
-# the /30's address in hex (unique on the host, so a name taken by another server is simply skipped).
+# Host-side interface names: "agb" and the /30's address in hex. Interface names are unique on the
+# host, so creating the veth is what claims an address: one taken by another agbox server (or by a
+# namespace still being torn down) is skipped. Each server's host rules match its own interfaces by a
+# set of names, so servers with other settings on one host do not mix.
 IFNAME_PREFIX = "agb"
 SANDBOX_IFNAME = "eth0"
 # Never reachable, whatever the policy or the operator says: "this network", loopback, link-local
@@ -142,7 +143,6 @@ class NetworkManager:
         self.tag = tag
         self.table = f"agbox_{tag}"
         self.alias = f"agbox {tag}"
-        self.ifprefix = f"{IFNAME_PREFIX}{tag[:3]}"
         self.default_policy = NetworkPolicy(internet=options.internet)
         try:
             self.pool = ipaddress.IPv4Network(options.pool)
@@ -235,12 +235,13 @@ class NetworkManager:
 
     def _host_table(self) -> str:
         reject = "goto refuse"
-        ours = f'iifname "{self.ifprefix}*"'
+        ours = "iifname @ifaces"
         opened = tuple(str(ipaddress.IPv4Network(r, strict=False)) for r in self.options.open_ranges)
         open_rule = f"add rule inet {self.table} forward {ours} ip daddr {_nft_set(opened)} accept\n" if opened else ""
         # "add" then "delete" removes a table of a crashed earlier run whether or not there is one.
         return (
             f"add table inet {self.table}\ndelete table inet {self.table}\nadd table inet {self.table}\n"
+            f"add set inet {self.table} ifaces {{ type ifname; }}\n"
             f"add chain inet {self.table} refuse\n"
             f"add rule inet {self.table} refuse meta l4proto tcp reject with tcp reset\n"
             f"add rule inet {self.table} refuse reject with icmpx admin-prohibited\n"
@@ -252,8 +253,8 @@ class NetworkManager:
             f"add rule inet {self.table} forward {ours} ip daddr {_nft_set(self.never)} {reject}\n"
             f"{open_rule}"
             f"add rule inet {self.table} forward {ours} ip daddr {_nft_set(PRIVATE_RANGES)} {reject}\n"
-            f'add rule inet {self.table} forward oifname "{self.ifprefix}*" ct state established,related accept\n'
-            f'add rule inet {self.table} forward oifname "{self.ifprefix}*" drop\n'
+            f"add rule inet {self.table} forward oifname @ifaces ct state established,related accept\n"
+            f"add rule inet {self.table} forward oifname @ifaces drop\n"
             f"add chain inet {self.table} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n"
             f'add rule inet {self.table} postrouting ip saddr {self.pool} oifname != "{IFNAME_PREFIX}*" masquerade\n'
         )
@@ -288,7 +289,7 @@ class NetworkManager:
     def _remove_leftovers(self) -> None:
         """Host ends of veths this data dir's earlier process made (normally gone with its namespaces)."""
         assert self._host is not None
-        for entry in Path("/sys/class/net").glob(f"{self.ifprefix}*"):
+        for entry in Path("/sys/class/net").glob(f"{IFNAME_PREFIX}*"):
             with contextlib.suppress(OSError):
                 if (entry / "ifalias").read_text().strip() == self.alias:
                     self._host.delete_link(entry.name)
@@ -343,7 +344,7 @@ class NetworkManager:
             index = self._cursor
             self._cursor = (self._cursor + 1) % self._slots
             subnet = ipaddress.IPv4Network((int(self.pool.network_address) + 4 * index, 30))
-            name = f"{self.ifprefix}{int(subnet.network_address):08x}"
+            name = f"{IFNAME_PREFIX}{int(subnet.network_address):08x}"
             if name not in self._used and not os.path.exists(f"/sys/class/net/{name}"):
                 return name, subnet
         raise SandboxError(f"the subnet pool {self.pool} has no free address left")
@@ -393,6 +394,8 @@ class NetworkManager:
             finally:
                 sysutil.setns(self._host_netns, sysutil.CLONE_NEWNET)
             Path(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6").write_text("1")
+            # Under this server's host rules before its host end comes up (no packet passes a down link).
+            self._nft.run(None, f'add element inet {self.table} ifaces {{ "{name}" }}\n')
             self._host.add_address(socket.if_nametoindex(name), ipaddress.IPv4Interface(f"{net.gateway}/30"))
             self._host.set_link(name, up=True, alias=self.alias)
             self._wait_ready(net)
@@ -450,6 +453,10 @@ class NetworkManager:
             net.resolver = None
         if net.dns_socket is not None:
             net.dns_socket.close()
+        if net.configured and net.host_ifname and self._nft is not None:
+            # The sandbox is dead by now; the name stays claimed until the kernel removes the link.
+            with contextlib.suppress(NftError, RuntimeError):
+                await self._nft.arun(None, f'delete element inet {self.table} ifaces {{ "{net.host_ifname}" }}\n')
         if net.netns_fd >= 0:
             os.close(net.netns_fd)
             net.netns_fd = -1

@@ -129,7 +129,9 @@ class NftWorker:
         return self._pool.submit(self._run, netns_fd, commands).result()
 
     async def arun(self, netns_fd: int | None, commands: str) -> str:
-        return await asyncio.wrap_future(self._pool.submit(self._run, netns_fd, commands))
+        # Waited for on a thread of the shared fd table: completing an asyncio future from the nft
+        # thread would write to the loop's wake-up fd, a number that means nothing in its private table.
+        return await asyncio.get_running_loop().run_in_executor(None, self.run, netns_fd, commands)
 
     def close(self) -> None:
         def close_host() -> None:
