@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install system run test lint typecheck unit bench clean
+.PHONY: install system run test lint typecheck unit bench fuzz clean
 
 install: system $(STAMP)
 
@@ -38,6 +38,12 @@ test: install
 
 bench: install
 	$(PY) bench/run.py $(ARGS)
+
+# The long schemathesis run (make test runs a bounded one): all phases, many cases per operation.
+FUZZ_EXAMPLES ?= 200
+fuzz: install
+	AGBOX_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) AGBOX_FUZZ_PHASES=examples,coverage,fuzzing,stateful \
+		$(VENV)/bin/pytest tests/server/test_fuzz.py -k schemathesis -s --timeout 7200 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

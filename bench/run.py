@@ -38,7 +38,8 @@ if str(BENCH_DIR) not in sys.path:
 import benchlib as B  # noqa: E402
 
 # Families run in this order; any other bench_*.py follows alphabetically.
-ORDER = ["create", "tti", "tool", "mcp", "links", "files", "network", "startup", "density", "peer"]
+ORDER = ["create", "tti", "tool", "mcp", "links", "files", "disk", "code", "browser", "network", "startup", "density",
+         "peer"]
 
 # (label, row key, field, comparison, threshold, unit). "field" may be p50_ms, value or delta_ms.
 TARGETS: list[tuple[str, str, str, str, float, str]] = [
@@ -54,8 +55,11 @@ TARGETS: list[tuple[str, str, str, str, float, str]] = [
     ("shell round trip <= 2 ms above subprocess (session MCP endpoint)", "mcp_endpoint_shell_true", "delta_ms", "<=", 2,
      "ms"),
     (">= 100 creates/s sustained", "create.sustained", "value", ">=", 100, "creates/s"),
+    ("Ray runtime adds <= 2 ms to a tool round trip (POST /mcp)", "cluster.tool_ray", "delta_ms", "<=", 2, "ms"),
+    ("Ray runtime adds <= 5 ms to a pooled create", "cluster.create_ray", "delta_ms", "<=", 5, "ms"),
     (">= 1000 idle sessions alive (shell p50 <= 100 ms)", "density.max_sessions", "value", ">=", 1000, "sessions"),
     ("<= 10 MiB per idle session (PSS)", "density.pss", "value", "<=", 10, "MiB"),
+    ("browser init to CDP ready p50 <= 400 ms", "browser.init_to_cdp", "p50_ms", "<=", 400, "ms"),
     ("networking adds <= 2 ms to a cold create (warm pool off)", "network.create_cold", "delta_ms", "<=", 2, "ms"),
     ("networking adds nothing to a pooled create (<= 0.1 ms)", "network.create_pooled", "delta_ms", "<=", 0.1, "ms"),
     ("session TCP download >= 0.7x the host's", "network.throughput_down", "ratio", ">=", 0.7, "x"),

@@ -7,12 +7,18 @@ command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+[ -x /usr/sbin/mkfs.ext4 ] || [ -x /sbin/mkfs.ext4 ] || need+=(e2fsprogs)
 [ -x /usr/bin/python3 ] || need+=(python3)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 [ -f /usr/lib/python3/dist-packages/matplotlib/__init__.py ] || need+=(python3-matplotlib python3-numpy python3-pandas)
+# run_code's Python is an IPython shell run by the sandbox's /usr/bin/python3 (figures via matplotlib-inline).
+[ -f /usr/lib/python3/dist-packages/IPython/__init__.py ] || need+=(python3-ipython)
+[ -f /usr/lib/python3/dist-packages/matplotlib_inline/__init__.py ] || need+=(python3-matplotlib-inline)
 command -v java >/dev/null 2>&1 || need+=(default-jdk-headless)
 command -v Rscript >/dev/null 2>&1 || need+=(r-base-core)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# PostgreSQL server binaries: the test suite runs the store against a throwaway cluster (initdb + pg_ctl).
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" != 0 ]; then
   echo "agbox needs these Debian packages (run as root to install them): ${need[*]}" >&2

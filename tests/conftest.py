@@ -176,3 +176,12 @@ def official_session(official: Any) -> Iterator[Any]:
     yield result.session
     with contextlib.suppress(Exception):
         official.delete(result.session)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """One throwaway PostgreSQL server for the run (tests take a fresh database each: new_database())."""
+    from tests.postgres import running_cluster
+
+    with running_cluster() as cluster:
+        yield cluster

@@ -1,20 +1,25 @@
-"""The CLI on a real data dir: keys create/list/revoke; a revoked key is refused by the service."""
+"""The CLI as a user runs it: keys on a real data dir, and create/exec/ls/rm against a real server."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from agbox.services.keys import KeyService
 from agbox.store.sqlite import SqliteStore
+from tests.conftest import ServerProcess
 
 
-def agbox(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agbox", *args], capture_output=True, text=True, timeout=60)
+def agbox(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("AGB_", "AGBOX_"))}
+    return subprocess.run([sys.executable, "-m", "agbox", *args], capture_output=True, text=True, timeout=60,
+                          env={**environ, **(env or {})})
 
 
 def test_keys_lifecycle(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
     data = str(tmp_path / "data")
     made = agbox("keys", "create", "--name", "ci", "--data-dir", data)
     assert made.returncode == 0, made.stderr
@@ -39,5 +44,94 @@ def test_keys_lifecycle(tmp_path: Path) -> None:
 
 
 def test_sessions_list_on_an_empty_data_dir(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
     result = agbox("sessions", "list", "--data-dir", str(tmp_path / "data"))
     assert result.returncode == 0 and result.stdout == ""
+
+
+def test_data_dir_commands_refuse_a_missing_dir(tmp_path: Path) -> None:
+    typo = tmp_path / "dtaa"
+    for args in (["sessions", "list"], ["keys", "create"], ["keys", "list"]):
+        result = agbox(*args, "--data-dir", str(typo))
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert f"no agbox data dir at {typo}" in result.stderr and result.stdout == ""
+    assert not typo.exists()
+
+
+def test_version() -> None:
+    result = agbox("--version")
+    assert result.returncode == 0 and result.stdout.startswith("agbox ") and result.stdout.split()[1][0].isdigit()
+
+
+def test_user_commands_need_an_endpoint() -> None:
+    result = agbox("ls")
+    assert result.returncode == 2 and "AGB_ENDPOINT" in result.stderr
+
+
+def test_create_exec_ls_rm_against_a_server(server: ServerProcess) -> None:
+    env = {"AGB_ENDPOINT": server.endpoint, "AGB_API_KEY": server.api_key}
+    made = agbox("create", "--label", "team=cli", "--label", "run=7", env=env)
+    assert made.returncode == 0, made.stderr
+    session_id = made.stdout.strip()
+    try:
+        ran = agbox("exec", session_id, "--", "sh", "-c", "echo out; echo err >&2; exit 3", env=env)
+        assert (ran.returncode, ran.stdout, ran.stderr) == (3, "out\n", "err\n")
+        assert agbox("exec", session_id, "--", "echo", "it's here", env=env).stdout == "it's here\n"
+
+        listed = agbox("ls", "--label", "team=cli", env=env)
+        assert listed.returncode == 0, listed.stderr
+        line = next(row for row in listed.stdout.splitlines() if row.startswith(session_id))
+        assert "RUNNING" in line and "run=7,team=cli" in line
+        assert session_id not in agbox("ls", "--label", "team=other", env=env).stdout
+
+        bad = agbox("exec", "s-nope", "--", "true", env=env)
+        assert bad.returncode == 2 and "s-nope" in bad.stderr
+        assert agbox("create", "--label", "novalue", env=env).returncode == 2
+    finally:
+        removed = agbox("rm", session_id, env=env)
+    assert removed.returncode == 0 and removed.stdout.strip() == session_id, removed.stderr
+    assert session_id not in agbox("ls", env=env).stdout
+    assert agbox("rm", session_id, env=env).returncode == 1
+
+
+def test_shell_is_an_interactive_terminal(server: ServerProcess) -> None:
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+    import time
+
+    env = {"AGB_ENDPOINT": server.endpoint, "AGB_API_KEY": server.api_key}
+    session_id = agbox("create", env=env).stdout.strip()
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("AGB_", "AGBOX_"))}
+    process = subprocess.Popen([sys.executable, "-m", "agbox", "shell", session_id], stdin=slave, stdout=slave,
+                               stderr=slave, env={**environ, **env}, start_new_session=True)
+    os.close(slave)
+    screen = bytearray()
+
+    def read_until(needle: bytes, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while needle not in screen:
+            assert time.monotonic() < deadline, f"{needle!r} never appeared in {bytes(screen)!r}"
+            if select.select([master], [], [], 0.1)[0]:
+                try:
+                    screen.extend(os.read(master, 65536))
+                except OSError:  # the CLI exited and closed the terminal
+                    break
+
+    try:
+        read_until(b"$ ")  # the session's prompt
+        os.write(master, b"stty size; echo ok-$((6*7))\r")
+        read_until(b"ok-42")
+        assert b"33 111" in screen
+        os.write(master, b"exit 5\r")
+        assert process.wait(30) == 5
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        os.close(master)
+        agbox("rm", session_id, env=env)

@@ -8,7 +8,9 @@
     │   ├── ImageNotFoundError
     │   └── ToolNotFoundError
     ├── ConflictError                409  e.g. the session is being released
-    ├── LimitExceededError           413/429  payload too large, too many sessions
+    ├── LimitExceededError           413  payload too large, too many sessions on the server
+    │   └── QuotaExceededError           403  a per-key limit (sessions, memory, CPUs, context bytes, streams)
+    ├── ThrottledError               429  a key's requests per second (with Retry-After)
     ├── SandboxError                 500  the runtime could not do what was asked
     └── ToolTimeoutError             504  a tool ran past its deadline
 
@@ -47,8 +49,8 @@ class SessionNotFoundError(NotFoundError):
     # The official SDK's delete poll and tests match this code and the words "not found".
     code = "InvalidMcpSession.NotFound"
 
-    def __init__(self, session_id: str) -> None:
-        super().__init__(f"session {session_id} not found")
+    def __init__(self, session_id: str, ended: str = "") -> None:
+        super().__init__(f"session {session_id} not found" + (f": it has ended ({ended})" if ended else ""))
         self.session_id = session_id
 
 
@@ -72,6 +74,20 @@ class ConflictError(AgboxError):
 class LimitExceededError(AgboxError):
     status_code = 413
     code = "LimitExceeded"
+
+
+class QuotaExceededError(LimitExceededError):
+    status_code = 403
+    code = "QuotaExceeded"
+
+
+class ThrottledError(AgboxError):
+    status_code = 429
+    code = "Throttling"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class SandboxError(AgboxError):

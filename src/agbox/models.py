@@ -45,3 +45,5 @@ class ApiKeyRecord:
     prefix: str
     created_at: float
     revoked_at: float | None = None
+    # Per-key overrides of the server's per-key limits (services/limits.py LIMIT_NAMES -> number).
+    limits: dict[str, float] = dataclasses.field(default_factory=dict)

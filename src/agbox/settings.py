@@ -55,6 +55,24 @@ class Settings:
     # Extra image files (TOML); an image here with a built-in id replaces it (e.g. other limits).
     images_dir: Path | None = None
     reap_interval_s: float = 1.0
+    # How long a server trusts what it read about an API key (revocation takes effect within this).
+    key_cache_ttl_s: float = 1.0
+    # Limits per API key (None = none; `agbox keys set` overrides them per key): see services/limits.py.
+    key_max_sessions: int | None = None
+    key_max_memory_bytes: int | None = None
+    key_max_cpus: float | None = None
+    key_max_context_bytes: int | None = None
+    key_requests_per_s: float | None = None
+    key_max_streams: int | None = None
+    # Where state lives: None = SQLite in the data dir; "postgresql://user:pw@host:port/db" = PostgreSQL,
+    # which several control-plane replicas can share.
+    store_url: str | None = None
+    # runtime = "ray": the cluster to join (host:port of the head's GCS, or "auto"), and where each
+    # node keeps its sandboxes' files (a path on that node; default <data dir>/nodes).
+    ray_address: str | None = None
+    # Context blobs (and the pre-signed URL secret) on a path every replica reaches; None = in the data dir.
+    blob_dir: Path | None = None
+    node_data_dir: str | None = None
     # Sandbox networks (runtime/network.py): off = loopback only. The pool sandbox addresses come from,
     # the upstream DNS servers (empty: the host's /etc/resolv.conf), private ranges sandboxes may reach,
     # more ranges no sandbox may reach (e.g. a LAN outside the private ranges), and whether a session
@@ -84,6 +102,16 @@ class Settings:
             "AGBOX_RUNTIME": ("runtime", str),
             "AGBOX_IMAGES_DIR": ("images_dir", Path),
             "AGBOX_WARM_POOL": ("warm_pool_size", int),
+            "AGBOX_KEY_MAX_SESSIONS": ("key_max_sessions", int),
+            "AGBOX_KEY_MAX_MEMORY_BYTES": ("key_max_memory_bytes", int),
+            "AGBOX_KEY_MAX_CPUS": ("key_max_cpus", float),
+            "AGBOX_KEY_MAX_CONTEXT_BYTES": ("key_max_context_bytes", int),
+            "AGBOX_KEY_REQUESTS_PER_S": ("key_requests_per_s", float),
+            "AGBOX_KEY_MAX_STREAMS": ("key_max_streams", int),
+            "AGBOX_STORE": ("store_url", str),
+            "AGBOX_RAY_ADDRESS": ("ray_address", str),
+            "AGBOX_BLOB_DIR": ("blob_dir", Path),
+            "AGBOX_NODE_DATA_DIR": ("node_data_dir", str),
         }
         for var, (field, kind) in mapping.items():
             raw = env.get(var)

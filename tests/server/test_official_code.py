@@ -12,6 +12,48 @@ import pytest
 from tests.conftest import wait_for
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+# Notebook code as users of AGB's and E2B's interpreters write it: every display form IPython knows.
+DISPLAY_FORMS = r"""
+import io
+import matplotlib.pyplot as plt
+from IPython.display import HTML, JSON, SVG, Image, Latex, Markdown, display
+
+display(HTML("<b>bold</b>"))
+display(Markdown("# Title"))
+display(SVG('<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"></svg>'))
+display(Latex(r"$\alpha^2$"))
+display(JSON({"k": [1, 2]}))
+fig = plt.figure(figsize=(1, 1))
+buffer = io.BytesIO()
+fig.savefig(buffer, format="jpeg")
+plt.close(fig)
+display(Image(data=buffer.getvalue(), format="jpeg"))
+display({"application/vnd.vegalite.v5+json": {"mark": "point", "data": {"values": [{"x": 1}]}},
+         "text/plain": "<VegaLite 5 chart>"}, raw=True)
+
+class Chart:
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return {"application/vnd.vegalite.v4+json": {"mark": "bar"}, "text/plain": "<Chart>"}
+
+plt.plot([0, 1], [1, 0])
+plt.show()
+Chart()
+"""
+
+
+def check_display_forms(results: list[Any]) -> None:
+    html, markdown, svg, latex, json_out, jpeg, chart5, png, main = results
+    assert html.html == "<b>bold</b>" and not html.is_main_result
+    assert markdown.markdown == "# Title"
+    assert svg.svg is not None and svg.svg.startswith("<svg")
+    assert latex.latex == "$\\alpha^2$"
+    assert json_out.json == {"k": [1, 2]}
+    assert jpeg.jpeg is not None and base64.b64decode(jpeg.jpeg).startswith(JPEG_MAGIC)
+    assert chart5.chart == {"mark": "point", "data": {"values": [{"x": 1}]}} and chart5.text == "<VegaLite 5 chart>"
+    assert png.png is not None and base64.b64decode(png.png).startswith(PNG_MAGIC)
+    assert main.is_main_result and main.chart == {"mark": "bar"} and main.text == "<Chart>"
 
 
 def test_state_kept_across_runs(official_session: Any) -> None:
@@ -38,6 +80,42 @@ def test_rich_outputs_matplotlib_png_and_pandas_html(official_session: Any) -> N
     main = next(item for item in result.results if item.is_main_result)
     assert main.html is not None and "<table" in main.html and "Oslo" in main.html
     assert main.text is not None and "Lima" in main.text
+
+
+def test_ipython_display_forms_give_their_mime_types(official_session: Any) -> None:
+    result = official_session.code.run(DISPLAY_FORMS, "python", timeout_s=60)
+    assert result.success, result.error_message
+    check_display_forms(result.results)
+    # The same outputs as WebSocket result events (the official SDK reads them from "mime").
+    streamed = official_session.code.run(DISPLAY_FORMS, "python", timeout_s=60, stream_beta=True)
+    assert streamed.success, streamed.error_message
+    check_display_forms(streamed.results)
+
+
+def test_magics_shell_lines_and_ipython_tracebacks(official_session: Any) -> None:
+    code = official_session.code
+    written = code.run("%%writefile notes.txt\nfirst line\n", "python")
+    assert written.success, written.error_message
+    assert written.logs.stdout == ["Writing notes.txt\n"]
+    shell = code.run("!cat notes.txt\n!echo to-stderr >&2\nlines = !cat notes.txt\nlines", "python")
+    assert shell.success, shell.error_message
+    assert "".join(shell.logs.stdout) == "first line\n"
+    assert "".join(shell.logs.stderr) == "to-stderr\n"
+    assert shell.result == "['first line']"
+    timed = code.run("%timeit -n 2 -r 2 sum(range(10))\n%who", "python")
+    assert timed.success, timed.error_message
+    out = "".join(timed.logs.stdout)
+    assert "per loop (mean ± std. dev. of 2 runs, 2 loops each)" in out
+    assert "lines" in out  # %who lists the namespace, which kept `lines` from the previous run
+
+    failed = code.run("def inner():\n    return 1 / 0\ninner()", "python")
+    assert not failed.success
+    assert failed.error_message == "ZeroDivisionError: division by zero"
+    traced = code.run("inner()", "python", stream_beta=True)
+    assert not traced.success and traced.error is not None and traced.error.name == "ZeroDivisionError"
+    unknown = code.run("%no_such_magic", "python")
+    assert not unknown.success
+    assert unknown.error_message == "UsageError: Line magic function `%no_such_magic` not found."
 
 
 def test_javascript_java_and_r(official_session: Any) -> None:

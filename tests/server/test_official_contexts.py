@@ -95,7 +95,7 @@ def test_sync_between_sessions_byte_for_byte(official: Any, ctx: Any) -> None:
           "printf 'hi\\n' > /home/user/data/t.txt && ln -s /etc/passwd /home/user/data/link")
     digest_a = sh(a, "cd /home/user/data && sha256sum sub/r.bin t.txt")
     assert official.delete(a, sync_context=True).success
-    names = {e.file_name for e in official.context.list_files(ctx.id, "").entries}
+    names = {e.file_name for e in official.context.list_files(ctx.id, "/home/user/data").entries}
     assert names == {"sub", "t.txt"}  # the symlink is not part of the context
 
     b = official.create(OfficialParams(image_id="agb-code-space-1", context_syncs=[sync])).session
@@ -111,8 +111,8 @@ def test_sync_between_sessions_byte_for_byte(official: Any, ctx: Any) -> None:
         assert result.success
         done = b.context.info(context_id=ctx.id, path="/home/user/data", task_type="upload").context_status_data
         assert [d.status for d in done] == ["Success"]
-        files = {e.file_path for e in official.context.list_files(ctx.id, "", page_size=100).entries}
-        assert files == {"/t.txt"}  # the delete propagated, the directory is gone with its only file
+        files = {e.file_path for e in official.context.list_files(ctx.id, "/home/user/data", page_size=100).entries}
+        assert files == {"/home/user/data/t.txt"}  # the delete propagated, the directory went with its only file
     finally:
         official.delete(b)
 

@@ -15,11 +15,12 @@ import httpx
 import pytest
 
 from agbox import AGB, CreateSessionParams
-from agbox.client.context import (
+from agbox.client.context_sync import (
     BWList,
     ContextSync,
     ExtractPolicy,
     Lifecycle,
+    MappingPolicy,
     RecyclePolicy,
     SyncPolicy,
     UploadMode,
@@ -42,7 +43,7 @@ def local(embedded_dir: Path) -> AGB:
 
 @pytest.fixture
 def service(local: AGB) -> ContextService:
-    svc = local._backend.platform.platform.extensions["contexts"]  # type: ignore[attr-defined]
+    svc = local._backend.platform.platform.contexts  # type: ignore[attr-defined]
     assert isinstance(svc, ContextService)
     return svc
 
@@ -86,7 +87,7 @@ def test_sync_between_sessions_and_file_transfer(agb: AGB, make_session: Any, tm
           "/home/user/work/x.txt")
     digest = sh(a, "cd /home/user/work && sha256sum d/blob x.txt")
     assert a.delete(sync_context=True).success
-    assert files_of(agb, ctx.id) == {"/d/blob": 100000, "/x.txt": 2}
+    assert files_of(agb, ctx.id) == {"/home/user/work/d/blob": 100000, "/home/user/work/x.txt": 2}
 
     b = make_session(context_syncs=[sync])
     assert sh(b, "cd /home/user/work && sha256sum d/blob x.txt") == digest
@@ -111,7 +112,7 @@ def test_sync_between_sessions_and_file_transfer(agb: AGB, make_session: Any, tm
 
 def test_concurrent_syncs_last_writer_wins_per_file(local: AGB, sessions: Any) -> None:
     ctx = new_context(local)
-    seed = local.context.get_file_upload_url(ctx.id, "shared.txt")
+    seed = local.context.get_file_upload_url(ctx.id, "/home/user/c/shared.txt")
     assert httpx.put(seed.url, content=b"seed").status_code == 200
     sync = ContextSync(ctx.id, "/home/user/c", SyncPolicy())
     a, b = sessions(sync), sessions(sync)
@@ -120,8 +121,9 @@ def test_concurrent_syncs_last_writer_wins_per_file(local: AGB, sessions: Any) -
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda s: s.context.sync_blocking(), [a, b]))
     assert all(r.success for r in results), results
-    assert set(files_of(local, ctx.id)) == {"/shared.txt", "/only_a.txt", "/only_b.txt"}
-    shared = httpx.get(local.context.get_file_download_url(ctx.id, "shared.txt").url).content
+    assert set(files_of(local, ctx.id)) == {"/home/user/c/shared.txt", "/home/user/c/only_a.txt",
+                                         "/home/user/c/only_b.txt"}
+    shared = httpx.get(local.context.get_file_download_url(ctx.id, "/home/user/c/shared.txt").url).content
     assert shared in (b"A" * 2000000, b"B" * 2000000)  # one whole version, never a mix
 
     # Sequential: the later sync wins for the file both changed; A's unchanged files are kept.
@@ -129,9 +131,10 @@ def test_concurrent_syncs_last_writer_wins_per_file(local: AGB, sessions: Any) -
     assert a.context.sync_blocking().success
     sh(b, "echo from-b > /home/user/c/shared.txt")
     assert b.context.sync_blocking().success
-    assert httpx.get(local.context.get_file_download_url(ctx.id, "shared.txt").url).content == b"from-b\n"
+    assert httpx.get(local.context.get_file_download_url(ctx.id, "/home/user/c/shared.txt").url).content == \
+        b"from-b\n"
     # B never changed only_a.txt, so B's sync did not touch it.
-    assert "/only_a.txt" in files_of(local, ctx.id)
+    assert "/home/user/c/only_a.txt" in files_of(local, ctx.id)
 
 
 def test_white_list_archive_mode_and_extract_policy(local: AGB, sessions: Any) -> None:
@@ -141,14 +144,14 @@ def test_white_list_archive_mode_and_extract_policy(local: AGB, sessions: Any) -
     sh(a, "cd /home/user/w && mkdir -p keep/skip keep/in other && echo 1 > keep/in/f && echo 2 > keep/skip/f "
           "&& echo 3 > other/f && echo 4 > keep/g")
     assert a.context.sync_blocking().success
-    assert set(files_of(local, ctx.id)) == {"/keep/in/f", "/keep/g"}
+    assert set(files_of(local, ctx.id)) == {"/home/user/w/keep/in/f", "/home/user/w/keep/g"}
 
     archived = new_context(local)
     mode = SyncPolicy(upload_policy=UploadPolicy(upload_mode=UploadMode.ARCHIVE))
     b = sessions(ContextSync(archived.id, "/home/user/arch", mode))
     sh(b, "mkdir -p /home/user/arch/x && echo one > /home/user/arch/x/1 && echo two > /home/user/arch/2")
     assert b.context.sync_blocking().success
-    assert list(files_of(local, archived.id)) == ["/.agbox-archive.tar"]
+    assert list(files_of(local, archived.id)) == ["/home/user/arch/.agbox-archive.tar"]
     c = sessions(ContextSync(archived.id, "/home/user/arch", mode))
     assert sh(c, "cat /home/user/arch/x/1 /home/user/arch/2; ls -A /home/user/arch") == "one\ntwo\n2\nx\n"
 
@@ -157,7 +160,7 @@ def test_white_list_archive_mode_and_extract_policy(local: AGB, sessions: Any) -
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("inner/readme.txt", "zipped\n")
-    url = local.context.get_file_upload_url(packed.id, "pkg.zip").url
+    url = local.context.get_file_upload_url(packed.id, "/home/user/z/pkg.zip").url
     assert httpx.put(url, content=buffer.getvalue()).status_code == 200
     d = sessions(ContextSync(packed.id, "/home/user/z", SyncPolicy(extract_policy=ExtractPolicy())))
     assert sh(d, "cat /home/user/z/pkg/inner/readme.txt; ls /home/user/z") == "zipped\npkg\n"
@@ -174,9 +177,9 @@ def test_recycle_lifecycle_expires_files_and_contexts(local: AGB, sessions: Any,
     sh(a, "mkdir -p /home/user/r/logs && echo l > /home/user/r/logs/1 && echo k > /home/user/r/keep")
     assert a.context.sync_blocking().success
     service.sweep(time.time() + 3600)
-    assert set(files_of(local, ctx.id)) == {"/logs/1", "/keep"}
+    assert set(files_of(local, ctx.id)) == {"/home/user/r/logs/1", "/home/user/r/keep"}
     service.sweep(time.time() + 2 * 86400)
-    assert set(files_of(local, ctx.id)) == {"/keep"}
+    assert set(files_of(local, ctx.id)) == {"/home/user/r/keep"}
 
     whole = new_context(local)
     b = sessions(ContextSync(whole.id, "/home/user/q", SyncPolicy(
@@ -198,13 +201,13 @@ def test_sandbox_symlinks_never_reach_host_files(local: AGB, sessions: Any, embe
     sh(a, f"mkdir -p /home/user/s && cd /home/user/s && ln -s {secret} db && ln -s / root && "
           "ln -s /etc/passwd passwd && echo real > real.txt")
     assert a.context.sync_blocking().success
-    assert files_of(local, ctx.id) == {"/real.txt": 5}
+    assert files_of(local, ctx.id) == {"/home/user/s/real.txt": 5}
 
     # Download over a planted symlink replaces the link; the link's target is not written.
     b = sessions()
     before = secret.stat().st_mtime_ns
     assert b is not None
-    c_sync = ContextSync(ctx.id, "/home/user/t", SyncPolicy())
+    c_sync = ContextSync(ctx.id, "/home/user/t", SyncPolicy(mapping_policy=MappingPolicy("/home/user/s")))
     c = sessions(c_sync)
     sh(c, "echo untouched > /home/user/target && ln -sf /home/user/target /home/user/t/real.txt")
     assert c.context.sync_blocking(ctx.id, "/home/user/t", "download").success

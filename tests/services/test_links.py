@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from agbox.errors import InvalidRequestError
-from agbox.services.links import Head, Link, link_secret, parse_head, parse_port, parse_protocol, url_host
+from agbox.services.http1 import Head, parse_head
+from agbox.services.links import Link, link_secret, parse_port, parse_protocol, url_host
 from tests.conftest import wait_for
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import wait_for
+from tests.server.test_official_code import DISPLAY_FORMS, check_display_forms
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -83,11 +84,64 @@ def test_python_error_result(session: Any) -> None:
     assert result.error is not None
     assert result.error.name == "NameError"
     assert "undefined_name" in result.error.value
-    assert "<cell-" in result.error.traceback and "line 3" in result.error.traceback
+    # IPython's traceback, as a notebook shows it (no terminal colours).
+    trace = result.error.traceback
+    assert trace.startswith("-----") and "Traceback (most recent call last)" in trace
+    assert f"Cell In [{result.execution_count}], line 4" in trace and "----> 3     return undefined_name" in trace
+    assert trace.rstrip().endswith("NameError: name 'undefined_name' is not defined") and "\x1b[" not in trace
     assert "NameError" in result.error_message
     assert result.logs.stdout == ["before\n"]
     # The session is still usable.
     assert session.code.run("1 + 1", "python").result == "2"
+
+
+def test_syntax_error_and_usage_error(session: Any) -> None:
+    broken = session.code.run("x = (1,\nprint(x", "python")
+    assert not broken.success and broken.error is not None
+    assert broken.error.name == "SyntaxError" and "Cell In [" in broken.error.traceback
+    magic = session.code.run("%timeit -z pass", "python")
+    assert not magic.success and magic.error is not None and magic.error.name == "UsageError"
+
+
+def test_matplotlib_magic_and_exit(session: Any) -> None:
+    # Any %matplotlib settles on the inline backend (a sandbox has no GUI); figures still come back as PNG.
+    plotted = session.code.run("kept = 1\n%matplotlib qt\nimport matplotlib.pyplot as plt\nplt.plot([3, 1])\nNone",
+                               "python")
+    assert plotted.success, plotted.error_message
+    assert "Using inline instead" in "".join(plotted.logs.stdout)
+    assert [base64.b64decode(item.png)[:8] for item in plotted.results if item.png] == [PNG_MAGIC]
+    # exit() ends the interpreter like a notebook kernel's: the next run starts a fresh one.
+    assert session.code.run("exit()", "python").success
+    fresh = session.code.run("'kept' in globals()", "python")
+    assert fresh.success, fresh.error_message
+    assert fresh.result == "False"
+
+
+def test_ipython_display_forms(session: Any) -> None:
+    result = session.code.run(DISPLAY_FORMS, "python", timeout_s=60)
+    assert result.success, result.error_message
+    check_display_forms(result.results)
+    # get_ipython() is the shell; Out/_N keep the results under the counts the SDK reports.
+    numbered = session.code.run(f"type(get_ipython()).__name__, Out[{result.execution_count}].__class__.__name__",
+                                "python")
+    assert numbered.result == "('AgentShell', 'Chart')"
+
+
+def test_first_run_timeout_counts_from_a_ready_interpreter(make_session: Callable[..., Any]) -> None:
+    # The deadline covers the user's code, not IPython's start-up (which takes ~0.5 s on an idle host).
+    session = make_session()
+    result = session.code.run("import time\ntime.sleep(0.6)\n'slept'", "python", timeout_s=1)
+    assert result.success, result.error_message
+    assert result.result == "'slept'"
+
+
+def test_timeout_interrupts_a_shell_line(session: Any) -> None:
+    assert session.code.run("kept = 7", "python").success
+    started = time.monotonic()
+    result = session.code.run("!sleep 30\nprint('after')", "python", timeout_s=1)
+    assert time.monotonic() - started < 10
+    assert not result.success and result.error is not None and result.error.name == "TimeoutError"
+    assert session.code.run("kept", "python").result == "7"
 
 
 def test_timeout_interrupts_and_the_session_survives(session: Any) -> None:
@@ -108,6 +162,55 @@ def test_javascript(session: Any) -> None:
     failed = session.code.run("console.log('a'); nope();", "js")
     assert not failed.success
     assert failed.error is not None and failed.error.name == "ReferenceError"
+    assert failed.logs.stdout == ["a\n"]
+    assert failed.error.traceback.startswith("ReferenceError: nope is not defined\n    at Cell")
+    assert "node:" not in failed.error.traceback
+
+
+def test_javascript_is_stateful_like_a_repl(session: Any) -> None:
+    js = session.code
+    first = js.run("const base = 40;\nfunction add(n) { return base + n }\nlet calls = 0", "javascript")
+    assert first.success, first.error_message
+    assert first.results == []  # declarations have no value
+    second = js.run("calls += 1;\nadd(2)", "javascript")
+    assert second.success, second.error_message
+    assert second.result == "42" and second.results[0].is_main_result
+    assert second.execution_count == first.execution_count + 1
+    # Top-level await, require, and the last expression's value as util.inspect shows it.
+    awaited = js.run("const os = require('os');\nconst v = await new Promise(r => setTimeout(() => r(calls), 20));\n"
+                     "({ v, type: typeof os.cpus })", "js")
+    assert awaited.success, awaited.error_message
+    assert awaited.result == "{ v: 1, type: 'function' }"
+    again = js.run("const base = 1", "javascript")
+    assert not again.success and again.error is not None and again.error.name == "SyntaxError"
+    assert "'base' has already been declared" in again.error.value
+    # An ES module (static import) runs on its own, as before.
+    module = js.run("import { platform } from 'os';\nconsole.log(platform())", "javascript")
+    assert module.success, module.error_message
+    assert module.logs.stdout == ["linux\n"]
+
+
+def test_javascript_timeout_stream_and_cancel(session: Any) -> None:
+    js = session.code
+    assert js.run("let spins = 0", "javascript").success
+    started = time.monotonic()
+    busy = js.run("while (true) { spins++ }", "javascript", timeout_s=1)
+    assert time.monotonic() - started < 10
+    assert not busy.success and busy.error is not None and busy.error.name == "TimeoutError"
+    waiting = js.run("await new Promise(() => {})", "javascript", timeout_s=1)
+    assert not waiting.success and waiting.error is not None and waiting.error.name == "TimeoutError"
+    after = js.run("spins > 0", "javascript")
+    assert after.success and after.result == "true"  # interrupted, not restarted: the state is kept
+
+    chunks: list[str] = []
+    handle = js.stream("for (let i = 0; ; i++) { console.log('tick', i); await new Promise(r => setTimeout(r, 20)) }",
+                       "javascript", timeout_s=60, on_stdout=chunks.append)
+    wait_for(lambda: len(chunks) >= 3, 20, what="streamed console.log chunks")
+    handle.cancel()
+    cancelled = handle.wait()
+    assert not cancelled.success and "cancelled" in cancelled.error_message
+    assert "".join(chunks).startswith("tick 0\ntick 1\n")
+    assert js.run("spins > 0", "javascript").result == "true"
 
 
 def test_r(session: Any) -> None:

@@ -1,225 +1,211 @@
-"""The persistent Python interpreter behind ``run_code`` (one per session). Stdlib only.
+"""The persistent Python interpreter behind ``run_code`` (one per session): IPython's InteractiveShell.
 
-Started by ops_code as ``/usr/bin/python3 -u code_worker.py REQ_FD RESP_FD``. It reads one JSON
-request per line from REQ_FD (``{"code": str, "count": int}``), runs the code in one namespace
-that lives as long as the process, and writes JSON lines to RESP_FD: ``{"type": "display",
-"data": {mime: value}}`` for each rich output as it is produced (``display()``, ``plt.show()``,
-open figures after the run) and finally ``{"type": "done", "main": bundle|None, "error":
-{name, value, traceback}|None}``. The code's stdout and stderr are this process's own fds 1 and
-2, which the agent streams. SIGINT interrupts running code (KeyboardInterrupt) and is ignored
-between runs.
+Started by ops_code as ``/usr/bin/python3 -u code_worker.py REQ_FD RESP_FD`` (IPython is the sandbox's
+Debian ``python3-ipython``; the agent itself stays stdlib-only and never imports this file). Cells run
+like in a notebook: magics (``%timeit``, ``%%writefile``), ``!shell`` lines, ``display()`` and the
+``IPython.display`` classes, ``_repr_*_`` / ``_repr_mimebundle_`` objects, matplotlib figures through
+``matplotlib_inline`` (PNG), the last expression as the result, IPython tracebacks.
+
+Protocol: after start-up the worker writes ``{"type": "ready"}`` to RESP_FD; then it reads one JSON
+request per line from REQ_FD (``{"code": str, "count": int}``) and answers with JSON lines on RESP_FD:
+``{"type": "display", "data": {mime: value}}`` for each output published while the cell runs and
+finally ``{"type": "done", "main": bundle|None, "error": {name, value, traceback}|None, "exiting": bool}``
+(``exiting`` after ``exit()``: the worker ends, the next run starts a fresh one). The cell's
+stdout and stderr are this process's own fds 1 and 2 (``!cmd`` children write there directly), which the
+agent streams. SIGINT interrupts a running cell (KeyboardInterrupt) and is ignored otherwise.
 """
 
 from __future__ import annotations
 
-import ast
 import base64
-import builtins
-import importlib.abc
-import importlib.machinery
-import importlib.util
 import json
-import linecache
 import os
 import signal
 import sys
 import threading
-import traceback
-import types
 from typing import Any
 
-MPL_BACKEND = "agbox_inline_backend"
-_REPR_METHODS = (
-    ("_repr_html_", "text/html"),
-    ("_repr_markdown_", "text/markdown"),
-    ("_repr_svg_", "image/svg+xml"),
-    ("_repr_png_", "image/png"),
-    ("_repr_jpeg_", "image/jpeg"),
-    ("_repr_latex_", "text/latex"),
-    ("_repr_json_", "application/json"),
-)
-_BINARY_MIMES = ("image/png", "image/jpeg")
+# Until a cell runs, an interrupt (a timeout during start-up) must not kill the interpreter half-built.
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+# Figures go through IPython's own inline backend (PNG outputs, open figures flushed after each cell).
+os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+
+# The worker never completes code, and IPython's completer imports jedi (a tenth of IPython's start-up)
+# only when it can: hide it during the import, then give it back to the user's own imports.
+_jedi_hidden = "jedi" not in sys.modules
+if _jedi_hidden:
+    sys.modules["jedi"] = None  # type: ignore[assignment]
+try:
+    from IPython.core.displayhook import DisplayHook
+    from IPython.core.displaypub import DisplayPublisher
+    from IPython.core.error import UsageError
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+finally:
+    if _jedi_hidden:
+        del sys.modules["jedi"]
 
 
-class Worker:
-    def __init__(self, resp_fd: int) -> None:
-        self._resp = os.fdopen(resp_fd, "wb", buffering=0)
-        self._resp_lock = threading.Lock()
-        self.executing = False
-        self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+class Channel:
+    """JSON lines to the agent; display() may be called from the user's threads."""
+
+    def __init__(self, fd: int) -> None:
+        self._out = os.fdopen(fd, "wb", buffering=0)
+        self._lock = threading.Lock()
 
     def send(self, message: dict[str, Any]) -> None:
         line = json.dumps(message, ensure_ascii=False, default=str).encode("utf-8", "surrogateescape") + b"\n"
-        with self._resp_lock:
-            self._resp.write(line)
+        with self._lock:
+            self._out.write(line)
 
-    # ---- rich output -------------------------------------------------------------------------
 
-    def bundle(self, obj: Any) -> dict[str, Any]:
-        data: dict[str, Any] = {}
-        if not isinstance(obj, type):
-            mimebundle = getattr(obj, "_repr_mimebundle_", None)
-            if callable(mimebundle):
-                try:
-                    value = mimebundle()
-                except Exception:
-                    value = None
-                if isinstance(value, tuple):
-                    value = value[0]
-                if isinstance(value, dict):
-                    data.update(value)
-            for attr, mime in _REPR_METHODS:
-                method = getattr(obj, attr, None)
-                if mime in data or not callable(method):
-                    continue
-                try:
-                    value = method()
-                except Exception:  # noqa: S112 - a broken _repr_ must not hide the others
-                    continue
-                if isinstance(value, tuple):
-                    value = value[0]
-                if value is not None:
-                    data[mime] = value
-            png = self._figure_png(obj)
-            if png is not None:
-                data.setdefault("image/png", png)
-        for mime in _BINARY_MIMES:
-            if isinstance(data.get(mime), (bytes, bytearray)):
-                data[mime] = base64.b64encode(data[mime]).decode("ascii")
-        clean: dict[str, Any] = {}
-        for mime, value in data.items():
-            try:
-                json.dumps(value)
-            except (TypeError, ValueError):
-                continue
-            clean[mime] = value
-        if "text/plain" not in clean:
-            try:
-                clean["text/plain"] = repr(obj)
-            except Exception as exc:
-                clean["text/plain"] = f"<unrepresentable {type(obj).__name__}: {exc}>"
-        return clean
-
-    @staticmethod
-    def _figure_png(obj: Any) -> str | None:
-        figure_module = sys.modules.get("matplotlib.figure")
-        if figure_module is None or not isinstance(obj, figure_module.Figure):
-            return None
-        import io
-
-        buffer = io.BytesIO()
-        obj.savefig(buffer, format="png", bbox_inches="tight")
-        return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-    def display(self, *objects: Any, **_: Any) -> None:
-        for obj in objects:
-            self.send({"type": "display", "data": self.bundle(obj)})
-
-    def flush_figures(self) -> None:
-        pyplot = sys.modules.get("matplotlib.pyplot")
-        if pyplot is None:
-            return
-        for number in pyplot.get_fignums():
-            figure = pyplot.figure(number)
-            png = self._figure_png(figure)
-            if png is not None:
-                self.send({"type": "display", "data": {"image/png": png, "text/plain": repr(figure)}})
-        pyplot.close("all")
-
-    # ---- execution ------------------------------------------------------------------------------
-
-    def run(self, code: str, count: int) -> None:
-        filename = f"<cell-{count}>"
-        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
-        main: dict[str, Any] | None = None
-        error: dict[str, str] | None = None
+def wire_bundle(data: dict[str, Any]) -> dict[str, Any]:
+    """A mime bundle as JSON: binary values (PNG, JPEG, PDF) base64, values JSON cannot carry dropped."""
+    clean: dict[str, Any] = {}
+    for mime, value in data.items():
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            value = base64.b64encode(bytes(value)).decode("ascii")
         try:
-            tree = ast.parse(code, filename, "exec")
-            last: ast.Expression | None = None
-            if tree.body and isinstance(tree.body[-1], ast.Expr) and not code.rstrip().endswith(";"):
-                last = ast.Expression(tree.body.pop().value)
-            value = None
-            self.executing = True
-            try:
-                exec(compile(tree, filename, "exec"), self.namespace)  # noqa: S102
-                if last is not None:
-                    value = eval(compile(last, filename, "eval"), self.namespace)  # noqa: S307
-            finally:
-                self.executing = False
-            self.flush_figures()
-            if value is not None:
-                self.namespace["_"] = value
-                main = self.bundle(value)
-        except BaseException as exc:  # the user's code may raise anything, SystemExit included
-            self.executing = False
-            error = self._error(exc)
-            try:
-                self.flush_figures()
-            except Exception as figure_error:
-                print(f"[agbox: could not render figures: {figure_error}]", file=sys.stderr)
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        self.send({"type": "done", "main": main, "error": error})
-
-    @staticmethod
-    def _error(exc: BaseException) -> dict[str, str]:
-        frames = traceback.extract_tb(exc.__traceback__)
-        # Drop this file's own frames so the traceback starts at the user's code.
-        keep = [f for f in frames if f.filename != __file__]
-        lines = ["Traceback (most recent call last):\n", *traceback.format_list(keep)] if keep else []
-        lines += traceback.format_exception_only(type(exc), exc)
-        return {"name": type(exc).__name__, "value": str(exc), "traceback": "".join(lines)}
+            json.dumps(value)
+        except (TypeError, ValueError):
+            continue
+        clean[str(mime)] = value
+    return clean
 
 
-class _InlineBackend(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """A matplotlib backend (Agg canvas) whose ``show()`` sends figures as image/png outputs."""
+class AgentDisplayPublisher(DisplayPublisher):
+    """``display()`` and friends: each output goes to the agent as it is produced."""
 
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
+    channel: Channel
 
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
-        return importlib.util.spec_from_loader(fullname, self) if fullname == MPL_BACKEND else None
+    def publish(self, data: dict[str, Any], metadata: Any = None, source: Any = None, *,
+                transient: Any = None, update: bool = False, **kwargs: Any) -> None:
+        self.channel.send({"type": "display", "data": wire_bundle(data)})
 
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
-        return None
-
-    def exec_module(self, module: types.ModuleType) -> None:
-        from matplotlib.backend_bases import FigureManagerBase
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-        worker = self.worker
-        module.FigureCanvas = FigureCanvasAgg  # type: ignore[attr-defined]
-        module.FigureManager = FigureManagerBase  # type: ignore[attr-defined]
-        module.show = lambda *args, **kwargs: worker.flush_figures()  # type: ignore[attr-defined]
+    def clear_output(self, wait: bool = False) -> None:
+        """Outputs already sent cannot be taken back; the base class would print terminal escapes."""
 
 
-def _on_sigint(worker: Worker) -> Any:
-    def handler(signum: int, frame: Any) -> None:
-        if worker.executing:
-            raise KeyboardInterrupt
-    return handler
+class AgentDisplayHook(DisplayHook):
+    """The value of a cell's last expression: kept as the run's main result instead of printed."""
+
+    channel: Channel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.main: dict[str, Any] | None = None
+
+    def start_displayhook(self) -> None:
+        pass
+
+    def write_output_prompt(self) -> None:
+        pass
+
+    def write_format_data(self, format_dict: dict[str, Any], md_dict: Any = None) -> None:
+        if self.main is not None:
+            # More than one displayed expression (e.g. `%config InteractiveShell.ast_node_interactivity='all'`):
+            # the earlier ones are plain outputs, the last is the main result.
+            self.channel.send({"type": "display", "data": self.main})
+        self.main = wire_bundle(format_dict)
+
+    def finish_displayhook(self) -> None:
+        pass
+
+
+class AgentShell(InteractiveShell):
+    """InteractiveShell whose outputs, results and tracebacks go to the agent, not to the terminal."""
+
+    displayhook_class = AgentDisplayHook
+    display_pub_class = AgentDisplayPublisher
+
+    def __init__(self, channel: Channel, **kwargs: Any) -> None:
+        AgentDisplayHook.channel = channel
+        AgentDisplayPublisher.channel = channel
+        super().__init__(**kwargs)
+        self.last_error: dict[str, str] | None = None
+        # `!cmd` runs with the worker's own stdout/stderr (the agent's pipes): streamed as it comes and
+        # kept apart, where the default (pexpect on a pty) would merge both streams.
+        self.system = self.system_raw  # type: ignore[method-assign]
+        # Figures can only be shown inline here: `%matplotlib` (any or no backend) settles on inline.
+        self.pylab_gui_select = "inline"
+
+    def enable_gui(self, gui: str | None = None) -> None:
+        """`%matplotlib inline` (and `%matplotlib` alone) need no event loop; a sandbox has no display for others."""
+        if gui not in (None, "inline"):
+            raise UsageError(f"no GUI event loop ({gui}) in a sandbox: use `%matplotlib inline`")
+
+    def ask_exit(self) -> None:
+        """`exit()` / `quit()`: like a notebook kernel, the interpreter ends after this cell and the next run
+        starts a fresh one."""
+        self.exit_now = True
+
+    def _showtraceback(self, etype: type[BaseException], evalue: BaseException, stb: Any) -> None:
+        self.last_error = {"name": etype.__name__, "value": str(evalue),
+                           "traceback": self.InteractiveTB.stb2text(stb)}
+
+
+def _flush_std() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def run_cell(shell: AgentShell, code: str, count: int, running: threading.Event) -> dict[str, Any]:
+    hook = shell.displayhook
+    assert isinstance(hook, AgentDisplayHook)
+    hook.main = None
+    shell.last_error = None
+    # IPython numbers cells (In/Out, `_N`, "Cell In[N]") with the count the agent reports.
+    shell.execution_count = count
+    error: dict[str, str] | None = None
+    # The agent sends one SIGINT per run, and only while it waits for this answer: an interrupt can
+    # land anywhere between set() and clear(), and is caught right here.
+    try:
+        running.set()
+        result = shell.run_cell(code, store_history=True)
+        failure = None if result.success else (result.error_before_exec or result.error_in_exec)
+    except BaseException as exc:  # an interrupt landing in IPython's own code around the cell
+        failure = exc
+    running.clear()
+    if failure is not None:
+        error = shell.last_error or {"name": type(failure).__name__, "value": str(failure), "traceback": ""}
+    elif shell.last_error is not None:
+        # A traceback shown without failing the cell (a broken post-execute hook, a formatter): keep it visible.
+        print(shell.last_error["traceback"], file=sys.stderr)
+    _flush_std()
+    return {"type": "done", "main": hook.main, "error": error, "exiting": bool(shell.exit_now)}
 
 
 def main() -> None:
     req_fd, resp_fd = int(sys.argv[1]), int(sys.argv[2])
-    worker = Worker(resp_fd)
-    signal.signal(signal.SIGINT, _on_sigint(worker))
-    sys.meta_path.append(_InlineBackend(worker))
-    os.environ["MPLBACKEND"] = "module://" + MPL_BACKEND
-    builtins.display = worker.display  # type: ignore[attr-defined]
+    channel = Channel(resp_fd)
     # Like a notebook: imports resolve from the working directory, not from the agent's own dir.
     sys.path[0] = ""
     sys.argv = [""]
+    config = Config()
+    config.HistoryManager.enabled = False  # no history database in the user's home
+    config.InteractiveShell.colors = "NoColor"  # tracebacks are read as text, not on a terminal
+    # instance(): the singleton that get_ipython() and IPython.display.display() publish through.
+    shell = AgentShell.instance(channel=channel, config=config)
+    running = threading.Event()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if running.is_set():
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    channel.send({"type": "ready"})
     requests = os.fdopen(req_fd, "rb", buffering=0)
     for line in requests:
         try:
             request = json.loads(line)
         except ValueError:
             continue
-        worker.run(str(request.get("code", "")), int(request.get("count", 0)))
+        channel.send(run_cell(shell, str(request.get("code", "")), int(request.get("count", 0)), running))
+        if shell.exit_now:
+            break
 
 
 if __name__ == "__main__":

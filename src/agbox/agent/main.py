@@ -40,7 +40,8 @@ def _ping(args: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
 
 # Op modules load on first use (by op-name prefix): the agent starts in about a third of the time and
 # an idle sandbox that never touches files or code keeps a small heap.
-OP_MODULES = (("shell", "ops_shell"), ("fs_", "ops_files"), ("archive_", "ops_archive"), ("run_code", "ops_code"))
+OP_MODULES = (("shell", "ops_shell"), ("fs_", "ops_files"), ("archive_", "ops_archive"), ("run_code", "ops_code"),
+              ("browser_", "ops_browser"), ("pty_", "ops_pty"))
 _import_lock = threading.Lock()
 
 
@@ -86,7 +87,9 @@ def _handle(request: dict[str, Any]) -> None:
     except Exception as exc:  # the top-level handler of a request thread: report, never die
         import traceback
 
-        send({"id": rid, "ok": False, "error": {"kind": "internal", "message": f"{type(exc).__name__}: {exc}",
+        # The message reaches the agent's user: what failed, not which Python class (the trace is for logs).
+        send({"id": rid, "ok": False, "error": {"kind": "internal",
+                                                 "message": f"{request.get('op')} failed inside the sandbox: {exc}",
                                                  "trace": traceback.format_exc()}})
     finally:
         with _running_lock:
@@ -113,7 +116,11 @@ def main() -> None:
             if target is not None:
                 target.cancel()
             continue
-        threading.Thread(target=_handle, args=(request,), daemon=True).start()
+        try:
+            threading.Thread(target=_handle, args=(request,), daemon=True).start()
+        except RuntimeError as exc:  # no thread to be had (the sandbox's process limit): answer, never die
+            send({"id": request.get("id"), "ok": False,
+                  "error": {"kind": "os", "errno": 11, "message": f"the agent could not start the request: {exc}"}})
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from agbox.client.backend import Backend, EmbeddedBackend, HttpBackend
+from agbox.client.context import ContextService
 from agbox.client.results import DeleteResult, GetSessionData, GetSessionResult, SessionListResult, SessionResult
 from agbox.client.session import Session, data_of, envelope_error
 from agbox.settings import default_data_dir
@@ -76,9 +77,7 @@ class AGB:
             directory = Path(data_dir or os.environ.get("AGBOX_DATA_DIR") or default_data_dir()).expanduser().resolve()
             self.endpoint = f"embedded:{directory}"
             self._backend = EmbeddedBackend(directory)
-        from agbox.client.context import attach_agb
-
-        attach_agb(self)
+        self.context = ContextService(self)
 
     @property
     def embedded(self) -> bool:
@@ -121,7 +120,7 @@ class AGB:
         session = Session(self, data["sessionId"])
         session._apply(data)
         session.image_id = params.image_id
-        if persistence and hasattr(session, "context"):
+        if persistence:
             session.context.wait_ready()
         return SessionResult(request_id=request_id, success=True, session=session)
 

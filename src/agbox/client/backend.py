@@ -9,7 +9,9 @@ from __future__ import annotations
 import abc
 import asyncio
 import atexit
+import concurrent.futures.thread  # noqa: F401  (registers its exit hook before ours, see below)
 import contextlib
+import logging
 import secrets
 import socket
 import threading
@@ -19,6 +21,8 @@ from typing import Any
 import httpx
 
 from agbox.server.wire import ROUTES
+
+log = logging.getLogger(__name__)
 
 
 class Backend(abc.ABC):
@@ -33,6 +37,9 @@ class Backend(abc.ABC):
 
     def close(self) -> None:
         return None
+
+
+CLOSED = "this AGB client is closed"
 
 
 def _transport_error(message: str) -> dict[str, Any]:
@@ -56,6 +63,8 @@ class HttpBackend(Backend):
              timeout_s: float | None = None) -> dict[str, Any]:
         method, path = ROUTES[op]
         params = {k: v for k, v in (query or {}).items() if v is not None}
+        if self._client.is_closed:
+            return _transport_error(CLOSED)
         try:
             response = self._client.request(method, self.endpoint + path, params=params,
                                             json=(body or {}) if method == "POST" else None,
@@ -101,19 +110,20 @@ class EmbeddedPlatform:
         self.run(self.platform.start())
         self.app = create_app(self.platform, manage_platform=False)
         self.wire = self.app.state.wire
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
+                                h11_max_incomplete_event_size=256 * 1024)
         self.server = uvicorn.Server(config)
         self._serving = asyncio.run_coroutine_threadsafe(self.server.serve(sockets=[self._socket]), self.loop)
         self.users = 0
-        self._closed = False
+        self.closed = False
 
     def run(self, coro: Any, timeout_s: float | None = None) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
 
     def close(self) -> None:
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        self.closed = True
         try:
             self.server.should_exit = True
             with contextlib.suppress(Exception):
@@ -129,11 +139,25 @@ _embedded_lock = threading.Lock()
 
 
 def _close_all_embedded() -> None:
-    for platform in list(_embedded.values()):
-        platform.close()
-    _embedded.clear()
+    """Stop every embedded platform a script left open (every sandbox ends, nothing is printed)."""
+    with _embedded_lock:
+        platforms = list(_embedded.values())
+        _embedded.clear()
+    for platform in platforms:
+        try:
+            platform.close()
+        except Exception:  # at interpreter exit there is no one left to report to but the log
+            log.warning("closing the embedded platform at exit failed", exc_info=True)
 
 
+# The platform must close before ``concurrent.futures`` shuts its executors down at exit (it does so
+# from a threading-exit hook, which runs before ``atexit``): the runtime's clean-up runs in executor
+# threads. Threading-exit hooks run last-registered first, so this one runs before the executors'
+# (their module is imported above, so its hook is registered before this one).
+# ``atexit`` stays as the fallback for interpreters without the hook.
+_register_thread_exit = getattr(threading, "_register_atexit", None)
+if _register_thread_exit is not None:
+    _register_thread_exit(_close_all_embedded)
 atexit.register(_close_all_embedded)
 
 
@@ -148,9 +172,12 @@ class EmbeddedBackend(Backend):
             platform.users += 1
         self.platform = platform
         self.data_dir = data_dir
+        self._closed = False
 
     def call(self, op: str, query: dict[str, Any] | None = None, body: dict[str, Any] | None = None,
              timeout_s: float | None = None) -> dict[str, Any]:
+        if self._closed or self.platform.closed:
+            return _transport_error(CLOSED)
         params = {k: v for k, v in (query or {}).items() if v is not None}
         params.update(body or {})
         result: dict[str, Any] = self.platform.run(self.platform.wire.dispatch(op, self.platform.key, params))
@@ -159,6 +186,9 @@ class EmbeddedBackend(Backend):
     def close(self) -> None:
         """Stop the embedded platform when its last client closes (every sandbox ends)."""
         with _embedded_lock:
+            if self._closed:
+                return
+            self._closed = True
             self.platform.users -= 1
             if self.platform.users > 0 or _embedded.get(self.data_dir) is not self.platform:
                 return

@@ -279,6 +279,3 @@ class Code:
                              f"{', '.join(SUPPORTED_LANGUAGES)}")
         return CodeStream(self.session, code, canonical, timeout_s, on_stdout, on_stderr, on_error)
 
-
-def attach_session(session: Session) -> None:
-    session.code = Code(session)  # type: ignore[attr-defined]

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 from agbox.client.results import ApiResponse, BoolResult, McpToolResult
 
 if TYPE_CHECKING:
+    from agbox.client.file_transfer import DownloadResult, UploadResult
     from agbox.client.session import Session
 
 # Per call: bytes of a read range, characters of a text write, bytes of a binary write (as base64 this
@@ -228,6 +229,18 @@ class FileSystem:
     def __init__(self, session: Session) -> None:
         self.session = session
 
+    # Local file <-> sandbox file, as the official SDK's ``session.file`` offers them (file_transfer.py).
+    def upload(self, local_path: str, remote_path: str, *, wait_timeout: float = 300.0) -> UploadResult:
+        return self.session.file_transfer.upload(local_path, remote_path, wait_timeout=wait_timeout)
+
+    def download(self, remote_path: str, local_path: str, *, overwrite: bool = True,
+                 wait_timeout: float = 300.0) -> DownloadResult:
+        return self.session.file_transfer.download(remote_path, local_path, overwrite=overwrite,
+                                                   wait_timeout=wait_timeout)
+
+    def transfer_path(self) -> str | None:
+        return self.session.file_transfer.transfer_path()
+
     def _call(self, tool: str, args: dict[str, Any]) -> McpToolResult:
         return self.session.call_mcp_tool(tool, args, read_timeout=CALL_TIMEOUT_MS, connect_timeout=CALL_TIMEOUT_MS)
 
@@ -371,6 +384,3 @@ class FileSystem:
         ``callback`` with each non-empty batch of events; the first poll only sets the baseline."""
         return DirectoryWatcher(self, path, callback, interval, stop_event or threading.Event())
 
-
-def attach_session(session: Session) -> None:
-    session.file = FileSystem(session)  # type: ignore[attr-defined]

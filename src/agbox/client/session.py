@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from agbox.client.browser import Browser
+from agbox.client.code import Code
+from agbox.client.command import Command
+from agbox.client.context_manager import ContextManager
+from agbox.client.file import FileSystem
+from agbox.client.file_transfer import FileTransfer
+from agbox.client.pty import Pty
 from agbox.client.results import (
     DeleteResult,
     McpTool,
@@ -70,8 +76,6 @@ def parse_tool_list(raw: Any) -> list[McpTool] | str:
 
 class Session:
     def __init__(self, agb: AGB, session_id: str) -> None:
-        from agbox.client.command import Command
-
         self.agb = agb
         self.session_id = session_id
         self.resource_url = ""
@@ -84,20 +88,12 @@ class Session:
         self.mcp_url = ""
         self.tool_list: list[McpTool] | str = ""
         self.command = Command(self)
-        self._extend_modules()
-
-    def _extend_modules(self) -> None:
-        # Feature modules (file, code, context, ...) each attach their sub-API when present.
-        for name in SESSION_MODULES:
-            try:
-                module = importlib.import_module(f"agbox.client.{name}")
-            except ModuleNotFoundError as exc:
-                if exc.name != f"agbox.client.{name}":
-                    raise
-                continue
-            attach = getattr(module, "attach_session", None)
-            if attach is not None:
-                attach(self)
+        self.file = FileSystem(self)
+        self.code = Code(self)
+        self.browser = Browser(self)
+        self.pty = Pty(self)
+        self.context = ContextManager(self)
+        self.file_transfer = FileTransfer(self, self.context, agb.context)
 
     def _apply(self, data: dict[str, Any]) -> None:
         self.resource_url = str(data.get("resourceUrl") or "")
@@ -299,5 +295,3 @@ class Session:
         metrics = SessionMetrics(**{k: v for k, v in raw.items() if k in fields})
         return SessionMetricsResult(request_id=result.request_id, success=True, metrics=metrics, raw=raw)
 
-
-SESSION_MODULES = ("file", "code", "context")

@@ -78,6 +78,14 @@ class SandboxStats:
     pids: int
 
 
+@dataclasses.dataclass(frozen=True)
+class LimitEvents:
+    """How often the kernel enforced a sandbox's limits so far (counters from its cgroup)."""
+
+    oom_kills: int = 0  # processes killed for memory
+    pids_max: int = 0  # process/thread creations refused at the pids limit
+
+
 EventCallback = Callable[[dict[str, Any]], None]
 
 
@@ -85,6 +93,19 @@ class Runtime(abc.ABC):
     """A sandbox mechanism. Every method may be called concurrently for different sandboxes."""
 
     name: str
+    # True when sandboxes keep running without this process (on cluster nodes): a stopping control
+    # plane then leaves its sessions to the other replicas or to its own restart (reattach).
+    sessions_outlive_control_plane: bool = False
+
+    def end_reason(self, handle: SandboxHandle, since: LimitEvents | None = None) -> str:
+        """Why a sandbox that ``alive`` reports gone has ended, in words (the session's finish reason);
+        limit events (out of memory, ...) after ``since`` count as the cause."""
+        return "sandbox ended"
+
+    def manages(self, node: str) -> bool:
+        """Whether sessions recorded on ``node`` are this runtime's to watch, reattach and end (a
+        store shared by several control planes also holds other runtimes' sessions)."""
+        return node == getattr(self, "node", self.name)
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -122,6 +143,18 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     def alive(self, handle: SandboxHandle) -> bool:
         """Cheap liveness check used by the lifecycle loop."""
+
+    def limit_events(self, handle: SandboxHandle) -> LimitEvents:
+        """The sandbox's limit counters now (compare two readings with ``limit_note``)."""
+        return LimitEvents()
+
+    def limit_note(self, handle: SandboxHandle, since: LimitEvents) -> str | None:
+        """What the kernel did to the sandbox because of its limits since ``since``, in words; None if nothing."""
+        return None
+
+    async def wait_ended(self, handle: SandboxHandle, timeout_s: float) -> bool:
+        """True if the sandbox has ended (waiting up to ``timeout_s`` for an ending in progress to complete)."""
+        return not self.alive(handle)
 
     async def prewarm(self, spec: SandboxSpec) -> None:
         """Start sandboxes for specs like this one ahead of demand (optional)."""

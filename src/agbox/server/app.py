@@ -9,18 +9,24 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import secrets
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agbox.errors import AgboxError, AuthenticationError, InvalidRequestError, LimitExceededError
-from agbox.server.wire import ROUTES, WireApi, envelope, error_envelope, feature_modules, new_request_id
+from agbox.server import browser, contexts, links, mcp_endpoint, session_page, stream, terminal
+from agbox.server.openapi import build_document
+from agbox.server.operations import validate
+from agbox.server.wire import ROUTES, WireApi, envelope, error_envelope, internal_error_envelope, new_request_id
 from agbox.services.platform import Platform
+from agbox.wirejson import loads, same_secret
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +49,7 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
             raise LimitExceededError(f"request body exceeds the limit of {limit} bytes")
     if not body.strip():
         return {}
-    try:
-        value = json.loads(body)
-    except ValueError as exc:
-        raise InvalidRequestError(f"malformed JSON body: {exc}") from exc
+    value = loads(body, "malformed JSON body", max_bytes=limit)
     if not isinstance(value, dict):
         raise InvalidRequestError("the JSON body must be an object")
     return value
@@ -59,7 +62,15 @@ class AsciiJSONResponse(JSONResponse):
 
 
 def json_response(body: dict[str, Any], status: int = 200) -> JSONResponse:
-    return AsciiJSONResponse(body, status_code=status, headers={"x-request-id": str(body.get("requestId", ""))})
+    # Header values must be Latin-1: a request id that is not printable ASCII stays in the body only.
+    request_id = str(body.get("requestId", ""))
+    headers = {"x-request-id": request_id} if request_id.isascii() and request_id.isprintable() else {}
+    if "retryAfter" in body:
+        # A throttled request is a real HTTP 429 (even on wire routes, which otherwise always answer
+        # 200), so HTTP clients and proxies that honour Retry-After back off by themselves.
+        status = 429
+        headers["retry-after"] = str(max(1, math.ceil(float(body["retryAfter"]))))
+    return AsciiJSONResponse(body, status_code=status, headers=headers)
 
 
 def wire_route(wire: WireApi, op: str, method: str, path: str) -> Route:
@@ -79,7 +90,7 @@ def token_guard(wire: WireApi, request: Request, session_id: str) -> str:
     """The owner of a session whose access token the request carries."""
     token = request.headers.get("x-access-token") or request.query_params.get("token") or ""
     record = wire.platform.store.get_session(session_id)
-    if record is None or not token or not secrets.compare_digest(token, record.token):
+    if record is None or not same_secret(token, record.token):
         raise AuthenticationError("missing or wrong session access token")
     return record.owner
 
@@ -90,8 +101,9 @@ async def link_call_tool(request: Request) -> Response:
     request_id = new_request_id()
     try:
         owner = token_guard(wire, request, session_id)
-        body = await read_json(request, wire.platform.settings.max_request_bytes)
-        request_id = str(body.get("requestId") or request_id)
+        wire.platform.limits.admit_request(owner)
+        body = validate("linkCallTool", await read_json(request, wire.platform.settings.max_request_bytes))
+        request_id = body.get("requestId") or request_id
         output = await wire.tools.call(owner, session_id, body.get("tool") or body.get("name"), body.get("args"))
     except AgboxError as exc:
         return json_response(error_envelope(request_id, exc), status=exc.status_code)
@@ -106,22 +118,57 @@ async def not_found(request: Request, exc: Exception) -> Response:
 
 
 async def method_not_allowed(request: Request, exc: Exception) -> Response:
-    return json_response(envelope(new_request_id(), None, success=False, code="MethodNotAllowed",
-                                  message=f"{request.method} is not allowed on {request.url.path}", status=405),
-                         status=405)
+    response = json_response(envelope(new_request_id(), None, success=False, code="MethodNotAllowed",
+                                      message=f"{request.method} is not allowed on {request.url.path}", status=405),
+                             status=405)
+    allow = (getattr(exc, "headers", None) or {}).get("Allow")
+    if allow:  # RFC 9110: a 405 names the methods the resource supports
+        response.headers["Allow"] = allow
+    return response
 
 
-async def server_error(request: Request, exc: Exception) -> Response:
-    request_id = new_request_id()
-    log.exception("unhandled error on %s %s (%s)", request.method, request.url.path, request_id, exc_info=exc)
-    return json_response(envelope(request_id, None, success=False, code="InternalError",
-                                  message=f"internal error; see the server log for request {request_id}",
-                                  status=500), status=500)
+class ErrorEdge:
+    """The one backstop of the HTTP edge (outermost but for Starlette's own): an exception that escaped
+    a route is logged once and answered with an envelope; a client that went away is not an error.
+    Causes are fixed where they arise; this only keeps a missed one from leaking a traceback or
+    being logged twice (Starlette's ServerErrorMiddleware would log and re-raise to uvicorn)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] in ("http.response.start", "websocket.accept", "websocket.close"):
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except ClientDisconnect:
+            log.debug("client went away during %s %s", scope.get("method", "WS"), scope.get("path"))
+        except Exception:
+            request_id = new_request_id()
+            log.exception("unhandled error on %s %s (%s)", scope.get("method", "WS"), scope.get("path"), request_id)
+            if started:
+                return
+            if scope["type"] == "http":
+                await json_response(internal_error_envelope(request_id), status=500)(scope, receive, send)
+            else:
+                await send({"type": "websocket.close", "code": 1011, "reason": "internal error"})
 
 
 def create_app(platform: Platform, *, manage_platform: bool = True,
                on_ready: Callable[[], Awaitable[None]] | None = None) -> Starlette:
     wire = WireApi(platform)
+    links.register_ops(wire)
+    browser.register_ops(wire)
+    contexts.register_ops(wire)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -135,16 +182,16 @@ def create_app(platform: Platform, *, manage_platform: bool = True,
             if manage_platform:
                 await platform.close()
 
-    routes: list[BaseRoute] = []
-    for module in feature_modules():
-        make_routes = getattr(module, "routes", None)
-        if make_routes is not None:
-            routes.extend(make_routes(wire))
+    routes: list[BaseRoute] = [*contexts.routes(wire), *stream.routes(wire), *terminal.routes(wire),
+                               *mcp_endpoint.routes(wire), *browser.routes(wire),
+                               *session_page.routes(wire)]
     routes.append(Route("/link/{session_id}/callTool", link_call_tool, methods=["POST"]))
     routes.extend(wire_route(wire, op, method, path) for op, (method, path) in list(ROUTES.items()))
     routes.append(Route("/health", lambda request: JSONResponse({"ok": True}), methods=["GET"]))
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={404: not_found, 405: method_not_allowed, Exception: server_error})
+    document = build_document()
+    routes.append(Route("/openapi.json", lambda request: JSONResponse(document), methods=["GET"]))
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(ErrorEdge)],
+                    exception_handlers={404: not_found, 405: method_not_allowed})
     app.state.wire = wire
     app.state.platform = platform
     return app

@@ -1,14 +1,12 @@
 """Contexts on the wire: the /sdk/*Context* operations and the pre-signed object route.
 
-``register_ops`` builds the ContextService on first use (same SQLite file, blobs in
-``<data dir>/contexts``), hooks it into session creation and release, and registers every operation.
+``register_ops`` registers every operation on the platform's ContextService (services/contexts.py).
 ``routes`` adds ``PUT/GET /context-objects/{token}``: plain HTTP, authorized by an HMAC-signed,
 expiring token (no API key), which is what the SDK's pre-signed URLs need.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,11 +16,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from agbox.errors import AgboxError, ContextNotFoundError
-from agbox.models import SessionRecord
 from agbox.server.wire import WireApi, envelope
-from agbox.services.context_files import LocalBlobStore
-from agbox.services.contexts import MAX_OBJECT_BYTES, ContextService, iso, load_secret
-from agbox.store.contexts import ContextRecord, SqliteContextStore
+from agbox.services.contexts import MAX_OBJECT_BYTES, iso
+from agbox.store.contexts import ContextRecord
 
 log = logging.getLogger(__name__)
 
@@ -46,47 +42,19 @@ CONTEXT_ROUTES: dict[str, tuple[str, str]] = {
 }
 
 
-def service_of(wire: WireApi) -> ContextService:
-    platform = wire.platform
-    existing = platform.extensions.get("contexts")
-    if isinstance(existing, ContextService):
-        return existing
-    data_dir = platform.settings.data_dir
-    service = ContextService(platform.settings, SqliteContextStore(data_dir / "agbox.db"),
-                             LocalBlobStore(data_dir / "contexts"), platform.sessions,
-                             load_secret(data_dir / "contexts" / "url-secret"))
-    platform.extensions["contexts"] = service
-    platform.sessions.before_release.append(service.before_release)
-    previous: Callable[[SessionRecord, Params], Awaitable[None]] | None = platform.extensions.get("on_create")
-
-    async def on_create(record: SessionRecord, params: Params) -> None:
-        if previous is not None:
-            await previous(record, params)
-        service.ensure_started()
-        await service.on_create(record, params)
-
-    platform.extensions["on_create"] = on_create
-    platform.async_close_hooks.append(service.close)
-    return service
-
-
 def context_data(record: ContextRecord) -> dict[str, Any]:
     return {"id": record.id, "name": record.name, "createTime": iso(record.created_at),
             "lastUsedTime": iso(record.last_used_at), "state": record.state}
 
 
 def register_ops(wire: WireApi) -> None:
-    service = service_of(wire)
+    service = wire.platform.contexts
 
     def op(name: str) -> Callable[[Callable[[str, Params, str], Awaitable[dict[str, Any]]]], None]:
         method, path = CONTEXT_ROUTES[name]
 
         def decorate(handler: Callable[[str, Params, str], Awaitable[dict[str, Any]]]) -> None:
-            async def wrapped(owner: str, params: Params, rid: str) -> dict[str, Any]:
-                service.ensure_started()
-                return await handler(owner, params, rid)
-
-            wire.register(name, method, path, wrapped)
+            wire.register(name, method, path, handler)
 
         return decorate
 
@@ -160,12 +128,12 @@ def _denied(exc: Exception, status: int = 403) -> Response:
 
 
 def routes(wire: WireApi) -> list[BaseRoute]:
-    service = service_of(wire)
+    service = wire.platform.contexts
 
     async def put_object(request: Request) -> Response:
         try:
             record, key = service.check_url(request.path_params["token"], "PUT")
-        except (AgboxError, ValueError, json.JSONDecodeError) as exc:
+        except (AgboxError, ValueError) as exc:
             return _denied(exc)
         writer = service.blobs.begin(MAX_OBJECT_BYTES)
         try:
@@ -188,10 +156,13 @@ def routes(wire: WireApi) -> list[BaseRoute]:
         try:
             record, key = service.check_url(request.path_params["token"], "GET")
             found = service.object_blob(record.id, key)
-        except (AgboxError, ValueError, json.JSONDecodeError) as exc:
+        except (AgboxError, ValueError) as exc:
             return _denied(exc)
         return StreamingResponse(service.blob_chunks(found.blob), media_type="application/octet-stream",
                                  headers={"Content-Length": str(found.size), "ETag": f'"{found.blob}"'})
 
-    return [Route("/context-objects/{token}", put_object, methods=["PUT"]),
-            Route("/context-objects/{token}", get_object, methods=["GET"])]
+    async def context_object(request: Request) -> Response:
+        # One route for both methods, so a 405 answer's Allow header names both.
+        return await (put_object(request) if request.method == "PUT" else get_object(request))
+
+    return [Route("/context-objects/{token}", context_object, methods=["GET", "PUT"])]

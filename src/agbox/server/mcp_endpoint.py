@@ -13,6 +13,9 @@ Wiring:
 - Auth and session checks happen before the MCP layer: wrong or missing token → 401, unknown or ended
   session → 404. The body is a JSON-RPC error (MCP clients surface its message) carrying the AGB
   envelope fields too (``success``, ``code``, ``message``), like the rest of the server.
+- ``GET`` (the optional standalone SSE stream for server-initiated messages) answers 405, as the MCP
+  transport allows: a stateless server never sends such messages, and a stream nobody writes to
+  would only stay open, outlive its session and pile up per token.
 """
 
 from __future__ import annotations
@@ -41,10 +44,14 @@ PATH = "/sessions/{session_id}/mcp"
 
 
 def session_token(request: Request) -> str:
+    # X-Access-Token first: it can only mean the session token (Authorization may carry an API key).
+    explicit = request.headers.get("x-access-token", "").strip()
+    if explicit:
+        return explicit
     header = request.headers.get("authorization", "")
     if header[:7].lower() == "bearer ":
         return header[7:].strip()
-    return request.headers.get("x-access-token", "").strip()
+    return ""
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -112,6 +119,11 @@ class SessionMcpEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
+        if request.method == "GET":
+            response = _error(405, "MethodNotAllowed", "this MCP endpoint is stateless and offers no SSE stream; "
+                              "POST JSON-RPC requests to it", headers={"allow": "POST, DELETE"})
+            await response(scope, receive, send)
+            return
         session_id = str(request.path_params.get("session_id", ""))
         record = self.wire.platform.store.get_session(session_id)
         if record is None:

@@ -19,13 +19,15 @@ import asyncio
 import contextlib
 import json
 import logging
-import secrets
 from typing import TYPE_CHECKING, Any
 
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from agbox.errors import AgboxError
+from agbox.errors import AgboxError, InvalidRequestError, QuotaExceededError
+from agbox.models import SessionRecord
+from agbox.services.limits import LimitService
+from agbox.wirejson import clip, loads, same_secret
 
 if TYPE_CHECKING:
     from agbox.server.wire import WireApi
@@ -36,12 +38,15 @@ SERVER_SOURCE = "wuying_codespace"
 # Frames that never had a usable invocation id are answered under this one.
 NO_INVOCATION = "invalid-request"
 MAX_FRAME_BYTES = 16 * 1024 * 1024
+MAX_INVOCATION_ID = 256
+MAX_STREAMS_PER_SESSION = 8
 
 
-def _owner(wire: WireApi, websocket: WebSocket, session_id: str) -> str | None:
+def session_owner(wire: WireApi, websocket: WebSocket, session_id: str) -> str | None:
+    """The owner of the session when the socket carries its access token, else None."""
     token = websocket.headers.get("x-access-token") or websocket.query_params.get("token") or ""
     record = wire.platform.store.get_session(session_id)
-    if record is None or not token or not secrets.compare_digest(token, record.token):
+    if record is None or not same_secret(token, record.token):
         return None
     return record.owner
 
@@ -70,6 +75,11 @@ class StreamConnection:
             frame = await self.outbox.get()
             await self.websocket.send_text(json.dumps(frame, ensure_ascii=False))
 
+    async def close(self, code: int, reason: str) -> None:
+        """End the connection from the server side (its serve() loop then ends and cleans up)."""
+        with contextlib.suppress(Exception):
+            await self.websocket.close(code=code, reason=reason)
+
     async def serve(self) -> None:
         writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.session_id}")
         try:
@@ -94,46 +104,44 @@ class StreamConnection:
                 await writer
 
     def _handle(self, raw: str) -> None:
-        if len(raw) > MAX_FRAME_BYTES:
-            self.send(NO_INVOCATION, {"phase": "error", "error": "frame too large"})
-            return
         try:
-            frame = json.loads(raw)
-        except ValueError:
-            self.send(NO_INVOCATION, {"phase": "error", "error": "frame is not valid JSON"})
+            frame = loads(raw, "frame", max_bytes=MAX_FRAME_BYTES)
+        except InvalidRequestError as exc:
+            self.send(NO_INVOCATION, {"phase": "error", "error": exc.message})
             return
         if not isinstance(frame, dict):
             self.send(NO_INVOCATION, {"phase": "error", "error": "frame must be a JSON object"})
             return
         invocation_id = frame.get("invocationId") or frame.get("requestId")
-        if not isinstance(invocation_id, str) or not invocation_id:
-            self.send(NO_INVOCATION, {"phase": "error", "error": "invocationId is required"})
+        if not isinstance(invocation_id, str) or not invocation_id or len(invocation_id) > MAX_INVOCATION_ID:
+            self.send(NO_INVOCATION, {"phase": "error", "error": "invocationId is required (a string of at most "
+                                                                 f"{MAX_INVOCATION_ID} characters)"})
             return
         data = frame.get("data")
         if isinstance(data, str):
-            with contextlib.suppress(ValueError):
-                data = json.loads(data)
+            with contextlib.suppress(InvalidRequestError):
+                data = loads(data, "data")
         if not isinstance(data, dict):
             self.send(invocation_id, {"phase": "error", "error": "data must be an object"})
             return
         raw_target = frame.get("target")
-        target = raw_target if isinstance(raw_target, str) and raw_target else SERVER_SOURCE
+        target = raw_target if isinstance(raw_target, str) and 0 < len(raw_target) <= 256 else SERVER_SOURCE
         method = data.get("method") or data.get("action")
+        raw_params = data.get("params")
+        params: dict[str, Any] = raw_params if isinstance(raw_params, dict) else {}
         if method == "cancel" or data.get("phase") == "cancel":
-            victim = data.get("invocationId") or (data.get("params") or {}).get("invocationId") or invocation_id
-            task = self.running.get(str(victim))
+            victim = data.get("invocationId") or params.get("invocationId") or invocation_id
+            task = self.running.get(victim) if isinstance(victim, str) else None
             if task is not None:
                 task.cancel()
             return
         if method != "run_code":
-            self.send(invocation_id, {"phase": "error", "error": f"unsupported method {method!r}; "
+            self.send(invocation_id, {"phase": "error", "error": f"unsupported method {clip(method, 60)}; "
                                                                    "this endpoint serves run_code"}, target)
             return
         if invocation_id in self.running:
             self.send(invocation_id, {"phase": "error", "error": "invocationId is already running"}, target)
             return
-        raw_params = data.get("params")
-        params: dict[str, Any] = raw_params if isinstance(raw_params, dict) else {}
         task = asyncio.create_task(self._run_code(invocation_id, target, params), name=f"ws-run-{invocation_id}")
         self.running[invocation_id] = task
         task.add_done_callback(lambda _: self.running.pop(invocation_id, None))
@@ -192,14 +200,61 @@ class StreamConnection:
         self.send(invocation_id, end, target)
 
 
+class OpenStreams:
+    """The open sockets of each session: at most ``MAX_STREAMS_PER_SESSION`` at once (one session
+    token cannot hold an unbounded number), and all of them are closed when the session is released."""
+
+    def __init__(self, limits: LimitService) -> None:
+        self.limits = limits
+        self.by_session: dict[str, set[StreamConnection]] = {}
+
+    def admit(self, connection: StreamConnection) -> str:
+        """An empty string if the connection may stay open, else why not (per session, then per key)."""
+        open_now = self.by_session.setdefault(connection.session_id, set())
+        if len(open_now) >= MAX_STREAMS_PER_SESSION:
+            return f"too many open streams for this session (at most {MAX_STREAMS_PER_SESSION})"
+        try:
+            self.limits.open_stream(connection.owner)
+        except QuotaExceededError as exc:
+            return exc.message
+        open_now.add(connection)
+        return ""
+
+    def forget(self, connection: StreamConnection) -> None:
+        open_now = self.by_session.get(connection.session_id)
+        if open_now is not None and connection in open_now:
+            open_now.discard(connection)
+            self.limits.close_stream(connection.owner)
+            if not open_now:
+                del self.by_session[connection.session_id]
+
+    async def before_release(self, record: SessionRecord) -> None:
+        for connection in list(self.by_session.get(record.id, ())):
+            self.forget(connection)
+            await connection.close(1001, "session released")
+
+
 def routes(wire: WireApi) -> list[BaseRoute]:
+    streams = OpenStreams(wire.platform.limits)
+    wire.platform.sessions.before_release.append(streams.before_release)
+
     async def endpoint(websocket: WebSocket) -> None:
         session_id = str(websocket.path_params["session_id"])
-        owner = _owner(wire, websocket, session_id)
+        owner = session_owner(wire, websocket, session_id)
         if owner is None:
             await websocket.close(code=1008, reason="missing or wrong session access token")
             return
-        await websocket.accept()
-        await StreamConnection(wire, websocket, owner, session_id).serve()
+        connection = StreamConnection(wire, websocket, owner, session_id)
+        refusal = streams.admit(connection)
+        if refusal:
+            # Accepted, then closed: the client sees why (a refused handshake carries no reason).
+            await websocket.accept()
+            await websocket.close(code=1008, reason=refusal[:120])
+            return
+        try:
+            await websocket.accept()
+            await connection.serve()
+        finally:
+            streams.forget(connection)
 
     return [WebSocketRoute("/ws/{session_id}", endpoint)]

@@ -7,16 +7,19 @@ become AGB envelopes (``success=false``, ``code``, ``message``).
 
 from __future__ import annotations
 
-import importlib
+import contextlib
 import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from agbox.errors import AgboxError, InvalidRequestError
+from agbox.errors import AgboxError, InvalidRequestError, ThrottledError
 from agbox.models import SessionRecord
+from agbox.server.operations import validate
 from agbox.services.platform import Platform
+from agbox.services.session_view import resource_url
+from agbox.wirejson import clip
 
 log = logging.getLogger(__name__)
 
@@ -40,23 +43,11 @@ ROUTES: dict[str, tuple[str, str]] = {
     "setNetworkPolicy": ("POST", "/mcp/setNetworkPolicy"),  # ours: change a running session's policy
     # Handled by the links feature module; listed here so SDK clients know the route without a platform.
     "getLink": ("GET", "/internet/getLink"),
+    # Handled by the browser feature module (server/browser.py).
+    "initBrowser": ("POST", "/browser/init"),
+    "getCdpLink": ("POST", "/internet/getCdpLink"),
+    "getBrowserLiveView": ("POST", "/browser/liveView"),
 }
-
-
-# Optional feature modules: each may define ``register_ops(wire)`` (AGB wire operations) and
-# ``routes(wire) -> list[BaseRoute]`` (HTTP/WebSocket routes of its own).
-FEATURE_MODULES = ("agbox.server.links", "agbox.server.contexts", "agbox.server.stream", "agbox.server.mcp_endpoint")
-
-
-def feature_modules() -> list[Any]:
-    modules = []
-    for name in FEATURE_MODULES:
-        try:
-            modules.append(importlib.import_module(name))
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-    return modules
 
 
 def new_request_id() -> str:
@@ -71,8 +62,21 @@ def envelope(request_id: str, data: Any = None, *, success: bool = True, code: s
     return body
 
 
+# Messages may quote client input (an id, a path); never echo more than this of it.
+MAX_MESSAGE_CHARS = 2000
+
+
 def error_envelope(request_id: str, exc: AgboxError) -> dict[str, Any]:
-    return envelope(request_id, None, success=False, code=exc.code, message=exc.message, status=exc.status_code)
+    body = envelope(request_id, None, success=False, code=exc.code, message=clip(exc.message, MAX_MESSAGE_CHARS),
+                    status=exc.status_code)
+    if isinstance(exc, ThrottledError):  # the HTTP edge turns it into 429 + Retry-After
+        body["retryAfter"] = round(exc.retry_after_s, 3)
+    return body
+
+
+def internal_error_envelope(request_id: str) -> dict[str, Any]:
+    return envelope(request_id, None, success=False, code="InternalError",
+                    message=f"internal error; see the server log for request {request_id}", status=500)
 
 
 class WireApi:
@@ -95,12 +99,8 @@ class WireApi:
             "callMcpTool": self._call_tool,
             "setNetworkPolicy": self._set_network_policy,
         }
-        # Feature modules (links, contexts, ...) add operations through register().
+        # The feature modules of the edge (links, contexts) add theirs through register() (server/app.py).
         self.extra_ops: dict[str, Callable[[str, Params, str], Awaitable[dict[str, Any]]]] = {}
-        for module in feature_modules():
-            register_ops = getattr(module, "register_ops", None)
-            if register_ops is not None:
-                register_ops(self)
 
     def register(self, op: str, method: str, path: str,
                  handler: Callable[[str, Params, str], Awaitable[dict[str, Any]]]) -> None:
@@ -114,13 +114,13 @@ class WireApi:
             if handler is None:
                 raise InvalidRequestError(f"unknown operation {op}")
             owner = self.platform.keys.authenticate(api_key)
-            return await handler(owner, params, request_id)
+            self.platform.limits.admit_request(owner)
+            return await handler(owner, validate(op, params), request_id)
         except AgboxError as exc:
             return error_envelope(request_id, exc)
-        except Exception:  # the one top-level catch of the wire: log it, answer without a traceback
+        except Exception:  # backstop only (causes are fixed where they arise): log once, answer without a traceback
             log.exception("internal error in %s (%s)", op, request_id)
-            return envelope(request_id, None, success=False, code="InternalError",
-                            message=f"internal error; see the server log for request {request_id}", status=500)
+            return internal_error_envelope(request_id)
 
     # ---- session data as the SDK wants it ----------------------------------------------------------
 
@@ -130,7 +130,7 @@ class WireApi:
         tools = self.tools.list_tools(record.image_id)
         return {
             "sessionId": record.id,
-            "resourceUrl": f"{base}/sessions/{record.id}",
+            "resourceUrl": resource_url(base, record),
             "appInstanceId": f"ai-{record.id[8:]}",
             "resourceId": f"r-{record.id[8:]}",
             "linkUrl": f"{base}/link/{record.id}",
@@ -143,12 +143,18 @@ class WireApi:
     # ---- operations ------------------------------------------------------------------------------------
 
     async def _create_session(self, owner: str, p: Params, rid: str) -> dict[str, Any]:
+        # Everything a create will need is checked before anything is made ...
+        self.platform.contexts.check_persistence(owner, p.get("persistenceDataList"))
         # networkPolicy is ours (beside the official fields): the official SDK never sends it.
         record = await self.sessions.create(owner, p.get("imageId"), p.get("labels"), p.get("timeout"),
                                             p.get("mcpPolicyId"), p.get("networkPolicy"))
-        extra = self.platform.extensions.get("on_create")
-        if extra is not None:
-            await extra(record, p)
+        try:
+            await self.platform.contexts.on_create(record, p)
+        except BaseException:
+            # ... and a create that fails half-way leaves no session behind.
+            with contextlib.suppress(Exception):
+                await self.sessions.release(owner, record.id)
+            raise
         data = self.session_urls(record)
         data["success"] = True
         return envelope(rid, data)
@@ -192,7 +198,9 @@ class WireApi:
     async def _get_mcp_resource(self, owner: str, p: Params, rid: str) -> dict[str, Any]:
         record = self.sessions.get(owner, p.get("sessionId"))
         urls = self.session_urls(record)
-        return envelope(rid, {"sessionId": record.id, "resourceUrl": urls["resourceUrl"],
+        # node and network: where the session runs and what it may reach (ours; the official SDK
+        # ignores unknown fields).
+        return envelope(rid, {"sessionId": record.id, "resourceUrl": urls["resourceUrl"], "node": record.node,
                               "network": self.sessions.network_info(record)})
 
     async def _set_network_policy(self, owner: str, p: Params, rid: str) -> dict[str, Any]:

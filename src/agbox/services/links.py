@@ -21,7 +21,7 @@ Missing secret → 401, wrong secret → 403, ended session → 410, nothing lis
 plain-text messages. Our cookies are removed from every request before it reaches the app, so an
 app never sees the secret of its own or of another session's link.
 
-The relay speaks just enough HTTP/1.1 to do that: it reads each request head, rewrites the target
+The relay speaks just enough HTTP/1.1 to do that (services/http1.py): it reads each request head, rewrites the target
 and the ``Cookie`` header, and then streams the body as raw bytes (``Content-Length`` or chunked,
 chunk framing passed through verbatim); responses pass through byte for byte (only a
 ``Set-Cookie`` line is added to the answer of a request that carried the secret in its path).
@@ -52,9 +52,20 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from agbox.errors import ConflictError, InvalidRequestError
+from agbox.errors import AgboxError, ConflictError, InvalidRequestError
 from agbox.models import SessionRecord, SessionStatus
 from agbox.runtime.base import SandboxHandle
+from agbox.services.http1 import (
+    Head,
+    ProtocolError,
+    body_kind,
+    copy_chunked,
+    copy_exact,
+    copy_until_eof,
+    parse_head,
+    pipe,
+    text_response,
+)
 
 if TYPE_CHECKING:
     from agbox.services.platform import Platform
@@ -65,14 +76,13 @@ PREFIX = b"/_agbox/"
 COOKIE_PREFIX = "agbox_link_"
 PROTOCOLS = ("http", "https", "ws", "wss")
 HEAD_LIMIT = 256 * 1024  # also the StreamReader buffer size: larger buffers relay faster
-CHUNK = 256 * 1024
 CONNECT_TIMEOUT_S = 10.0
 TOUCH_INTERVAL_S = 1.0
 
 
-def link_secret(token: str, session_id: str, port: int) -> str:
-    """The secret of one link: HMAC(session token, session id + port), URL-safe."""
-    digest = hmac.new(token.encode(), f"agbox-link:{session_id}:{port}".encode(), hashlib.sha256).digest()
+def link_secret(token: str, session_id: str, port: int, purpose: str = "link") -> str:
+    """The secret of one link: HMAC(session token, purpose + session id + port), URL-safe."""
+    digest = hmac.new(token.encode(), f"agbox-{purpose}:{session_id}:{port}".encode(), hashlib.sha256).digest()
     return digest[:18].hex()
 
 
@@ -114,119 +124,6 @@ def url_host(public_url: str | None, host: str) -> str:
     return host
 
 
-# ---- a little HTTP/1.1 -------------------------------------------------------------------------
-
-
-class ProtocolError(Exception):
-    pass
-
-
-@dataclass
-class Head:
-    first: list[bytes]                      # request line (method, target, version) or status line
-    headers: list[tuple[bytes, bytes]]      # original names and values, in order
-
-    def get(self, name: bytes) -> bytes | None:
-        found = None
-        for key, value in self.headers:
-            if key.lower() == name:
-                found = value if found is None else found + b", " + value
-        return found
-
-    def tokens(self, name: bytes) -> set[bytes]:
-        value = self.get(name) or b""
-        return {t.strip().lower() for t in value.split(b",") if t.strip()}
-
-    def encode(self, extra: list[tuple[bytes, bytes]] | None = None) -> bytes:
-        lines = [b" ".join(self.first)]
-        lines.extend(k + b": " + v for k, v in [*self.headers, *(extra or [])])
-        return b"\r\n".join(lines) + b"\r\n\r\n"
-
-
-def parse_head(raw: bytes, request: bool) -> Head:
-    lines = raw[:-4].split(b"\r\n") if raw.endswith(b"\r\n\r\n") else raw.rstrip(b"\r\n").split(b"\r\n")
-    first = lines[0].split(b" ", 2)
-    if len(first) < (3 if request else 2):
-        raise ProtocolError(f"malformed {'request' if request else 'status'} line")
-    headers = []
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip():
-            raise ProtocolError("malformed header line")
-        headers.append((name, value.strip()))
-    return Head(first, headers)
-
-
-def body_kind(head: Head) -> tuple[str, int]:
-    """('chunked', 0), ('length', n) or ('none', 0) for a request; responses add 'eof' (see caller)."""
-    te = head.get(b"transfer-encoding")
-    if te is not None:
-        if te.lower().split(b",")[-1].strip() != b"chunked":
-            return "eof", 0
-        return "chunked", 0
-    length = head.get(b"content-length")
-    if length is not None:
-        values = {v.strip() for v in length.split(b",")}
-        if len(values) != 1 or not next(iter(values)).isdigit():
-            raise ProtocolError("invalid Content-Length")
-        return "length", int(next(iter(values)))
-    return "none", 0
-
-
-async def copy_exact(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
-    while n > 0:
-        data = await reader.read(min(n, CHUNK))
-        if not data:
-            raise ProtocolError("connection closed in the middle of a body")
-        writer.write(data)
-        n -= len(data)
-        await writer.drain()
-
-
-async def copy_chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Pass a chunked body through verbatim, stopping after its last chunk and trailers."""
-    while True:
-        line = await reader.readuntil(b"\r\n")
-        writer.write(line)
-        try:
-            size = int(line.split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            raise ProtocolError("malformed chunk size") from None
-        if size == 0:
-            while True:
-                trailer = await reader.readuntil(b"\r\n")
-                writer.write(trailer)
-                if trailer == b"\r\n":
-                    await writer.drain()
-                    return
-        await copy_exact(reader, writer, size + 2)
-
-
-async def copy_until_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while True:
-        data = await reader.read(CHUNK)
-        if not data:
-            return
-        writer.write(data)
-        await writer.drain()
-
-
-async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """One direction of a raw two-way relay: copy until EOF, then half-close."""
-    with contextlib.suppress(OSError, ConnectionError):
-        await copy_until_eof(reader, writer)
-        if writer.can_write_eof():
-            writer.write_eof()
-
-
-def text_response(status: int, reason: str, message: str, extra: list[tuple[bytes, bytes]] | None = None) -> bytes:
-    body = (message.rstrip("\n") + "\n").encode()
-    head = Head([b"HTTP/1.1", str(status).encode(), reason.encode()],
-                [(b"Content-Type", b"text/plain; charset=utf-8"), (b"Content-Length", str(len(body)).encode()),
-                 (b"Connection", b"close"), (b"Cache-Control", b"no-store"), *(extra or [])])
-    return head.encode() + body
-
-
 # ---- one link ----------------------------------------------------------------------------------
 
 
@@ -247,6 +144,9 @@ class Link:
     session_id: str
     port: int
     secret: str
+    # A DevTools link (the CDP URL): Chromium answers only requests whose Host is 127.0.0.1/localhost
+    # and refuses WebSocket upgrades that carry an Origin, so both are rewritten on the way in.
+    devtools: bool = False
     server: asyncio.Server | None = None
     listen_port: int = 0
     closed: bool = False
@@ -294,6 +194,9 @@ class Link:
         headers = [(k, v) for k, v in head.headers if k.lower() != b"cookie"]
         if kept:
             headers.append((b"Cookie", b"; ".join(kept)))
+        if self.devtools:
+            headers = [(k, v) for k, v in headers if k.lower() not in (b"host", b"origin")]
+            headers.insert(0, (b"Host", f"127.0.0.1:{self.port}".encode()))
         head.headers = headers
         in_path = False
         if target.startswith(PREFIX):
@@ -315,9 +218,6 @@ class Link:
     def _active(self) -> bool:
         if self.closed:
             return False
-        sessions = self.service.platform.sessions
-        if self.session_id not in sessions.handles:
-            return False
         try:
             record = self.service.platform.store.get_session(self.session_id)
         except Exception:  # the store is closed: the platform is stopping
@@ -328,7 +228,7 @@ class Link:
         if now - self.last_touch >= TOUCH_INTERVAL_S:  # link traffic counts as session activity
             self.last_touch = now
             with contextlib.suppress(Exception):
-                sessions.touch(record)
+                self.service.platform.sessions.touch(record)
         return True
 
     # ---- relay -------------------------------------------------------------------------------
@@ -350,9 +250,17 @@ class Link:
             conn.abort()
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | str:
-        handle: SandboxHandle | None = self.service.platform.sessions.handles.get(self.session_id)
+        sessions = self.service.platform.sessions
+        handle: SandboxHandle | None = sessions.handles.get(self.session_id)
         if handle is None:
-            return f"Session {self.session_id} has ended."
+            # A session another control-plane replica created: its record says where it runs.
+            record = self.service.platform.store.get_session(self.session_id)
+            if record is None or record.status is not SessionStatus.RUNNING:
+                return f"Session {self.session_id} has ended."
+            try:
+                handle = sessions.handle(record)
+            except AgboxError:
+                return f"Session {self.session_id} has ended."
         try:
             sock = await asyncio.wait_for(self.service.platform.runtime.connect_port(handle, self.port),
                                           CONNECT_TIMEOUT_S)
@@ -509,7 +417,7 @@ class Link:
 class LinkService:
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
-        self.links: dict[tuple[str, int], Link] = {}
+        self.links: dict[tuple[str, int, bool], Link] = {}
         self._lock = asyncio.Lock()
 
     async def get_link(self, owner: str, session_id: object, protocol_type: object, port: object) -> str:
@@ -520,17 +428,32 @@ class LinkService:
         protocol = parse_protocol(protocol_type, settings.tls_enabled)
         number = parse_port(port, settings.link_port_min, settings.link_port_max)
         link = await self.open(record, number)
-        host = url_host(settings.public_url, settings.host)
-        return f"{protocol}://{host}:{link.listen_port}{PREFIX.decode()}{link.secret}/"
+        return self.link_url(link, protocol)
 
-    async def open(self, record: SessionRecord, port: int) -> Link:
+    def session_links(self, session_id: str) -> list[tuple[int, str]]:
+        """(sandbox port, URL) of the port links a session has open (not its DevTools link)."""
+        return sorted((port, self.link_url(link, "http")) for (owner_session, port, devtools), link
+                      in self.links.items() if owner_session == session_id and not devtools and not link.closed)
+
+    async def open(self, record: SessionRecord, port: int, *, devtools: bool = False) -> Link:
         async with self._lock:
-            link = self.links.get((record.id, port))
+            key = (record.id, port, devtools)
+            link = self.links.get(key)
             if link is None or link.closed:
-                link = Link(self, record.id, port, link_secret(record.token, record.id, port))
+                secret = link_secret(record.token, record.id, port, "cdp" if devtools else "link")
+                link = Link(self, record.id, port, secret, devtools=devtools)
                 await link.open(self.platform.settings.host)
-                self.links[(record.id, port)] = link
+                self.links[key] = link
             return link
+
+    def link_url(self, link: Link, protocol: str, path: str = "/") -> str:
+        host = url_host(self.platform.settings.public_url, self.platform.settings.host)
+        return f"{protocol}://{host}:{link.listen_port}{PREFIX.decode()}{link.secret}{path}"
+
+    def close_link(self, session_id: str, port: int, *, devtools: bool = False) -> None:
+        link = self.links.pop((session_id, port, devtools), None)
+        if link is not None:
+            link.close()
 
     def close_session(self, session_id: str) -> None:
         for key in [k for k in self.links if k[0] == session_id]:

@@ -25,6 +25,11 @@ def paginate(items: Sequence[T], max_results: Any, next_token: Any, default: int
             offset = int(base64.urlsafe_b64decode(str(next_token).encode()).decode())
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidRequestError("nextToken is not valid") from exc
+        # Tokens this function makes are never negative; a negative one is forged, and answering it
+        # with an empty page and the same token would loop a client forever. (Past the end is fine:
+        # an empty last page, no further token.)
+        if offset < 0:
+            raise InvalidRequestError("nextToken is not valid (it does not point into this listing)")
     page = list(items[offset:offset + limit])
     end = offset + len(page)
     token = base64.urlsafe_b64encode(str(end).encode()).decode() if end < len(items) else ""

@@ -15,21 +15,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from agbox.errors import InvalidRequestError, LimitExceededError, SessionNotFoundError
+from agbox.errors import AgboxError, InvalidRequestError, LimitExceededError, SessionNotFoundError
 from agbox.images import Image, ImageCatalog
 from agbox.models import ACTIVE_STATUSES, SessionRecord, SessionStatus
 from agbox.runtime.base import Runtime, SandboxHandle, SandboxSpec
+from agbox.services.limits import LimitService
 from agbox.services.network import parse_policy
 from agbox.services.paging import paginate
 from agbox.settings import Settings
 from agbox.store.base import Store
+from agbox.wirejson import check_text, loads
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,7 @@ def validate_labels(labels: Any, settings: Settings) -> dict[str, str]:
     if labels is None or labels == "":
         return {}
     if isinstance(labels, str):
-        try:
-            labels = json.loads(labels)
-        except ValueError as exc:
-            raise InvalidRequestError("labels must be a JSON object of string keys and values") from exc
+        labels = loads(labels, "labels", max_bytes=settings.max_label_count * settings.max_label_bytes * 2)
     if not isinstance(labels, dict):
         raise InvalidRequestError("labels must be a JSON object of string keys and values")
     if len(labels) > settings.max_label_count:
@@ -58,6 +56,8 @@ def validate_labels(labels: Any, settings: Settings) -> dict[str, str]:
             raise InvalidRequestError("label keys must be non-empty strings")
         if not isinstance(value, str):
             raise InvalidRequestError(f"label {key!r} must have a string value")
+        check_text(key, "a label key")
+        check_text(value, f"label {key!r}")
         if len(key.encode()) + len(value.encode()) > settings.max_label_bytes:
             raise InvalidRequestError(f"label {key!r} is too long (key and value at most {settings.max_label_bytes} bytes)")
         clean[key] = value
@@ -65,8 +65,10 @@ def validate_labels(labels: Any, settings: Settings) -> dict[str, str]:
 
 
 class SessionService:
-    def __init__(self, settings: Settings, store: Store, runtime: Runtime, images: ImageCatalog) -> None:
+    def __init__(self, settings: Settings, store: Store, runtime: Runtime, images: ImageCatalog,
+                 limits: LimitService | None = None) -> None:
         self.settings = settings
+        self.limits = limits or LimitService(settings, store)
         self.store = store
         self.runtime = runtime
         self.images = images
@@ -77,20 +79,31 @@ class SessionService:
         self._releasing: dict[str, asyncio.Task[None]] = {}
         self._lifecycle_task: asyncio.Task[None] | None = None
         self._in_flight: dict[str, int] = {}
+        # Ids of revoked API keys (read from the store each sweep): their sessions are released.
+        self.revoked_owners: Callable[[], set[str]] = set
 
     # ---- start / stop ----------------------------------------------------------------------------
 
     async def recover(self) -> None:
         """After a restart: re-attach to live sandboxes, and end (truthfully) the ones that are gone."""
         for record in self.store.sessions(statuses=[*ACTIVE_STATUSES, SessionStatus.DELETING]):
+            if not self.runtime.manages(record.node):
+                continue
             handle = SandboxHandle(record.id, record.node, record.handle)
             alive = False
             with contextlib.suppress(Exception):
                 alive = record.status is SessionStatus.RUNNING and await self.runtime.reattach(handle)
             if alive:
                 self.handles[record.id] = handle
-            else:
-                self.store.set_status(record.id, SessionStatus.FINISH, time.time(), "server restarted")
+                continue
+            reason = "server restarted"
+            if self.runtime.sessions_outlive_control_plane:
+                # A release that a stopped replica left half-done is finished here; a sandbox that is
+                # gone says why (e.g. its node was lost).
+                reason = "released by API" if record.status is SessionStatus.DELETING else self.runtime.end_reason(handle)
+                with contextlib.suppress(Exception):
+                    await self.runtime.destroy(handle)
+            self.store.set_status(record.id, SessionStatus.FINISH, time.time(), reason)
 
     def start_lifecycle(self) -> None:
         self._lifecycle_task = asyncio.create_task(self._lifecycle_loop(), name="agbox-lifecycle")
@@ -100,7 +113,11 @@ class SessionService:
             self._lifecycle_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._lifecycle_task
+        if self.runtime.sessions_outlive_control_plane:
+            self.handles.clear()
         for record in self.store.sessions(statuses=[*ACTIVE_STATUSES, SessionStatus.DELETING]):
+            if self.runtime.sessions_outlive_control_plane or not self.runtime.manages(record.node):
+                continue
             # Graceful stop: release hooks run (auto-upload of contexts), as on any release.
             await self._release_now(record, "server stopped")
         for task in list(self._releasing.values()):
@@ -117,6 +134,8 @@ class SessionService:
         if idle_timeout_s in (None, "", 0):
             idle = self.settings.default_idle_timeout_s
         else:
+            if isinstance(idle_timeout_s, float | bool):
+                raise InvalidRequestError("timeout must be an integer number of seconds")
             try:
                 idle = int(idle_timeout_s)
             except (TypeError, ValueError) as exc:
@@ -124,9 +143,14 @@ class SessionService:
             if idle < 1:
                 raise InvalidRequestError("timeout must be at least 1 second")
             idle = min(idle, self.settings.max_lifetime_s)
+        if policy_id is not None and not isinstance(policy_id, str):
+            raise InvalidRequestError("mcpPolicyId must be a string")
         active = len(self.store.sessions(statuses=ACTIVE_STATUSES))
         if active >= self.settings.max_sessions:
             raise LimitExceededError(f"too many active sessions on this server ({active}); release some first")
+        # No await between this check and put_session below: concurrent creates cannot both slip in.
+        self.limits.check_new_session(owner, [self._footprint(r) for r in self.store.sessions(
+            owner=owner, statuses=ACTIVE_STATUSES)], image.limits.memory_bytes, image.limits.cpus)
         now = time.time()
         record = SessionRecord(
             id=new_session_id(), owner=owner, image_id=image.id, status=SessionStatus.CREATING,
@@ -169,6 +193,14 @@ class SessionService:
         handle = self.handles.get(record.id)
         return self.runtime.network_info(handle) if handle is not None else None
 
+    def _footprint(self, record: SessionRecord) -> tuple[int, float]:
+        """(memory bytes, cpus) a session's sandbox may use."""
+        try:
+            limits = self.images.get(record.image_id).limits
+        except AgboxError:  # an image removed since: count nothing rather than fail every create
+            return 0, 0.0
+        return limits.memory_bytes, limits.cpus
+
     @staticmethod
     def spec_for(image: Image, session_id: str) -> SandboxSpec:
         return SandboxSpec(session_id=session_id, image_id=image.id, limits=image.limits, env=dict(image.env))
@@ -180,8 +212,10 @@ class SessionService:
         if not isinstance(session_id, str) or not session_id:
             raise InvalidRequestError("sessionId is required")
         record = self.store.get_session(session_id)
-        if record is None or record.owner != owner or record.status not in ACTIVE_STATUSES:
+        if record is None or record.owner != owner:
             raise SessionNotFoundError(session_id)
+        if record.status not in ACTIVE_STATUSES:
+            raise SessionNotFoundError(session_id, record.finish_reason)
         if touch:
             self.touch(record)
         return record
@@ -218,7 +252,10 @@ class SessionService:
     def handle(self, record: SessionRecord) -> SandboxHandle:
         handle = self.handles.get(record.id)
         if handle is None:
-            raise SessionNotFoundError(record.id)
+            # Created by another control-plane replica: the record says where the sandbox is.
+            if record.status is not SessionStatus.RUNNING or not self.runtime.manages(record.node):
+                raise SessionNotFoundError(record.id)
+            handle = self.handles[record.id] = SandboxHandle(record.id, record.node, record.handle)
         return handle
 
     def set_labels(self, owner: str, session_id: Any, labels: Any) -> None:
@@ -254,10 +291,17 @@ class SessionService:
         if task is not None:
             await asyncio.shield(task)
 
+    def end(self, session_id: str, reason: str) -> None:
+        """End a session whose sandbox is gone, with the cause as its reason (release runs in the background)."""
+        record = self.store.get_session(session_id)
+        if record is not None and record.status in ACTIVE_STATUSES:
+            self._start_release(record, reason)
+
     def _start_release(self, record: SessionRecord, reason: str) -> None:
         if record.id in self._releasing:
             return
-        self.store.set_status(record.id, SessionStatus.DELETING)
+        if not self.store.claim_release(record.id):
+            return  # already being released (by another replica sharing the store, or earlier)
         record.status = SessionStatus.DELETING
         task = asyncio.create_task(self._release_now(record, reason), name=f"release-{record.id}")
         self._releasing[record.id] = task
@@ -292,12 +336,15 @@ class SessionService:
 
     def sweep(self) -> None:
         now = time.time()
+        revoked = self.revoked_owners()
         for record in self.store.sessions(statuses=[SessionStatus.RUNNING]):
-            if record.id in self._releasing:
+            if record.id in self._releasing or not self.runtime.manages(record.node):
                 continue
-            handle = self.handles.get(record.id)
-            if handle is None or not self.runtime.alive(handle):
-                self._start_release(record, "sandbox ended")
+            handle = self.handles.get(record.id) or SandboxHandle(record.id, record.node, record.handle)
+            if record.owner in revoked:
+                self._start_release(record, "API key revoked")
+            elif not self.runtime.alive(handle):
+                self._start_release(record, self.runtime.end_reason(handle))
             elif now - record.last_active_at >= record.idle_timeout_s and record.id not in self._in_flight:
                 self._start_release(record, f"idle for {record.idle_timeout_s} s")
             elif now >= record.expires_at:

@@ -1,4 +1,4 @@
-"""The store interface. SQLite implements it; a PostgreSQL store would implement the same."""
+"""The store interface. SQLite (store/sqlite.py) and PostgreSQL (store/postgres.py) implement it."""
 
 from __future__ import annotations
 
@@ -25,6 +25,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def revoke_key(self, key_id: str, when: float) -> bool: ...
 
+    @abc.abstractmethod
+    def key_by_id(self, key_id: str) -> ApiKeyRecord | None: ...
+
+    @abc.abstractmethod
+    def set_key_limits(self, key_id: str, limits: dict[str, float]) -> bool:
+        """Replace the key's limit overrides; False if there is no such key."""
+
     # ---- sessions
     @abc.abstractmethod
     def put_session(self, record: SessionRecord) -> None:
@@ -45,3 +52,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def set_labels(self, session_id: str, labels: dict[str, str]) -> None: ...
+
+    @abc.abstractmethod
+    def claim_release(self, session_id: str) -> bool:
+        """Move an active session to DELETING; True for the one caller (of any replica) that did it."""

@@ -4,20 +4,34 @@ A context's content is a manifest (path -> content-addressed blob) kept in the d
 live in a blob store (services/context_files.py). Changing a context is one database transaction
 over its manifest, so a reader sees the old or the new version, never a mix, and a process killed
 half-way leaves the previous version as it was.
+
+Keys are absolute sandbox paths (``/home/user/data/a.txt``), AGB's key space. Data dirs made before
+that kept keys relative to the mount; ``migrate_key_space`` rewrites them once, at start (see there).
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import json
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from agbox.store.sqlite import SqliteDatabase
 
+log = logging.getLogger(__name__)
+
+# Recorded in context_meta once the files and bindings use absolute sandbox paths as keys.
+KEY_SPACE = "absolute-sandbox-paths"
+
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS context_meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS contexts (
     id TEXT PRIMARY KEY,
     owner TEXT NOT NULL,
@@ -176,6 +190,57 @@ class SqliteContextStore(SqliteDatabase, ContextStore):
     def __init__(self, path: Path) -> None:
         # FULL: a committed manifest survives power loss as well as a killed process.
         super().__init__(path, SCHEMA, synchronous="FULL")
+        self.migrate_key_space()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def migrate_key_space(self) -> None:
+        """Turn mount-relative keys (``a/b.txt``) into absolute sandbox paths, in one transaction.
+
+        A file's old key says nothing about the mount it came from; the bindings still in the
+        database do (a session's bindings outlive a crash). A context bound at exactly one path gets
+        its keys under that path (the internal file_transfer context is bound at ``/``, so its keys
+        become exact); any other context gets them under ``/`` (reachable with a mapping policy of
+        ``/``), and the log names it. Bindings' bases move under their own mount path.
+        """
+        with self._transaction():
+            done = self._db.execute("SELECT value FROM context_meta WHERE name = 'key_space'").fetchall()
+            if done and done[0][0] == KEY_SPACE:
+                return
+            mounts: dict[str, set[str]] = {}
+            for context_id, mount in self._db.execute("SELECT context_id, path FROM context_bindings"):
+                mounts.setdefault(context_id, set()).add(mount)
+            moved = self._db.execute("SELECT context_id, path FROM context_files WHERE substr(path, 1, 1) != '/'"
+                                     ).fetchall()
+            unplaced: set[str] = set()
+            for context_id, key in moved:
+                known = mounts.get(context_id, set())
+                root = next(iter(known)) if len(known) == 1 else "/"
+                if root == "/" and known != {"/"}:
+                    unplaced.add(context_id)
+                self._db.execute("UPDATE context_files SET path = ? WHERE context_id = ? AND path = ?",
+                                 (_absolute(root, key), context_id, key))
+            for session_id, context_id, mount, base in self._db.execute(
+                    "SELECT session_id, context_id, path, base FROM context_bindings").fetchall():
+                rebased = {k if k.startswith("/") else _absolute(mount, k): v for k, v in json.loads(base).items()}
+                self._db.execute("UPDATE context_bindings SET base = ? WHERE session_id = ? AND context_id = ? "
+                                 "AND path = ?", (json.dumps(rebased), session_id, context_id, mount))
+            self._db.execute("INSERT OR REPLACE INTO context_meta (name, value) VALUES ('key_space', ?)",
+                             (KEY_SPACE,))
+        if moved:
+            log.warning("contexts: %d file keys moved to absolute sandbox paths", len(moved))
+        for context_id in sorted(unplaced):
+            log.warning("context %s: the mount its files came from is unknown; they are now under / "
+                        "(a mapping policy with path / shows them at any mount)", context_id)
 
     # ---- contexts
 
@@ -211,21 +276,15 @@ class SqliteContextStore(SqliteDatabase, ContextStore):
         self._exec(f"UPDATE contexts SET {assignments} WHERE id = ?", (*fields.values(), context_id))
 
     def delete_context(self, context_id: str) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for table, column in (("context_files", "context_id"), ("context_bindings", "context_id"),
-                                      ("context_tasks", "context_id"), ("contexts", "id")):
-                    self._db.execute(f"DELETE FROM {table} WHERE {column} = ?", (context_id,))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction():
+            for table, column in (("context_files", "context_id"), ("context_bindings", "context_id"),
+                                  ("context_tasks", "context_id"), ("contexts", "id")):
+                self._db.execute(f"DELETE FROM {table} WHERE {column} = ?", (context_id,))
 
     # ---- manifests
 
     def files(self, context_id: str, prefix: str = "") -> list[FileRecord]:
-        if prefix:
+        if prefix.rstrip("/"):
             rows = self._exec(f"SELECT {_FILE_COLUMNS} FROM context_files WHERE context_id = ? AND "
                               "(path = ? OR substr(path, 1, ?) = ?) ORDER BY path",
                               (context_id, prefix.rstrip("/"), len(prefix.rstrip("/")) + 1,
@@ -237,29 +296,23 @@ class SqliteContextStore(SqliteDatabase, ContextStore):
 
     def commit(self, context_id: str, upserts: Iterable[FileRecord], deletes: Iterable[str], *,
                clear: bool = False, when: float, expires_at: float | None = None) -> int:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                if clear:
-                    self._db.execute("DELETE FROM context_files WHERE context_id = ?", (context_id,))
-                for path in deletes:
-                    self._db.execute("DELETE FROM context_files WHERE context_id = ? AND path = ?", (context_id, path))
-                for f in upserts:
-                    self._db.execute(
-                        "INSERT INTO context_files (context_id, path, blob, size, created_at, modified_at, expires_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (context_id, path) DO UPDATE SET "
-                        "blob = excluded.blob, size = excluded.size, modified_at = excluded.modified_at, "
-                        "expires_at = excluded.expires_at",
-                        (context_id, f.path, f.blob, f.size, f.created_at, f.modified_at, f.expires_at))
-                self._db.execute("UPDATE contexts SET version = version + 1, last_used_at = ? WHERE id = ?",
-                                 (when, context_id))
-                if expires_at is not None:
-                    self._db.execute("UPDATE contexts SET expires_at = ? WHERE id = ?", (expires_at, context_id))
-                rows = self._db.execute("SELECT version FROM contexts WHERE id = ?", (context_id,)).fetchall()
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction():
+            if clear:
+                self._db.execute("DELETE FROM context_files WHERE context_id = ?", (context_id,))
+            for path in deletes:
+                self._db.execute("DELETE FROM context_files WHERE context_id = ? AND path = ?", (context_id, path))
+            for f in upserts:
+                self._db.execute(
+                    "INSERT INTO context_files (context_id, path, blob, size, created_at, modified_at, expires_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (context_id, path) DO UPDATE SET "
+                    "blob = excluded.blob, size = excluded.size, modified_at = excluded.modified_at, "
+                    "expires_at = excluded.expires_at",
+                    (context_id, f.path, f.blob, f.size, f.created_at, f.modified_at, f.expires_at))
+            self._db.execute("UPDATE contexts SET version = version + 1, last_used_at = ? WHERE id = ?",
+                             (when, context_id))
+            if expires_at is not None:
+                self._db.execute("UPDATE contexts SET expires_at = ? WHERE id = ?", (expires_at, context_id))
+            rows = self._db.execute("SELECT version FROM contexts WHERE id = ?", (context_id,)).fetchall()
         return int(rows[0][0]) if rows else 0
 
     def referenced_blobs(self) -> set[str]:
@@ -297,3 +350,7 @@ class SqliteContextStore(SqliteDatabase, ContextStore):
         rows = self._exec("SELECT session_id, context_id, path, task_type, status, error, start_time, finish_time "
                           "FROM context_tasks WHERE session_id = ? ORDER BY start_time, rowid", (session_id,))
         return [TaskRecord(*row) for row in rows]
+
+
+def _absolute(root: str, relative: str) -> str:
+    return root.rstrip("/") + "/" + relative.lstrip("/")

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from agbox.models import ApiKeyRecord, SessionRecord, SessionStatus
+from agbox.models import ACTIVE_STATUSES, ApiKeyRecord, SessionRecord, SessionStatus
 from agbox.store.base import Store
 
 SCHEMA = """
@@ -20,7 +20,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
     key_hash TEXT NOT NULL UNIQUE,
     prefix TEXT NOT NULL,
     created_at REAL NOT NULL,
-    revoked_at REAL
+    revoked_at REAL,
+    limits TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
@@ -68,24 +69,44 @@ class SqliteDatabase:
             return self._db.execute(sql, params).fetchall()
 
 
+_KEY_COLUMNS = "id, name, key_hash, prefix, created_at, revoked_at, limits"
+
+
+def _key(row: tuple[Any, ...]) -> ApiKeyRecord:
+    key_id, name, key_hash, prefix, created, revoked, limits = row
+    return ApiKeyRecord(key_id, name, key_hash, prefix, created, revoked, json.loads(limits or "{}"))
+
+
 class SqliteStore(SqliteDatabase, Store):
     def __init__(self, path: Path) -> None:
         super().__init__(path, SCHEMA)
+        columns = {row[1] for row in self._exec("PRAGMA table_info(api_keys)")}
+        if "limits" not in columns:  # a data dir from before per-key limits
+            self._exec("ALTER TABLE api_keys ADD COLUMN limits TEXT NOT NULL DEFAULT '{}'")
 
     # ---- API keys
 
     def add_key(self, record: ApiKeyRecord) -> None:
-        self._exec("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?)",
-                   (record.id, record.name, record.key_hash, record.prefix, record.created_at, record.revoked_at))
+        self._exec(f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   (record.id, record.name, record.key_hash, record.prefix, record.created_at, record.revoked_at,
+                    json.dumps(record.limits)))
 
     def key_by_hash(self, key_hash: str) -> ApiKeyRecord | None:
-        rows = self._exec("SELECT id, name, key_hash, prefix, created_at, revoked_at FROM api_keys WHERE key_hash = ?",
-                          (key_hash,))
-        return ApiKeyRecord(*rows[0]) if rows else None
+        rows = self._exec(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ?", (key_hash,))
+        return _key(rows[0]) if rows else None
+
+    def key_by_id(self, key_id: str) -> ApiKeyRecord | None:
+        rows = self._exec(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,))
+        return _key(rows[0]) if rows else None
 
     def list_keys(self) -> list[ApiKeyRecord]:
-        rows = self._exec("SELECT id, name, key_hash, prefix, created_at, revoked_at FROM api_keys ORDER BY created_at")
-        return [ApiKeyRecord(*row) for row in rows]
+        rows = self._exec(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at")
+        return [_key(row) for row in rows]
+
+    def set_key_limits(self, key_id: str, limits: dict[str, float]) -> bool:
+        with self._lock:
+            cursor = self._db.execute("UPDATE api_keys SET limits = ? WHERE id = ?", (json.dumps(limits), key_id))
+            return cursor.rowcount > 0
 
     def revoke_key(self, key_id: str, when: float) -> bool:
         with self._lock:
@@ -137,3 +158,11 @@ class SqliteStore(SqliteDatabase, Store):
 
     def set_labels(self, session_id: str, labels: dict[str, str]) -> None:
         self._exec("UPDATE sessions SET labels = ? WHERE id = ?", (json.dumps(labels), session_id))
+
+    def claim_release(self, session_id: str) -> bool:
+        active = [s.value for s in ACTIVE_STATUSES]
+        with self._lock:
+            cursor = self._db.execute(
+                f"UPDATE sessions SET status = ? WHERE id = ? AND status IN ({', '.join('?' * len(active))})",
+                (SessionStatus.DELETING.value, session_id, *active))
+            return cursor.rowcount > 0

@@ -10,6 +10,7 @@ from typing import Any
 from agbox.errors import InvalidRequestError
 from agbox.runtime.base import EventCallback, Runtime, SandboxHandle
 from agbox.settings import Settings
+from agbox.wirejson import json_type
 
 
 @dataclasses.dataclass
@@ -68,7 +69,7 @@ def arg_str(args: dict[str, Any], key: str, *, required: bool = True, default: s
             raise InvalidRequestError(f"missing required argument '{key}'")
         return None
     if not isinstance(value, str):
-        raise InvalidRequestError(f"argument '{key}' must be a string, got {type(value).__name__}")
+        raise InvalidRequestError(f"argument '{key}' must be a string, got {json_type(value)}")
     if required and not value:
         raise InvalidRequestError(f"argument '{key}' must not be empty")
     return value
@@ -84,7 +85,7 @@ def arg_int(args: dict[str, Any], key: str, default: int, *, minimum: int = 0, m
         elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
             value = int(value)
         else:
-            raise InvalidRequestError(f"argument '{key}' must be an integer, got {type(value).__name__}")
+            raise InvalidRequestError(f"argument '{key}' must be an integer, got {json_type(value)}")
     if value < minimum or (maximum is not None and value > maximum):
         bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
         raise InvalidRequestError(f"argument '{key}' must be {bound}, got {value}")

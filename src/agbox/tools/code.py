@@ -1,4 +1,4 @@
-"""The ``run_code`` tool: Python (stateful per session, rich outputs), JavaScript, Java, R."""
+"""The ``run_code`` tool: Python (IPython, stateful per session, rich outputs), JavaScript (stateful), Java, R."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Any
 
 from agbox.errors import InvalidRequestError
 from agbox.tools.base import ToolContext, ToolDef, ToolOutput, arg_int, json_text, schema
+from agbox.wirejson import json_type
 
 LANGUAGES = ("python", "javascript", "java", "r")
 ALIASES = {"py": "python", "python3": "python", "js": "javascript", "node": "javascript", "nodejs": "javascript"}
@@ -52,7 +53,7 @@ async def run_code(ctx: ToolContext, args: dict[str, Any]) -> ToolOutput:
     code = args.get("code")
     if not isinstance(code, str):
         raise InvalidRequestError("missing required argument 'code'" if code is None
-                                  else f"argument 'code' must be a string, got {type(code).__name__}")
+                                  else f"argument 'code' must be a string, got {json_type(code)}")
     language = normalize_language(args.get("language"))
     timeout_s = arg_int(args, "timeout_s", DEFAULT_TIMEOUT_S, minimum=1, maximum=MAX_TIMEOUT_S)
     result = await ctx.agent("run_code", {
@@ -66,10 +67,13 @@ async def run_code(ctx: ToolContext, args: dict[str, Any]) -> ToolOutput:
 TOOLS = [
     ToolDef(
         name="run_code",
-        description="Run code in the session. Python runs in a persistent interpreter (variables survive between "
-                    "calls, the last expression is returned like in a notebook, with rich outputs: HTML, "
-                    "Markdown, PNG/SVG images such as matplotlib figures, LaTeX, JSON). JavaScript (Node.js), "
-                    "Java and R run in a fresh process per call. On timeout the code is interrupted.",
+        description="Run code in the session. Python runs in a persistent IPython shell, like a notebook: variables "
+                    "survive between calls, the last expression is returned, display() and IPython.display give "
+                    "rich outputs (HTML, Markdown, PNG/JPEG/SVG images such as matplotlib figures, LaTeX, JSON, "
+                    "Vega-Lite charts), %magics and !shell lines work. JavaScript runs in a persistent Node.js "
+                    "REPL (declarations survive, top-level await, the last expression is returned); code with "
+                    "static import/export runs as an ES module on its own. Java and R run in a fresh process per "
+                    "call. On timeout the code is interrupted.",
         input_schema=schema({
             "code": {"type": "string", "description": "The source code to run."},
             "language": {"type": "string", "enum": [*LANGUAGES, *ALIASES],

@@ -1,35 +1,25 @@
-"""Which tools an image offers: its tool sets, each a module of this package."""
+"""Which tools an image offers: its tool sets, each a module of this package, named here."""
 
 from __future__ import annotations
 
-import importlib
-import logging
-
 from agbox.errors import ToolNotFoundError
 from agbox.images import Image
+from agbox.tools import browser, code, files, shell, system
 from agbox.tools.base import ToolDef
 
-log = logging.getLogger(__name__)
-
-TOOL_SET_MODULES = {
-    "system": "agbox.tools.system",
-    "shell": "agbox.tools.shell",
-    "files": "agbox.tools.files",
-    "code": "agbox.tools.code",
+# Tool set name (as image TOML files list them) -> its tools.
+TOOL_SETS: dict[str, list[ToolDef]] = {
+    "system": system.TOOLS,
+    "shell": shell.TOOLS,
+    "files": files.TOOLS,
+    "code": code.TOOLS,
+    "browser": browser.TOOLS,
 }
 
 
 class ToolRegistry:
     def __init__(self) -> None:
-        self._sets: dict[str, list[ToolDef]] = {}
-        for name, module_name in TOOL_SET_MODULES.items():
-            try:
-                module = importlib.import_module(module_name)
-            except ModuleNotFoundError as exc:
-                if exc.name != module_name:
-                    raise
-                continue
-            self._sets[name] = list(module.TOOLS)
+        self._sets = {name: list(tools) for name, tools in TOOL_SETS.items()}
 
     def tools_for(self, image: Image) -> list[ToolDef]:
         tools: list[ToolDef] = []
