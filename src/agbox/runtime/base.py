@@ -93,6 +93,8 @@ class Runtime(abc.ABC):
     """A sandbox mechanism. Every method may be called concurrently for different sandboxes."""
 
     name: str
+    # True when sandboxes get a network under a NetworkPolicy (set_network_policy, network_info work).
+    offers_network: bool = False
     # True when sandboxes keep running without this process (on cluster nodes): a stopping control
     # plane then leaves its sessions to the other replicas or to its own restart (reattach).
     sessions_outlive_control_plane: bool = False

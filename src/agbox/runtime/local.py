@@ -108,6 +108,7 @@ class LocalRuntime(Runtime):
         self._setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
         # None: networking is off and sandboxes have only loopback.
         self.network = NetworkManager(tag, network, run_dir) if network is not None else None
+        self.offers_network = self.network is not None
 
     # ---- node set-up ---------------------------------------------------------------------------
 

@@ -174,10 +174,11 @@ class SessionService:
         return record
 
     def _network_policy(self, raw: Any) -> Any:
-        if not self.settings.network:
+        if not self.runtime.offers_network:
             if raw not in (None, ""):
-                raise InvalidRequestError("networking is off on this server (AGBOX_NETWORK=off): "
-                                          "sessions have no network, so networkPolicy cannot be applied")
+                raise InvalidRequestError("networking is off on this server (AGBOX_NETWORK=off, or a runtime "
+                                          "without networking): sessions have no network, so networkPolicy "
+                                          "cannot be applied")
             return None
         return parse_policy(raw, self.settings.network_internet)
 
