@@ -184,7 +184,7 @@ class NetworkManager:
                 raise SandboxError(f"networking needs IPv4 forwarding (net.ipv4.ip_forward=1) and it could not be "
                                    f"turned on ({exc.strerror}); set it on the host or turn networking off "
                                    "(AGBOX_NETWORK=off)") from exc
-            log.warning("turned on IPv4 forwarding (net.ipv4.ip_forward=1) for sandbox networks")
+            log.info("turned on IPv4 forwarding (net.ipv4.ip_forward=1) for sandbox networks")
         self._check_ranges()
         upstream = self.options.upstream_dns or host_nameservers()
         try:
@@ -230,7 +230,7 @@ class NetworkManager:
                                        f"{fields[0]}; choose another pool (AGBOX_NETWORK_POOL)")
                 blocked = [ipaddress.IPv4Network(r) for r in (*self.never, *PRIVATE_RANGES)]
                 if fields[2] == "00000000" and route.prefixlen and not any(route.subnet_of(b) for b in blocked):
-                    log.warning("sandboxes can reach the host's neighbours on %s (%s): it is not a private range; "
+                    log.info("sandboxes can reach the host's neighbours on %s (%s): it is not a private range; "
                                 "add it to AGBOX_NETWORK_DENY_RANGES if they should not", route, fields[0])
 
     def _host_table(self) -> str:
