@@ -54,6 +54,11 @@ class Settings:
     prewarm_images: tuple[str, ...] = ("agb-code-space-1",)
     # Extra image files (TOML); an image here with a built-in id replaces it (e.g. other limits).
     images_dir: Path | None = None
+    # The language model behind the browser tools act/observe/extract: an OpenAI-compatible
+    # chat-completions endpoint (base URL, model name, key). None = those tools say no model is configured.
+    browser_model_url: str | None = None
+    browser_model: str = "gpt-4o-mini"
+    browser_model_api_key: str | None = dataclasses.field(default=None, repr=False)
     reap_interval_s: float = 1.0
     # How long a server trusts what it read about an API key (revocation takes effect within this).
     key_cache_ttl_s: float = 1.0
@@ -73,6 +78,9 @@ class Settings:
     # Context blobs (and the pre-signed URL secret) on a path every replica reaches; None = in the data dir.
     blob_dir: Path | None = None
     node_data_dir: str | None = None
+    # Screen of a desktop session (images with the computer tools), WIDTHxHEIGHTxDEPTH; createSession's
+    # desktopSize overrides it per session.
+    desktop_size: str = "1920x1080x24"
     # Sandbox networks (runtime/network.py): off = loopback only. The pool sandbox addresses come from,
     # the upstream DNS servers (empty: the host's /etc/resolv.conf), private ranges sandboxes may reach,
     # more ranges no sandbox may reach (e.g. a LAN outside the private ranges), and whether a session
@@ -102,6 +110,9 @@ class Settings:
             "AGBOX_RUNTIME": ("runtime", str),
             "AGBOX_IMAGES_DIR": ("images_dir", Path),
             "AGBOX_WARM_POOL": ("warm_pool_size", int),
+            "AGBOX_BROWSER_MODEL_URL": ("browser_model_url", str),
+            "AGBOX_BROWSER_MODEL": ("browser_model", str),
+            "AGBOX_BROWSER_MODEL_API_KEY": ("browser_model_api_key", str),
             "AGBOX_KEY_MAX_SESSIONS": ("key_max_sessions", int),
             "AGBOX_KEY_MAX_MEMORY_BYTES": ("key_max_memory_bytes", int),
             "AGBOX_KEY_MAX_CPUS": ("key_max_cpus", float),
@@ -112,6 +123,7 @@ class Settings:
             "AGBOX_RAY_ADDRESS": ("ray_address", str),
             "AGBOX_BLOB_DIR": ("blob_dir", Path),
             "AGBOX_NODE_DATA_DIR": ("node_data_dir", str),
+            "AGBOX_DESKTOP_SIZE": ("desktop_size", str),
         }
         for var, (field, kind) in mapping.items():
             raw = env.get(var)

@@ -63,7 +63,8 @@ def _finite_float(text: str) -> float:
 
 
 def check_text(value: str, what: str) -> str:
-    if _SURROGATE.search(value):
+    # isascii() is O(1) in CPython, so large ASCII payloads (base64 file contents) cost nothing here.
+    if not value.isascii() and _SURROGATE.search(value):
         raise InvalidRequestError(f"{what} contains an unpaired UTF-16 surrogate (not valid Unicode)")
     return value
 

@@ -20,6 +20,7 @@ from agb.session_params import BrowserContext, CreateSessionParams
 from playwright.async_api import async_playwright
 
 from tests.browser.helpers import EXAMPLE_USER_AGENT, example_fingerprint
+from tests.conftest import ServerProcess
 
 COOKIES = [{"name": "agbox_session", "value": "kept-across-sessions", "domain": "example.test", "path": "/",
             "expires": int(time.time()) + 3600},
@@ -118,3 +119,31 @@ def test_extension_service_and_a_raw_fingerprint_in_a_10kb_query(official: Any, 
         official.delete(session)
         service.cleanup()
         official.context.delete(profile)
+
+
+def test_our_sdk_browser_context_keeps_cookies(server: ServerProcess) -> None:
+    from agbox import AGB
+    from agbox import CreateSessionParams as OurParams
+    from agbox.client.browser import BrowserContext as OurContext
+    from agbox.client.browser import BrowserOption as OurOption
+
+    agb = AGB(api_key=server.api_key, endpoint=server.endpoint)
+    ctx = agb.context.get(f"our-profile-{os.urandom(4).hex()}", create=True).context
+    params = OurParams(image_id="agb-browser-use-1", browser_context=OurContext(ctx.id))
+    try:
+        first = agb.create(params).session
+        try:
+            assert first.browser.initialize(OurOption())
+            asyncio.run(_set_cookies_and_close(first.browser.get_endpoint_url()))
+        finally:
+            assert first.delete().success  # auto upload at release
+        second = agb.create(params).session
+        try:
+            assert second.browser.initialize(OurOption())
+            cookies = asyncio.run(_cookies_and_user_agent(second.browser.get_endpoint_url()))[0]
+        finally:
+            second.delete()
+        assert {c["name"]: c["value"] for c in cookies} == {"agbox_session": "kept-across-sessions", "second": "two"}
+    finally:
+        agb.context.delete(ctx)
+        agb.close()

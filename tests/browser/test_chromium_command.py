@@ -44,7 +44,7 @@ def test_options_map_to_flags() -> None:
 def test_desktop_display_gives_a_window() -> None:
     command = chromium_command(parse_option("{}"), display=":1")
     assert command.env["DISPLAY"] == ":1" and "--headless" not in command.argv
-    assert "--start-maximized" in command.argv
+    assert "--start-maximized" in command.argv and not any(a.startswith("--window-size") for a in command.argv)
 
 
 def test_fingerprints() -> None:

@@ -21,6 +21,7 @@ import collections
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -33,6 +34,7 @@ LOG_LINES = 40
 # Chromium logs its failed D-Bus lookups on every start; they say nothing in a sandbox without D-Bus.
 NOISE = ("dbus/", "Failed to connect to the bus", "object_proxy.cc")
 MAX_FINGERPRINT_BYTES = 1024 * 1024
+HELPERS_GRACE_S = 5.0
 
 
 class Browser:
@@ -85,6 +87,26 @@ def _kill_group(pid: int, sig: int) -> None:
         pass
 
 
+def _devtools_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _wait_group_gone(pgid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+
+
 def _describe_exit(exit_info: dict[str, int] | None) -> str:
     if not exit_info:
         return "exited"
@@ -102,8 +124,12 @@ def _forget_dead() -> None:
     """Record how a browser that is no longer running ended (called with the lock held)."""
     global _browser, _last_exit
     if _browser is not None and not _browser.running():
+        # The browser process exits before its helpers: the network service may still be writing the
+        # cookie database. Let them finish on their own (a SIGKILL now leaves a hot journal that the next
+        # Chromium rolls back, losing the cookies), then kill whatever is left.
+        _wait_group_gone(_browser.proc.pid, HELPERS_GRACE_S)
+        _kill_group(_browser.proc.pid, signal.SIGKILL)
         _browser.reader.join(timeout=1.0)
-        _kill_group(_browser.proc.pid, signal.SIGKILL)  # helpers that outlived the browser process
         _last_exit = {"exit": _browser.exit_info(), "log": "\n".join(_browser.log)}
         _browser = None
 
@@ -168,10 +194,13 @@ def stop(args: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
         if browser is None:
             return {"was_running": False}
         proc = browser.proc
-        try:
-            proc.send_signal(signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        # A browser whose DevTools port is already closed is shutting down (a client sent Browser.close):
+        # a signal now would cut its last cookie writes short, so it only gets the time to finish.
+        if _devtools_open(browser.port):
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         try:
             proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:

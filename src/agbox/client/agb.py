@@ -50,6 +50,10 @@ class CreateSessionParams:
     policy_id: str | None = None
     context_syncs: list[Any] = dataclasses.field(default_factory=list)
     idle_release_timeout: int | None = None
+    # agbox extension: screen of a desktop image, "WIDTHxHEIGHT" or "WIDTHxHEIGHTxDEPTH".
+    desktop_size: str | None = None
+    # A BrowserContext (agbox.client.browser): the browser profile, and optionally a fingerprint, in contexts.
+    browser_context: Any = None
     network: NetworkPolicy | None = None
 
     def __post_init__(self) -> None:
@@ -106,9 +110,14 @@ class AGB:
             body["timeout"] = params.idle_release_timeout
         if params.policy_id:
             body["mcpPolicyId"] = params.policy_id
+        if params.desktop_size:
+            body["desktopSize"] = params.desktop_size
         if params.network is not None:
             body["networkPolicy"] = params.network.to_wire()
-        persistence = [sync.to_wire() for sync in params.context_syncs if hasattr(sync, "to_wire")]
+        syncs = list(params.context_syncs)
+        if params.browser_context is not None:  # after the caller's own, as the official SDK orders them
+            syncs.extend(params.browser_context.context_syncs())
+        persistence = [sync.to_wire() for sync in syncs if hasattr(sync, "to_wire")]
         if persistence:
             body["persistenceDataList"] = persistence
         response = self._backend.call("createSession", {"imageId": params.image_id}, body)

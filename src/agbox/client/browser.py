@@ -12,11 +12,45 @@ import base64
 import json
 from typing import TYPE_CHECKING, Any, Literal
 
+from agbox.client.context_sync import BWList, ContextSync, SyncPolicy, UploadPolicy, WhiteList
+
 if TYPE_CHECKING:
     from agbox.client.session import Session
 
 BROWSER_DATA_PATH = "/tmp/agb_browser_data"
 BROWSER_FINGERPRINT_PERSIST_PATH = "/tmp/agb_browser_fingerprint"
+
+
+class BrowserFingerprintContext:
+    """A context that keeps the browser's fingerprint (``/tmp/agb_browser_fingerprint``) across sessions."""
+
+    def __init__(self, fingerprint_context_id: str) -> None:
+        if not fingerprint_context_id or not fingerprint_context_id.strip():
+            raise ValueError("fingerprint_context_id cannot be empty")
+        self.fingerprint_context_id = fingerprint_context_id
+
+
+class BrowserContext:
+    """The browser profile in a context (``CreateSessionParams(browser_context=...)``): its cookies come back
+    in the next session with the same context. ``auto_upload``: upload at release (the browser is closed
+    first, so the cookie database is complete)."""
+
+    def __init__(self, context_id: str, auto_upload: bool = True,
+                 fingerprint_context: BrowserFingerprintContext | None = None) -> None:
+        self.context_id = context_id
+        self.auto_upload = auto_upload
+        self.fingerprint_context = fingerprint_context
+
+    def context_syncs(self) -> list[ContextSync]:
+        """The syncs the official SDK sends for it: the fingerprint (if any), then the profile's cookie files."""
+        syncs = []
+        if self.fingerprint_context is not None:
+            syncs.append(ContextSync(self.fingerprint_context.fingerprint_context_id, BROWSER_FINGERPRINT_PERSIST_PATH,
+                                     SyncPolicy(upload_policy=UploadPolicy(auto_upload=False))))
+        cookie_files = [WhiteList(path) for path in ("/Local State", "/Default/Cookies", "/Default/Cookies-journal")]
+        syncs.append(ContextSync(self.context_id, BROWSER_DATA_PATH, SyncPolicy(
+            upload_policy=UploadPolicy(auto_upload=self.auto_upload), bw_list=BWList(cookie_files))))
+        return syncs
 
 
 class BrowserError(Exception):

@@ -99,6 +99,10 @@ class Runtime(abc.ABC):
     # plane then leaves its sessions to the other replicas or to its own restart (reattach).
     sessions_outlive_control_plane: bool = False
 
+    def warm_sandboxes(self) -> int:
+        """Started sandboxes waiting to be handed to a create (for telemetry)."""
+        return 0
+
     def end_reason(self, handle: SandboxHandle, since: LimitEvents | None = None) -> str:
         """Why a sandbox that ``alive`` reports gone has ended, in words (the session's finish reason);
         limit events (out of memory, ...) after ``since`` count as the cause."""
@@ -145,6 +149,11 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     def alive(self, handle: SandboxHandle) -> bool:
         """Cheap liveness check used by the lifecycle loop."""
+
+    def busy(self, handle: SandboxHandle) -> bool:
+        """True while an op runs in the sandbox for any control plane (a session in use is not idle);
+        a runtime that cannot tell says False and each control plane counts only its own calls."""
+        return False
 
     def limit_events(self, handle: SandboxHandle) -> LimitEvents:
         """The sandbox's limit counters now (compare two readings with ``limit_note``)."""

@@ -355,6 +355,9 @@ class LocalRuntime(Runtime):
     def _pool_key(spec: SandboxSpec) -> tuple[Any, ...]:
         return (spec.limits, tuple(sorted(spec.env.items())), spec.hostname, spec.ro_binds)
 
+    def warm_sandboxes(self) -> int:
+        return sum(len(pool) for pool in self._pools.values())
+
     def _take_warm(self, spec: SandboxSpec) -> _Sandbox | None:
         pool = self._pools.get(self._pool_key(spec), [])
         while pool:

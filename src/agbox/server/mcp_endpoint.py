@@ -141,6 +141,12 @@ class SessionMcpEndpoint:
             await _error(404, "InvalidMcpSession.NotFound",
                          f"session {session_id} has ended ({record.status.value})")(scope, receive, send)
             return
+        if request.method == "POST" and \
+                request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            # Answered here so the error is JSON like every other one (the transport's is plain text).
+            await _error(415, "UnsupportedMediaType", "POST a JSON-RPC message with Content-Type: application/json")(
+                scope, receive, send)
+            return
         scope[SCOPE_KEY] = (record.owner, record.id, record.image_id)
         manager = StreamableHTTPSessionManager(
             app=self.server, json_response=True, stateless=True,

@@ -150,11 +150,12 @@ def _extra_paths() -> dict[str, Any]:
                      "requestBody": {"content": {"application/json": {"schema": {}}}},
                      "responses": {"200": {"description": "JSON-RPC response", "content": any_json},
                                    "202": {"description": "notification accepted"},
-                                   "4XX": {"description": "JSON-RPC error / refused", "content": any_json}},
+                                   # Some refusals come from the MCP transport itself (plain text).
+                                   "4XX": {"description": "JSON-RPC error / refused"}},
                      "security": [{"sessionBearer": []}, {"sessionToken": []}]},
             "delete": {"operationId": "sessionMcpDelete", "summary": "Session termination (a no-op: stateless)",
                        "tags": ["mcp"], "parameters": mcp_path,
-                       "responses": {"200": {"description": "done"}, "4XX": {"description": "refused", "content": any_json}},
+                       "responses": {"200": {"description": "done"}, "4XX": {"description": "refused"}},
                        "security": [{"sessionBearer": []}, {"sessionToken": []}]},
             "get": {"operationId": "sessionMcpStream", "summary": "Not offered: the endpoint is stateless (405)",
                     "tags": ["mcp"], "parameters": mcp_path,
@@ -169,6 +170,22 @@ def _extra_paths() -> dict[str, Any]:
                     "responses": {"200": {"description": "HTML page", "content": {"text/html": {"schema": {}}}},
                                   "403": {"description": "not valid for a session",
                                           "content": {"text/html": {"schema": {}}}}}},
+        },
+        "/desktop/{session_id}/screenshots/{key}.png": {
+            "get": {"operationId": "desktopScreenshot", "summary": "An image taken by system_screenshot (the key is "
+                    "the credential), while the session lives", "tags": ["desktop"], "security": [],
+                    "parameters": [*mcp_path, {"name": "key", "in": "path", "required": True,
+                                               "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "PNG", "content": {"image/png": {"schema": {}}}},
+                                  "404": {"description": "unknown or ended", "content": {"text/plain": {"schema": {}}}}}},
+        },
+        "/desktop/{session_id}/{secret}/": {
+            "get": {"operationId": "desktopLiveView", "summary": "A desktop session's live view (noVNC page; "
+                    "resourceUrl of desktop sessions); its WebSocket is .../websockify", "tags": ["desktop"],
+                    "security": [], "parameters": [*mcp_path, {"name": "secret", "in": "path", "required": True,
+                                                               "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "HTML page", "content": {"text/html": {"schema": {}}}},
+                                  "404": {"description": "unknown or ended", "content": {"text/plain": {"schema": {}}}}}},
         },
         "/health": {"get": {"operationId": "health", "summary": "Liveness", "security": [],
                             "responses": {"200": _json_response("ok", {"type": "object",

@@ -105,6 +105,8 @@ OPERATIONS: dict[str, Operation] = {o.op: o for o in (
         _b("persistenceDataList", {"anyOf": [{"type": "array", "items": PERSISTENCE_ITEM, "maxItems": 64},
                                              JSON_TEXT]}, "contexts to mount"),
         _b("sessionId", ID, "ignored"), _b("contextId", ID, "ignored"),
+        _b("desktopSize", {"type": "string", "maxLength": 32},
+           "agbox: screen of a desktop image, WIDTHxHEIGHT[xDEPTH] (default: the server's desktop_size)"),
         _b("networkPolicy", NETWORK_POLICY, "ours: internet (bool), allowOut / denyOut (CIDRs, domain names); "
            "left out = the server default"),
     ), OBJECT),

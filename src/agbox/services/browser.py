@@ -52,6 +52,9 @@ START_TIMEOUT_S = 45.0
 STOP_GRACE_S = 5.0
 AGENT_TIMEOUT_S = 10.0
 BROWSER_TOOL_SET = "browser"
+# Images with the computer tools have an X desktop on this display (agent/ops_desktop.py).
+DESKTOP_TOOL_SET = "computer"
+DESKTOP_DISPLAY = ":0"
 LIVE_QUALITY = 60
 LIVE_MAX_WIDTH = 1600
 # How often the live view checks for another page to show while no frame comes.
@@ -136,8 +139,13 @@ class BrowserService:
                 return state.port
             fingerprint = await self._fingerprint(record, option)
             prepared = await self._agent(record, "browser_prepare", {"extension_path": option.extension_path})
+            display = None
+            if DESKTOP_TOOL_SET in self.platform.images.get(record.image_id).tool_sets:
+                # On a desktop image the browser is a visible window of the session's desktop: wait for it.
+                await self._agent(record, "desktop_screen_size", {})
+                display = DESKTOP_DISPLAY
             command = chromium_command(option, profile_dir=profile_dir, extensions=prepared.get("extensions") or [],
-                                       fingerprint=fingerprint)
+                                       fingerprint=fingerprint, display=display)
             started = await self._agent(record, "browser_start", {
                 "argv": command.argv, "env": command.env, "make_dirs": [profile_dir],
                 "ready_timeout_s": START_TIMEOUT_S - 5}, timeout_s=START_TIMEOUT_S)

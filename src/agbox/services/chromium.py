@@ -301,9 +301,10 @@ def chromium_command(option: BrowserOption, *, profile_dir: str = PROFILE_DIR, d
         "--disable-dev-shm-usage", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--disable-breakpad", "--disable-crash-reporter", "--disable-gpu",
         "--disable-features=Translate,MediaRouter,OptimizationHints", "--metrics-recording-only",
-        f"--window-size={viewport.width},{viewport.height}",
     ]
     env: dict[str, str] = {}
+    if display is None or option.viewport is not None:
+        argv.append(f"--window-size={viewport.width},{viewport.height}")
     if display is None:
         argv.append("--headless")
         argv.append(f"--screen-info={{{(screen or viewport).width}x{(screen or viewport).height}}}")

@@ -18,6 +18,7 @@ from agbox.services.limits import LimitService
 from agbox.services.links import LinkService
 from agbox.services.sessions import SessionService
 from agbox.services.shared_blobs import SharedBlobStore, replica_id, shared_secret
+from agbox.services.telemetry import Telemetry
 from agbox.services.tools import ToolService
 from agbox.services.url_signing import load_secret
 from agbox.settings import Settings
@@ -58,7 +59,8 @@ class Platform:
         self.limits = LimitService(settings, self.store, settings.key_cache_ttl_s)
         self.sessions = SessionService(settings, self.store, self.runtime, self.images, self.limits)
         self.sessions.revoked_owners = self.keys.revoked_ids
-        self.tools = ToolService(self.sessions, self.images, ToolRegistry())
+        self.telemetry = Telemetry(self.store, self.runtime)
+        self.tools = ToolService(self.sessions, self.images, ToolRegistry(), self.telemetry)
         self.links = LinkService(self)
         self.browser = BrowserService(self, self.links)
         contexts_dir = settings.data_dir / "contexts"

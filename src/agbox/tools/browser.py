@@ -8,8 +8,7 @@
 - ``browser_page_text``, ``browser_click``, ``browser_type``: small tools of our own (text of the page,
   click or type into the element a CSS selector names).
 
-Without a ``page_id`` the tools act on "the current page": the one the previous tool used if it
-still exists, else a page of the browser that is not blank (one is opened when there is none).
+Without a ``page_id`` the tools act on "the current page" (``tools/pages.py``).
 """
 
 from __future__ import annotations
@@ -18,19 +17,16 @@ import asyncio
 import base64
 import contextlib
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 from agbox.errors import InvalidRequestError
+from agbox.tools import browser_agent
 from agbox.tools.base import ToolContext, ToolDef, ToolOutput, arg_int, arg_str, json_text, schema
-from agbox.tools.cdp import CdpConnection, CdpError
+from agbox.tools.cdp import CdpError
+from agbox.tools.pages import PAGE_STATE, current_page, page_id_arg
 
 STOP_GRACE_S = 5.0
 NAVIGATE_TIMEOUT_S = 30.0
-PAGE_STATE = "browser_page"
-MODEL_TOOLS = ("page_use_act", "page_use_act_async", "page_use_get_act_result", "page_use_observe",
-               "page_use_observe_async", "page_use_get_observe_result", "page_use_extract",
-               "page_use_extract_async", "page_use_get_extract_result")
 
 
 async def stop_chrome(ctx: ToolContext, args: dict[str, Any]) -> ToolOutput:
@@ -42,66 +38,6 @@ async def stop_chrome(ctx: ToolContext, args: dict[str, Any]) -> ToolOutput:
     return ToolOutput(json_text({"stopped": True, "message": "the browser was stopped"}))
 
 
-# ---- the current page ----------------------------------------------------------------------------
-
-
-class Page:
-    """A CDP connection to the session's browser, attached to one page target."""
-
-    def __init__(self, cdp: CdpConnection, target_id: str, session_id: str) -> None:
-        self.cdp = cdp
-        self.target_id = target_id
-        self.session_id = session_id
-
-    async def call(self, method: str, params: dict[str, Any] | None = None, timeout_s: float = 30.0) -> dict[str, Any]:
-        return await self.cdp.call(method, params, session_id=self.session_id, timeout_s=timeout_s)
-
-    async def evaluate(self, expression: str) -> Any:
-        result = await self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True,
-                                                      "awaitPromise": True})
-        if "exceptionDetails" in result:
-            details = result["exceptionDetails"]
-            raise CdpError(f"script failed: {details.get('exception', {}).get('description') or details.get('text')}")
-        return result.get("result", {}).get("value")
-
-
-@contextlib.asynccontextmanager
-async def current_page(ctx: ToolContext, page_id: str | None) -> AsyncIterator[Page]:
-    status = await ctx.agent("browser_status", {}, timeout_s=10)
-    if not status.get("running"):
-        reason = status.get("reason")
-        raise CdpError("the browser is not running" + (f" (it {reason})" if reason else "")
-                       + "; initialize it first (/browser/init)")
-    cdp = await CdpConnection.open(ctx.runtime, ctx.handle, int(status["port"]), str(status["path"]))
-    try:
-        targets = [t for t in (await cdp.call("Target.getTargets"))["targetInfos"] if t.get("type") == "page"]
-        wanted = page_id or ctx.state.get(PAGE_STATE)
-        target = next((t for t in targets if t["targetId"] == wanted), None)
-        if target is None and page_id:
-            raise CdpError(f"no page with id {page_id} in the browser")
-        if target is None:
-            # Chromium's target list is unordered: prefer a page that shows something over a blank one.
-            targets.sort(key=lambda t: t.get("url") in ("about:blank", ""))
-            target_id = targets[0]["targetId"] if targets else \
-                (await cdp.call("Target.createTarget", {"url": "about:blank"}))["targetId"]
-        else:
-            target_id = target["targetId"]
-        ctx.state[PAGE_STATE] = target_id
-        attached = await cdp.call("Target.attachToTarget", {"targetId": target_id, "flatten": True})
-        yield Page(cdp, target_id, attached["sessionId"])
-    finally:
-        await cdp.close()
-
-
-def _page_id(args: dict[str, Any]) -> str | None:
-    value = args.get("page_id")
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise InvalidRequestError("argument 'page_id' must be a string (the page's CDP target id)")
-    return value
-
-
 # ---- page_use_* ------------------------------------------------------------------------------------
 
 
@@ -109,7 +45,7 @@ async def navigate(ctx: ToolContext, args: dict[str, Any]) -> ToolOutput:
     url = arg_str(args, "url")
     assert url is not None
     try:
-        async with current_page(ctx, _page_id(args)) as page:
+        async with current_page(ctx, page_id_arg(args)) as page:
             loaded = asyncio.get_running_loop().create_future()
 
             def on_event(message: dict[str, Any]) -> None:
@@ -146,7 +82,7 @@ async def screenshot(ctx: ToolContext, args: dict[str, Any]) -> ToolOutput:
     timeout_s = arg_int(args, "timeout", 30000, minimum=1) / 1000
     params: dict[str, Any] = {"format": "png"}
     try:
-        async with current_page(ctx, _page_id(args)) as page:
+        async with current_page(ctx, page_id_arg(args)) as page:
             if clip is not None:
                 params["clip"] = {**{k: clip[k] for k in ("x", "y", "width", "height")}, "scale": 1}
             elif full_page:
@@ -169,20 +105,13 @@ async def close_session(ctx: ToolContext, args: dict[str, Any]) -> ToolOutput:
     return ToolOutput(json_text({"success": True}))
 
 
-async def needs_model(ctx: ToolContext, args: dict[str, Any]) -> ToolOutput:
-    return ToolOutput("act, observe and extract need a language model, and this agbox server has none configured "
-                      "(the model-driven browser agent is not available yet). Drive the page with Playwright over "
-                      "the CDP link, or with page_use_navigate, browser_click, browser_type and browser_page_text.",
-                      is_error=True)
-
-
 # ---- small tools of our own ---------------------------------------------------------------------------
 
 
 async def page_text(ctx: ToolContext, args: dict[str, Any]) -> ToolOutput:
     limit = arg_int(args, "max_chars", 20000, minimum=1, maximum=1_000_000)
     try:
-        async with current_page(ctx, _page_id(args)) as page:
+        async with current_page(ctx, page_id_arg(args)) as page:
             found = await page.evaluate("({url: location.href, title: document.title, "
                                         "text: document.body ? document.body.innerText : ''})")
     except CdpError as exc:
@@ -201,7 +130,7 @@ async def _on_element(ctx: ToolContext, args: dict[str, Any], action: str, done:
     selector = arg_str(args, "selector")
     assert selector is not None
     try:
-        async with current_page(ctx, _page_id(args)) as page:
+        async with current_page(ctx, page_id_arg(args)) as page:
             problem = await page.evaluate(_element_script(selector, action))
     except CdpError as exc:
         return ToolOutput(exc.message, is_error=True)
@@ -225,6 +154,15 @@ async def type_text(ctx: ToolContext, args: dict[str, Any]) -> ToolOutput:
 
 PAGE_ID = {"type": "string", "description": "CDP target id of the page (default: the current page)"}
 SERVER = "wuying_browser"
+MODEL_TASKS = (
+    ("act", "perform one action the instruction describes: click or fill an element",
+     {"action": {"type": "string"}, "variables": {"type": "object"}, "page_id": PAGE_ID, "context_id": {"type": "integer"}}),
+    ("observe", "elements that match the instruction, with a selector and the method to use on each",
+     {"instruction": {"type": "string"}, "page_id": PAGE_ID, "context_id": {"type": "integer"}}),
+    ("extract", "data from the page as JSON following field_schema ('schema: <JSON schema>')",
+     {"instruction": {"type": "string"}, "field_schema": {"type": "string"}, "page_id": PAGE_ID,
+      "context_id": {"type": "integer"}}),
+)
 TOOLS = [
     ToolDef("stopChrome", "Stop the session's browser (Chromium) gracefully, so its profile and cookies are saved. "
                           "Initialize the browser again to start a new one.", schema({}), SERVER, stop_chrome),
@@ -236,8 +174,15 @@ TOOLS = [
             SERVER, screenshot),
     ToolDef("page_use_close_session", "End the page agent's session (the browser keeps running).", schema({}),
             SERVER, close_session),
-    *(ToolDef(name, "Needs a language model (not configured on this server); answers with an error saying so.",
-              schema({}), SERVER, needs_model) for name in MODEL_TOOLS),
+    *(ToolDef(f"page_use_{kind}", f"{kind.capitalize()} on the current page with the configured language model "
+                                   f"({purpose}).", schema(props), SERVER, browser_agent.tool_now(kind))
+      for kind, purpose, props in MODEL_TASKS),
+    *(ToolDef(f"page_use_{kind}_async", f"Start {kind} in the background; answers {{task_id}} for "
+                                         f"page_use_get_{kind}_result.", schema(props), SERVER,
+              browser_agent.tool_start(kind)) for kind, _purpose, props in MODEL_TASKS),
+    *(ToolDef(f"page_use_get_{kind}_result", f"The result of a page_use_{kind}_async task (not ready yet: "
+                                              "keep polling).", schema({"task_id": {"type": "string"}}, ["task_id"]),
+              SERVER, browser_agent.tool_result(kind)) for kind, _purpose, _props in MODEL_TASKS),
     ToolDef("browser_page_text", "URL, title and visible text of the current page.",
             schema({"page_id": PAGE_ID, "max_chars": {"type": "integer"}}), SERVER, page_text),
     ToolDef("browser_click", "Click the element a CSS selector names in the current page.",
