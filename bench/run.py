@@ -38,7 +38,8 @@ if str(BENCH_DIR) not in sys.path:
 import benchlib as B  # noqa: E402
 
 # Families run in this order; any other bench_*.py follows alphabetically.
-ORDER = ["create", "tti", "tool", "mcp", "links", "files", "disk", "code", "browser", "startup", "density", "load", "peer"]
+ORDER = ["create", "tti", "tool", "mcp", "links", "files", "disk", "code", "browser", "network", "startup", "density",
+         "load", "peer"]
 
 # (label, row key, field, comparison, threshold, unit). "field" may be p50_ms, value or delta_ms.
 TARGETS: list[tuple[str, str, str, str, float, str]] = [
@@ -65,6 +66,10 @@ TARGETS: list[tuple[str, str, str, str, float, str]] = [
     ("load: 0 errors, 50 concurrent clients (create, tools, link, release)", "load.errors", "value", "<=", 0,
      "errors"),
     ("load: create p99 < 1 s at 50 concurrent clients", "load.create", "p99_ms", "<=", 1000, "ms"),
+    ("networking adds <= 2 ms to a cold create (warm pool off)", "network.create_cold", "delta_ms", "<=", 2, "ms"),
+    ("networking adds nothing to a pooled create (<= 0.1 ms)", "network.create_pooled", "delta_ms", "<=", 0.1, "ms"),
+    ("session TCP download >= 0.7x the host's", "network.throughput_down", "ratio", ">=", 0.7, "x"),
+    ("session TCP upload >= 0.7x the host's", "network.throughput_up", "ratio", ">=", 0.7, "x"),
 ]
 
 

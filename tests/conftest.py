@@ -22,6 +22,9 @@ import httpx
 import pytest
 
 API_KEY = "test-key-0123456789"
+# Tests send no traffic off this machine: sessions of every test server (and embedded platform) get a
+# deny-all network unless a test builds its own stand-in internet (tests/standin_internet.py).
+os.environ.setdefault("AGBOX_NETWORK_INTERNET", "off")
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -18,6 +18,15 @@ def default_data_dir(environ: Mapping[str, str] | None = None) -> Path:
     return Path(base) / "agbox"
 
 
+def _flag(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "on", "true", "yes", "allow"):
+        return True
+    if value in ("0", "off", "false", "no", "deny"):
+        return False
+    raise ValueError(f"{name} must be on or off, not {raw!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     data_dir: Path
@@ -72,6 +81,16 @@ class Settings:
     # Screen of a desktop session (images with the computer tools), WIDTHxHEIGHTxDEPTH; createSession's
     # desktopSize overrides it per session.
     desktop_size: str = "1920x1080x24"
+    # Sandbox networks (runtime/network.py): off = loopback only. The pool sandbox addresses come from,
+    # the upstream DNS servers (empty: the host's /etc/resolv.conf), private ranges sandboxes may reach,
+    # more ranges no sandbox may reach (e.g. a LAN outside the private ranges), and whether a session
+    # that does not say gets outbound internet.
+    network: bool = True
+    network_pool: str = "10.201.0.0/16"
+    network_dns: tuple[str, ...] = ()
+    network_open_ranges: tuple[str, ...] = ()
+    network_deny_ranges: tuple[str, ...] = ()
+    network_internet: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -112,6 +131,15 @@ class Settings:
                 values[field] = kind(raw)
         if env.get("AGBOX_PREWARM_IMAGES") is not None:
             values["prewarm_images"] = tuple(i for i in env["AGBOX_PREWARM_IMAGES"].split(",") if i.strip())
+        for var, field in (("AGBOX_NETWORK", "network"), ("AGBOX_NETWORK_INTERNET", "network_internet")):
+            if env.get(var):
+                values[field] = _flag(var, env[var])
+        for var, field in (("AGBOX_NETWORK_DNS", "network_dns"), ("AGBOX_NETWORK_OPEN_RANGES", "network_open_ranges"),
+                           ("AGBOX_NETWORK_DENY_RANGES", "network_deny_ranges")):
+            if env.get(var) is not None:
+                values[field] = tuple(i.strip() for i in env[var].split(",") if i.strip())
+        if env.get("AGBOX_NETWORK_POOL"):
+            values["network_pool"] = env["AGBOX_NETWORK_POOL"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "data_dir" in values:
             values["data_dir"] = Path(str(values["data_dir"])).expanduser().resolve()

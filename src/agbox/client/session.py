@@ -152,7 +152,8 @@ class Session:
         if not response.get("success") or not isinstance(data, dict):
             return OperationResult(request_id=response.get("requestId", ""), success=False,
                                    error_message=envelope_error(response, "No resource data found in response"))
-        info = {"session_id": data.get("sessionId", ""), "resource_url": data.get("resourceUrl", "")}
+        info = {"session_id": data.get("sessionId", ""), "resource_url": data.get("resourceUrl", ""),
+                "network": data.get("network")}
         desktop = data.get("desktopInfo")
         if isinstance(desktop, dict) and desktop:
             # Desktop sessions, as the official SDK maps them (live view secrets and connection details).
@@ -161,6 +162,17 @@ class Session:
                                   ("resource_type", "resourceType"), ("ticket", "ticket")):
                 info[key] = desktop.get(wire_key, "")
         return OperationResult(request_id=response.get("requestId", ""), success=True, data=info)
+
+    def set_network_policy(self, policy: Any) -> OperationResult:
+        """Replace the session's network policy (an ``agbox.NetworkPolicy``); open connections it no
+        longer allows fail at their next packet. ``data`` is the session's network afterwards."""
+        response = self._call("setNetworkPolicy", None, {"sessionId": self.session_id,
+                                                         "networkPolicy": policy.to_wire()})
+        data = response.get("data")
+        if not response.get("success") or not isinstance(data, dict):
+            return OperationResult(request_id=response.get("requestId", ""), success=False,
+                                   error_message=envelope_error(response, "Failed to set the network policy"))
+        return OperationResult(request_id=response.get("requestId", ""), success=True, data=data.get("network"))
 
     def get_link(self, protocol_type: str | None = None, port: int | None = None) -> OperationResult:
         query = {"sessionId": self.session_id, "protocolType": protocol_type,

@@ -32,8 +32,11 @@ log = logging.getLogger(__name__)
 def make_runtime(settings: Settings) -> Runtime:
     if settings.runtime == "local":
         from agbox.runtime.local import LocalRuntime
+        from agbox.runtime.network import NetworkOptions
 
-        return LocalRuntime(settings.data_dir, warm_pool_size=settings.warm_pool_size)
+        network = NetworkOptions(settings.network_pool, settings.network_dns, settings.network_open_ranges,
+                                 settings.network_internet, settings.network_deny_ranges) if settings.network else None
+        return LocalRuntime(settings.data_dir, warm_pool_size=settings.warm_pool_size, network=network)
     if settings.runtime == "ray":
         from agbox.runtime.ray_cluster import RayRuntime
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import secrets
@@ -26,6 +27,7 @@ from agbox.images import Image, ImageCatalog
 from agbox.models import ACTIVE_STATUSES, SessionRecord, SessionStatus
 from agbox.runtime.base import Runtime, SandboxHandle, SandboxSpec
 from agbox.services.limits import LimitService
+from agbox.services.network import parse_policy
 from agbox.services.paging import paginate
 from agbox.settings import Settings
 from agbox.store.base import Store
@@ -137,11 +139,12 @@ class SessionService:
     # ---- create ----------------------------------------------------------------------------------
 
     async def create(self, owner: str, image_id: str | None, labels: Any = None, idle_timeout_s: Any = None,
-                     policy_id: str | None = None, desktop_size: Any = None) -> SessionRecord:
+                     policy_id: str | None = None, desktop_size: Any = None, network: Any = None) -> SessionRecord:
         image = self.images.get(image_id)
         if desktop_size not in (None, ""):
             desktop_size = validate_desktop_size(desktop_size)
         clean_labels = validate_labels(labels, self.settings)
+        network_policy = self._network_policy(network)
         if idle_timeout_s in (None, "", 0):
             idle = self.settings.default_idle_timeout_s
         else:
@@ -170,7 +173,7 @@ class SessionService:
             node=getattr(self.runtime, "node", self.runtime.name), policy_id=policy_id or "",
         )
         self.store.put_session(record)
-        spec = self.spec_for(image, record.id, desktop_size or None)
+        spec = dataclasses.replace(self.spec_for(image, record.id, desktop_size or None), network=network_policy)
         try:
             handle = await self.runtime.create(spec)
         except BaseException as exc:
@@ -183,6 +186,27 @@ class SessionService:
         for hook in self.after_create:
             await hook(record)
         return record
+
+    def _network_policy(self, raw: Any) -> Any:
+        if not self.runtime.offers_network:
+            if raw not in (None, ""):
+                raise InvalidRequestError("networking is off on this server (AGBOX_NETWORK=off, or a runtime "
+                                          "without networking): sessions have no network, so networkPolicy "
+                                          "cannot be applied")
+            return None
+        return parse_policy(raw, self.settings.network_internet)
+
+    async def set_network_policy(self, owner: str, session_id: Any, raw: Any) -> dict[str, Any]:
+        """Replace a running session's policy (from now on, also for its open connections)."""
+        record = self.get(owner, session_id)
+        if raw in (None, ""):
+            raise InvalidRequestError("networkPolicy is required")
+        policy = self._network_policy(raw)
+        return await self.runtime.set_network_policy(self.handle(record), policy)
+
+    def network_info(self, record: SessionRecord) -> dict[str, Any] | None:
+        handle = self.handles.get(record.id)
+        return self.runtime.network_info(handle) if handle is not None else None
 
     def _footprint(self, record: SessionRecord) -> tuple[int, float]:
         """(memory bytes, cpus) a session's sandbox may use."""
