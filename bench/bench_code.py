@@ -6,6 +6,8 @@
   (a bare interpreter start, what a fresh process per call would cost at least).
 - The session's memory (PSS of all its processes) before any Python and after the first run: an idle session
   that never runs Python has no worker.
+- JavaScript in the same warm session: the first ``run_code`` (starts the Node.js REPL worker; one sample,
+  next to ``node -e``) and a warm one.
 - The worker alone, on the host (no sandbox, no agent): start until the first cell's answer, a warm cell, and
   its PSS, next to the hand-written worker it replaced (``code_worker.py`` of commit ``HANDWRITTEN_COMMIT``,
   read with ``git show``), interleaved. Both speak the same JSON-lines protocol.
@@ -193,6 +195,26 @@ def _session_rows(n: int, warm_n: int, rows: list[dict[str, Any]]) -> None:
             warm, warm_base = B.paired(B.timed(warm_run), bare_python, warm_n)
             rows.append(B.row(FAMILY, "warm run_code `1 + 1`, our SDK over HTTP", warm, key="code.warm_run",
                               baseline=BARE_NAME, baseline_s=warm_base))
+
+            B.say("session: first and warm JavaScript run_code")
+            start = time.perf_counter()
+            first_js = session.code.run("1 + 1", "javascript")
+            first_js_s = time.perf_counter() - start
+            if not first_js.success or first_js.result != "2":
+                raise RuntimeError(f"JavaScript run_code failed: {first_js.error_message or first_js}")
+            node_s = B.timed(lambda: subprocess.run(["node", "-e", "1 + 1"], check=True))()
+            rows.append(B.row(FAMILY, "first JavaScript run_code `1 + 1` in a session (starts the Node.js REPL)",
+                              [first_js_s], key="code.js_first", baseline='node -e "1 + 1" (host)',
+                              baseline_s=[node_s], note="one sample per bench run"))
+
+            def warm_js() -> None:
+                result = session.code.run("1 + 1", "javascript")
+                if not result.success:
+                    raise RuntimeError(f"run_code failed: {result.error_message}")
+
+            js_warm, js_base = B.paired(B.timed(warm_js), bare_python, warm_n)
+            rows.append(B.row(FAMILY, "warm JavaScript run_code `1 + 1`, our SDK over HTTP", js_warm,
+                              key="code.js_warm", baseline=BARE_NAME, baseline_s=js_base))
         finally:
             session.delete()
         agb.close()

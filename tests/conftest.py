@@ -67,7 +67,8 @@ class ServerProcess:
 
 
 def start_server(data_dir: Path, api_key: str = API_KEY, port: int | None = None,
-                 extra_env: dict[str, str] | None = None, extra_args: list[str] | None = None) -> ServerProcess:
+                 extra_env: dict[str, str] | None = None, extra_args: list[str] | None = None,
+                 ready_timeout_s: float = 30) -> ServerProcess:
     port = port or free_port()
     log_path = data_dir.parent / f"{data_dir.name}-server-{port}.log"
     env = {**os.environ, "AGBOX_API_KEY": api_key, **(extra_env or {})}
@@ -87,7 +88,7 @@ def start_server(data_dir: Path, api_key: str = API_KEY, port: int | None = None
         return False
 
     try:
-        wait_for(healthy, 30, what="agbox serve to answer /health")
+        wait_for(healthy, ready_timeout_s, what="agbox serve to answer /health")
     except BaseException:
         server.stop(signal.SIGKILL)
         raise

@@ -49,8 +49,8 @@ class SessionNotFoundError(NotFoundError):
     # The official SDK's delete poll and tests match this code and the words "not found".
     code = "InvalidMcpSession.NotFound"
 
-    def __init__(self, session_id: str) -> None:
-        super().__init__(f"session {session_id} not found")
+    def __init__(self, session_id: str, ended: str = "") -> None:
+        super().__init__(f"session {session_id} not found" + (f": it has ended ({ended})" if ended else ""))
         self.session_id = session_id
 
 

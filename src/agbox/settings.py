@@ -61,7 +61,12 @@ class Settings:
     # runtime = "ray": the cluster to join (host:port of the head's GCS, or "auto"), and where each
     # node keeps its sandboxes' files (a path on that node; default <data dir>/nodes).
     ray_address: str | None = None
+    # Context blobs (and the pre-signed URL secret) on a path every replica reaches; None = in the data dir.
+    blob_dir: Path | None = None
     node_data_dir: str | None = None
+    # Screen of a desktop session (images with the computer tools), WIDTHxHEIGHTxDEPTH; createSession's
+    # desktopSize overrides it per session.
+    desktop_size: str = "1920x1080x24"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -89,7 +94,9 @@ class Settings:
             "AGBOX_KEY_MAX_STREAMS": ("key_max_streams", int),
             "AGBOX_STORE": ("store_url", str),
             "AGBOX_RAY_ADDRESS": ("ray_address", str),
+            "AGBOX_BLOB_DIR": ("blob_dir", Path),
             "AGBOX_NODE_DATA_DIR": ("node_data_dir", str),
+            "AGBOX_DESKTOP_SIZE": ("desktop_size", str),
         }
         for var, (field, kind) in mapping.items():
             raw = env.get(var)

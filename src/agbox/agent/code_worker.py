@@ -9,7 +9,8 @@ like in a notebook: magics (``%timeit``, ``%%writefile``), ``!shell`` lines, ``d
 Protocol: after start-up the worker writes ``{"type": "ready"}`` to RESP_FD; then it reads one JSON
 request per line from REQ_FD (``{"code": str, "count": int}``) and answers with JSON lines on RESP_FD:
 ``{"type": "display", "data": {mime: value}}`` for each output published while the cell runs and
-finally ``{"type": "done", "main": bundle|None, "error": {name, value, traceback}|None}``. The cell's
+finally ``{"type": "done", "main": bundle|None, "error": {name, value, traceback}|None, "exiting": bool}``
+(``exiting`` after ``exit()``: the worker ends, the next run starts a fresh one). The cell's
 stdout and stderr are this process's own fds 1 and 2 (``!cmd`` children write there directly), which the
 agent streams. SIGINT interrupts a running cell (KeyboardInterrupt) and is ignored otherwise.
 """
@@ -37,6 +38,7 @@ if _jedi_hidden:
 try:
     from IPython.core.displayhook import DisplayHook
     from IPython.core.displaypub import DisplayPublisher
+    from IPython.core.error import UsageError
     from IPython.core.interactiveshell import InteractiveShell
     from traitlets.config import Config
 finally:
@@ -124,6 +126,18 @@ class AgentShell(InteractiveShell):
         # `!cmd` runs with the worker's own stdout/stderr (the agent's pipes): streamed as it comes and
         # kept apart, where the default (pexpect on a pty) would merge both streams.
         self.system = self.system_raw  # type: ignore[method-assign]
+        # Figures can only be shown inline here: `%matplotlib` (any or no backend) settles on inline.
+        self.pylab_gui_select = "inline"
+
+    def enable_gui(self, gui: str | None = None) -> None:
+        """`%matplotlib inline` (and `%matplotlib` alone) need no event loop; a sandbox has no display for others."""
+        if gui not in (None, "inline"):
+            raise UsageError(f"no GUI event loop ({gui}) in a sandbox: use `%matplotlib inline`")
+
+    def ask_exit(self) -> None:
+        """`exit()` / `quit()`: like a notebook kernel, the interpreter ends after this cell and the next run
+        starts a fresh one."""
+        self.exit_now = True
 
     def _showtraceback(self, etype: type[BaseException], evalue: BaseException, stb: Any) -> None:
         self.last_error = {"name": etype.__name__, "value": str(evalue),
@@ -161,7 +175,7 @@ def run_cell(shell: AgentShell, code: str, count: int, running: threading.Event)
         # A traceback shown without failing the cell (a broken post-execute hook, a formatter): keep it visible.
         print(shell.last_error["traceback"], file=sys.stderr)
     _flush_std()
-    return {"type": "done", "main": hook.main, "error": error}
+    return {"type": "done", "main": hook.main, "error": error, "exiting": bool(shell.exit_now)}
 
 
 def main() -> None:
@@ -190,6 +204,8 @@ def main() -> None:
         except ValueError:
             continue
         channel.send(run_cell(shell, str(request.get("code", "")), int(request.get("count", 0)), running))
+        if shell.exit_now:
+            break
 
 
 if __name__ == "__main__":

@@ -125,11 +125,12 @@ def start(args: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
         env.update({str(k): str(v) for k, v in extra_env.items()})
         for directory in args.get("make_dirs") or []:
             os.makedirs(str(directory), exist_ok=True)
+        binary = argv[0]
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.PIPE, env=env, start_new_session=True)
         except OSError as exc:
-            raise OpError("browser", f"could not start the browser ({argv[0]}): {exc.strerror or exc}") from None
+            raise OpError("browser", f"could not start the browser ({binary}): {exc.strerror or exc}") from None
         browser = Browser(proc)
         ctx.on_cancel.append(lambda: _kill_group(proc.pid, signal.SIGKILL))
         if not browser.ready.wait(timeout_s) or not browser.port:

@@ -1,6 +1,7 @@
-"""The ``run_code`` op: Python in a persistent per-session IPython shell; JavaScript, Java and R in a
-fresh process per call. Output is streamed as ``{"type": "stdout"|"stderr", "chunk"}`` and
-``{"type": "result", "result": {mime: value, "isMainResult": bool}}`` events when asked."""
+"""The ``run_code`` op: Python in a persistent per-session IPython shell, JavaScript in a persistent
+Node.js REPL evaluator (ES-module code, Java and R in a fresh process per call). Output is streamed as
+``{"type": "stdout"|"stderr", "chunk"}`` and ``{"type": "result", "result": {mime: value, "isMainResult":
+bool}}`` events when asked."""
 
 from __future__ import annotations
 
@@ -15,17 +16,21 @@ import subprocess
 import tempfile
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from common import Ctx, OpError, require_str
 
 PYTHON = "/usr/bin/python3"
-WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "code_worker.py")
-# After SIGINT, how long running Python code has to stop before its interpreter is killed.
+HERE = os.path.dirname(os.path.abspath(__file__))
+PYTHON_WORKER = os.path.join(HERE, "code_worker.py")
+JS_WORKER = os.path.join(HERE, "js_worker.js")
+# After SIGINT, how long running code has to stop before its interpreter is killed.
 INTERRUPT_GRACE_S = 2.0
-# How long a fresh interpreter may take to import IPython before the run gives up (the tool call allows
-# its timeout plus 30 s).
+# How long a fresh interpreter may take to start (IPython's import) before the run gives up (the tool
+# call allows its timeout plus 30 s).
 STARTUP_TIMEOUT_S = 20.0
+# JavaScript with static `import`/`export` is an ES module: it runs in a fresh process, not in the REPL.
+ES_MODULE = re.compile(r"^\s*(import\s[^(]|export\s)", re.M)
 POLL_S = 0.05
 DEFAULT_MAX_OUTPUT = 4 * 1024 * 1024
 LANGUAGES = ("python", "javascript", "java", "r")
@@ -80,10 +85,29 @@ def _kill_group(pid: int, sig: int) -> None:
         pass
 
 
-class PythonKernel:
-    """One long-lived IPython shell (code_worker.py); executions run one at a time, in one namespace."""
+def _python_command(req_fd: int, resp_fd: int) -> tuple[list[str], dict[str, str]]:
+    env = dict(os.environ)
+    env.setdefault("MPLCONFIGDIR", os.path.join(tempfile.gettempdir(), "agbox-matplotlib"))
+    # IPython's profile directory: out of the user's home, like matplotlib's cache.
+    env.setdefault("IPYTHONDIR", os.path.join(tempfile.gettempdir(), "agbox-ipython"))
+    env["PYTHONUNBUFFERED"] = "1"
+    return [PYTHON, "-u", PYTHON_WORKER, str(req_fd), str(resp_fd)], env
 
-    def __init__(self) -> None:
+
+def _node_command(req_fd: int, resp_fd: int) -> tuple[list[str], dict[str, str]]:
+    node = shutil.which("node")
+    if node is None:
+        raise OpError("unavailable", "language javascript is not available in this image (node is not installed)")
+    return [node, JS_WORKER, str(req_fd), str(resp_fd)], dict(os.environ)
+
+
+class Kernel:
+    """One long-lived interpreter (code_worker.py: IPython; js_worker.js: Node's REPL) speaking the
+    worker protocol; executions run one at a time, in one namespace, started on first use."""
+
+    def __init__(self, label: str, command: Callable[[int, int], tuple[list[str], dict[str, str]]]) -> None:
+        self.label = label
+        self.command = command
         self.lock = threading.Lock()
         self.proc: subprocess.Popen[bytes] | None = None
         self.req_fd = -1
@@ -93,15 +117,14 @@ class PythonKernel:
     def _start(self) -> subprocess.Popen[bytes]:
         req_r, req_w = os.pipe()
         resp_r, resp_w = os.pipe()
-        env = dict(os.environ)
-        env.setdefault("MPLCONFIGDIR", os.path.join(tempfile.gettempdir(), "agbox-matplotlib"))
-        # IPython's profile directory: out of the user's home, like matplotlib's cache.
-        env.setdefault("IPYTHONDIR", os.path.join(tempfile.gettempdir(), "agbox-ipython"))
-        env["PYTHONUNBUFFERED"] = "1"
         try:
-            proc = subprocess.Popen([PYTHON, "-u", WORKER, str(req_r), str(resp_w)], stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(req_r, resp_w),
-                                    start_new_session=True, env=env)
+            argv, env = self.command(req_r, resp_w)
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    pass_fds=(req_r, resp_w), start_new_session=True, env=env)
+        except BaseException:
+            os.close(req_w)
+            os.close(resp_r)
+            raise
         finally:
             os.close(req_r)
             os.close(resp_w)
@@ -137,7 +160,7 @@ class PythonKernel:
             status = "cancelled" if ctx.cancelled.is_set() else "timeout"
             return {"status": status, "execution_count": self.count, "error": {
                 "name": "TimeoutError" if status == "timeout" else "KeyboardInterrupt",
-                "value": "the Python session was busy with another execution", "traceback": ""}}
+                "value": f"the {self.label} session was busy with another execution", "traceback": ""}}
         try:
             return self._run_locked(code, timeout_s, deadline, ctx, out)
         finally:
@@ -145,7 +168,7 @@ class PythonKernel:
 
     def _run_locked(self, code: str, timeout_s: float, deadline: float, ctx: Ctx, out: Output) -> dict[str, Any]:
         proc = self.proc if self.proc is not None and self.proc.poll() is None else None
-        # A fresh interpreter first imports IPython: the execution deadline starts when it is ready.
+        # A fresh interpreter first starts (IPython's import): the execution deadline starts when it is ready.
         starting = proc is None
         if proc is None:
             self._stop()
@@ -231,28 +254,31 @@ class PythonKernel:
             result["restarted"] = True
             if killed and starting:
                 name = "TimeoutError" if reason == "timeout" else "KeyboardInterrupt"
-                value = (f"the Python interpreter did not start within {STARTUP_TIMEOUT_S:g} s"
-                         if reason == "timeout" else "execution cancelled while the Python interpreter started")
+                value = (f"the {self.label} interpreter did not start within {STARTUP_TIMEOUT_S:g} s"
+                         if reason == "timeout" else f"execution cancelled while the {self.label} interpreter started")
             elif killed:
                 value = (f"execution timed out after {timeout_s:g} s" if reason == "timeout"
                          else "execution cancelled")
                 value += "; the interpreter did not stop on interrupt and was restarted (its variables are lost)"
                 name = "TimeoutError" if reason == "timeout" else "KeyboardInterrupt"
             elif starting:
-                name, value = "DeadKernelError", "the Python interpreter (IPython) failed to start; see stderr"
+                name, value = "DeadKernelError", f"the {self.label} interpreter failed to start; see stderr"
             else:
-                name, value = "DeadKernelError", "the Python interpreter exited; its variables are lost"
+                name, value = "DeadKernelError", f"the {self.label} interpreter exited; its variables are lost"
             result["status"] = reason or "error"
             result["error"] = {"name": name, "value": value, "traceback": ""}
             return result
+        if done.get("exiting"):
+            self._stop()  # exit(): the worker is ending by itself; the next run starts a fresh one
         if done.get("main") is not None:
             out.result(done["main"], True)
         error = done.get("error")
         if reason == "timeout":
             error = {"name": "TimeoutError", "value": f"execution timed out after {timeout_s:g} s",
                      "traceback": (error or {}).get("traceback", "")}
-        elif reason == "cancelled" and error and not error.get("value"):
-            error["value"] = "execution cancelled"
+        elif reason == "cancelled":
+            error = {"name": "KeyboardInterrupt", "value": "execution cancelled",
+                     "traceback": (error or {}).get("traceback", "")}
         if error:
             result["error"] = error
             result["status"] = reason or "error"
@@ -280,7 +306,8 @@ class PythonKernel:
         self._stop()
 
 
-_KERNEL = PythonKernel()
+KERNELS = {"python": Kernel("Python (IPython)", _python_command),
+           "javascript": Kernel("JavaScript (Node.js)", _node_command)}
 _COUNTS: dict[str, int] = {}
 _counts_lock = threading.Lock()
 
@@ -337,8 +364,7 @@ def _run_process(language: str, code: str, timeout_s: float, ctx: Ctx, out: Outp
     workdir = tempfile.mkdtemp(prefix="agbox-code-")
     stdin_data: bytes | None = None
     if language == "javascript":
-        module = bool(re.search(r"^\s*(import\s[^(]|export\s)", code, re.M)) or "await " in code
-        argv = [binary, "--input-type=" + ("module" if module else "commonjs")]
+        argv = [binary, "--input-type=module"]
         stdin_data = code.encode()
     elif language == "java":
         name, source = _java_source(code)
@@ -419,10 +445,10 @@ def run_code(args: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
         raise OpError("invalid", "'timeout_s' must be a positive number")
     out = Output(ctx, bool(args.get("stream")), int(args.get("max_output", DEFAULT_MAX_OUTPUT)))
     started = time.monotonic()
-    if language == "python":
-        if not os.path.exists(PYTHON):
-            raise OpError("unavailable", "language python is not available in this image")
-        result = _KERNEL.run(code, float(timeout_s), ctx, out)
+    if language == "python" and not os.path.exists(PYTHON):
+        raise OpError("unavailable", "language python is not available in this image")
+    if language == "python" or (language == "javascript" and not ES_MODULE.search(code)):
+        result = KERNELS[language].run(code, float(timeout_s), ctx, out)
     else:
         result = _run_process(language, code, float(timeout_s), ctx, out)
     result["execution_time"] = round(time.monotonic() - started, 6)

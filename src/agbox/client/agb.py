@@ -29,6 +29,8 @@ class CreateSessionParams:
     policy_id: str | None = None
     context_syncs: list[Any] = dataclasses.field(default_factory=list)
     idle_release_timeout: int | None = None
+    # agbox extension: screen of a desktop image, "WIDTHxHEIGHT" or "WIDTHxHEIGHTxDEPTH".
+    desktop_size: str | None = None
 
     def __post_init__(self) -> None:
         self.labels = self.labels or {}
@@ -84,6 +86,8 @@ class AGB:
             body["timeout"] = params.idle_release_timeout
         if params.policy_id:
             body["mcpPolicyId"] = params.policy_id
+        if params.desktop_size:
+            body["desktopSize"] = params.desktop_size
         persistence = [sync.to_wire() for sync in params.context_syncs if hasattr(sync, "to_wire")]
         if persistence:
             body["persistenceDataList"] = persistence

@@ -196,6 +196,14 @@ class Browser:
             raise BrowserError("Failed to get CDP link: No URL in response")
         return str(url)
 
+    def get_live_view_url(self) -> str:
+        """agbox extension: a URL that shows this browser's screen live in any browser tab (watch only)."""
+        response = self.session._call("getBrowserLiveView", {"sessionId": self.session.session_id}, {})
+        data = response.get("data")
+        if not response.get("success") or not isinstance(data, dict) or not data.get("url"):
+            raise BrowserError(f"Failed to get the live view URL: {response.get('message') or 'Unknown error'}")
+        return str(data["url"])
+
     def destroy(self) -> None:
         if not self._initialized:
             raise BrowserError("Browser is not initialized. Cannot destroy browser.")

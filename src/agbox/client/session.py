@@ -11,6 +11,7 @@ import httpx
 from agbox.client.browser import Browser
 from agbox.client.code import Code
 from agbox.client.command import Command
+from agbox.client.computer import Computer
 from agbox.client.context_manager import ContextManager
 from agbox.client.file import FileSystem
 from agbox.client.file_transfer import FileTransfer
@@ -91,6 +92,7 @@ class Session:
         self.file = FileSystem(self)
         self.code = Code(self)
         self.browser = Browser(self)
+        self.computer = Computer(self)
         self.pty = Pty(self)
         self.context = ContextManager(self)
         self.file_transfer = FileTransfer(self, self.context, agb.context)
@@ -282,4 +284,3 @@ class Session:
         fields = {f for f in SessionMetrics.__dataclass_fields__}
         metrics = SessionMetrics(**{k: v for k, v in raw.items() if k in fields})
         return SessionMetricsResult(request_id=result.request_id, success=True, metrics=metrics, raw=raw)
-

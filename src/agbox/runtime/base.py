@@ -57,6 +57,14 @@ class SandboxStats:
     pids: int
 
 
+@dataclasses.dataclass(frozen=True)
+class LimitEvents:
+    """How often the kernel enforced a sandbox's limits so far (counters from its cgroup)."""
+
+    oom_kills: int = 0  # processes killed for memory
+    pids_max: int = 0  # process/thread creations refused at the pids limit
+
+
 EventCallback = Callable[[dict[str, Any]], None]
 
 
@@ -68,8 +76,13 @@ class Runtime(abc.ABC):
     # plane then leaves its sessions to the other replicas or to its own restart (reattach).
     sessions_outlive_control_plane: bool = False
 
-    def end_reason(self, handle: SandboxHandle) -> str:
-        """Why a sandbox that ``alive`` reports gone has ended (the session's finish reason)."""
+    def warm_sandboxes(self) -> int:
+        """Started sandboxes waiting to be handed to a create (for telemetry)."""
+        return 0
+
+    def end_reason(self, handle: SandboxHandle, since: LimitEvents | None = None) -> str:
+        """Why a sandbox that ``alive`` reports gone has ended, in words (the session's finish reason);
+        limit events (out of memory, ...) after ``since`` count as the cause."""
         return "sandbox ended"
 
     def manages(self, node: str) -> bool:
@@ -113,6 +126,23 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     def alive(self, handle: SandboxHandle) -> bool:
         """Cheap liveness check used by the lifecycle loop."""
+
+    def busy(self, handle: SandboxHandle) -> bool:
+        """True while an op runs in the sandbox for any control plane (a session in use is not idle);
+        a runtime that cannot tell says False and each control plane counts only its own calls."""
+        return False
+
+    def limit_events(self, handle: SandboxHandle) -> LimitEvents:
+        """The sandbox's limit counters now (compare two readings with ``limit_note``)."""
+        return LimitEvents()
+
+    def limit_note(self, handle: SandboxHandle, since: LimitEvents) -> str | None:
+        """What the kernel did to the sandbox because of its limits since ``since``, in words; None if nothing."""
+        return None
+
+    async def wait_ended(self, handle: SandboxHandle, timeout_s: float) -> bool:
+        """True if the sandbox has ended (waiting up to ``timeout_s`` for an ending in progress to complete)."""
+        return not self.alive(handle)
 
     async def prewarm(self, spec: SandboxSpec) -> None:
         """Start sandboxes for specs like this one ahead of demand (optional)."""

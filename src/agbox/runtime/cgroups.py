@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agbox.errors import SandboxError
+from agbox.runtime.base import LimitEvents
 
 ROOT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer")
@@ -205,6 +206,28 @@ class CgroupManager:
             return self._read_int(memory / "memory.usage_in_bytes" if memory else None)
         unified = group.dir("unified")
         return self._read_int(unified / "memory.current" if unified else None)
+
+    @staticmethod
+    def _read_field(path: Path | None, key: str) -> int:
+        """The value of ``key`` in a flat keyed file (``memory.events``, ``pids.events``, ...)."""
+        if path is None:
+            return 0
+        with contextlib.suppress(OSError, ValueError):
+            for line in path.read_text().splitlines():
+                name, _, value = line.partition(" ")
+                if name == key:
+                    return int(value)
+        return 0
+
+    def limit_events(self, group: CgroupSet) -> LimitEvents:
+        if self.version == 1:
+            memory, pid_dir = group.dir("memory"), group.dir("pids")
+            oom_file = memory / "memory.oom_control" if memory else None
+        else:
+            memory = pid_dir = group.dir("unified")
+            oom_file = memory / "memory.events" if memory else None
+        return LimitEvents(oom_kills=self._read_field(oom_file, "oom_kill"),
+                           pids_max=self._read_field(pid_dir / "pids.events" if pid_dir else None, "max"))
 
     def pids_current(self, group: CgroupSet) -> int:
         directory = group.dir("pids") if self.version == 1 else group.dir("unified")

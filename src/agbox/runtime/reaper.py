@@ -20,6 +20,9 @@ PR_SET_CHILD_SUBREAPER = 36
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _lock = threading.Lock()
 _owned: set[int] = set()
+# Wait statuses of owned processes reaped so far, until the runtime asks for them (``exit_status``) or
+# forgets them (``forget``); so the status of a sandbox that ended on its own tells why it ended.
+_statuses: dict[int, int] = {}
 
 
 def become_subreaper() -> None:
@@ -51,18 +54,39 @@ def _is_orphaned_sandbox_zombie(pid: int) -> bool:
     return state == "Z" and comm == "bwrap"
 
 
+def _reap_owned(pid: int) -> None:
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        done, status = pid, -1  # reaped elsewhere: status unknown
+    if done:
+        with _lock:
+            if pid in _owned:
+                _owned.discard(pid)
+                _statuses[pid] = status
+
+
+def exit_status(pid: int) -> int | None:
+    """The wait status of an owned process that has exited (-1 if unknown), or None while it runs."""
+    with _lock:
+        running = pid in _owned
+    if running:
+        _reap_owned(pid)
+    with _lock:
+        return _statuses.get(pid)
+
+
+def forget(pid: int) -> None:
+    with _lock:
+        _statuses.pop(pid, None)
+
+
 def reap() -> None:
     """Reap every exited process that is ours: the bwraps we started and their orphans."""
     with _lock:
         owned = list(_owned)
     for pid in owned:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            done = pid
-        if done:
-            with _lock:
-                _owned.discard(pid)
+        _reap_owned(pid)
     for pid in _children():
         if pid not in owned and _is_orphaned_sandbox_zombie(pid):
             with contextlib.suppress(ChildProcessError):

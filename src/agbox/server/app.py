@@ -21,11 +21,12 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agbox.errors import AgboxError, AuthenticationError, InvalidRequestError, LimitExceededError
-from agbox.server import browser, contexts, links, mcp_endpoint, session_page, stream, terminal
+from agbox.server import browser, contexts, desktop, links, mcp_endpoint, session_page, stream, terminal
 from agbox.server.openapi import build_document
 from agbox.server.operations import validate
 from agbox.server.wire import ROUTES, WireApi, envelope, error_envelope, internal_error_envelope, new_request_id
 from agbox.services.platform import Platform
+from agbox.services.telemetry import CONTENT_TYPE as TELEMETRY_CONTENT_TYPE
 from agbox.wirejson import clip, loads, same_secret
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,7 @@ def create_app(platform: Platform, *, manage_platform: bool = True,
     links.register_ops(wire)
     browser.register_ops(wire)
     contexts.register_ops(wire)
+    desktop.register_ops(wire)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -183,11 +185,22 @@ def create_app(platform: Platform, *, manage_platform: bool = True,
                 await platform.close()
 
     routes: list[BaseRoute] = [*contexts.routes(wire), *stream.routes(wire), *terminal.routes(wire),
-                               *mcp_endpoint.routes(wire),
-                               *session_page.routes(wire)]
+                               *mcp_endpoint.routes(wire), *browser.routes(wire),
+                               *session_page.routes(wire), *desktop.routes(wire)]
     routes.append(Route("/link/{session_id}/callTool", link_call_tool, methods=["POST"]))
     routes.extend(wire_route(wire, op, method, path) for op, (method, path) in list(ROUTES.items()))
     routes.append(Route("/health", lambda request: JSONResponse({"ok": True}), methods=["GET"]))
+
+    async def metrics(request: Request) -> Response:
+        # Aggregates only (no ids), but still for key holders: Prometheus sends a bearer token.
+        try:
+            platform.keys.authenticate(bearer(request))
+        except AuthenticationError as exc:
+            return Response(exc.message, status_code=401, media_type="text/plain",
+                            headers={"www-authenticate": "Bearer"})
+        return Response(platform.telemetry.exposition(), media_type=TELEMETRY_CONTENT_TYPE)
+
+    routes.append(Route("/metrics", metrics, methods=["GET"]))
     document = build_document()
     routes.append(Route("/openapi.json", lambda request: JSONResponse(document), methods=["GET"]))
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(ErrorEdge)],

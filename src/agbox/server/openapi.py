@@ -171,6 +171,28 @@ def _extra_paths() -> dict[str, Any]:
                                   "403": {"description": "not valid for a session",
                                           "content": {"text/html": {"schema": {}}}}}},
         },
+        "/desktop/{session_id}/screenshots/{key}.png": {
+            "get": {"operationId": "desktopScreenshot", "summary": "An image taken by system_screenshot (the key is "
+                    "the credential), while the session lives", "tags": ["desktop"], "security": [],
+                    "parameters": [*mcp_path, {"name": "key", "in": "path", "required": True,
+                                               "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "PNG", "content": {"image/png": {"schema": {}}}},
+                                  "404": {"description": "unknown or ended", "content": {"text/plain": {"schema": {}}}}}},
+        },
+        "/desktop/{session_id}/{secret}/": {
+            "get": {"operationId": "desktopLiveView", "summary": "A desktop session's live view (noVNC page; "
+                    "resourceUrl of desktop sessions); its WebSocket is .../websockify", "tags": ["desktop"],
+                    "security": [], "parameters": [*mcp_path, {"name": "secret", "in": "path", "required": True,
+                                                               "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "HTML page", "content": {"text/html": {"schema": {}}}},
+                                  "404": {"description": "unknown or ended", "content": {"text/plain": {"schema": {}}}}}},
+        },
+        "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics (aggregates, for key holders)",
+                             "security": [{"apiKey": []}],
+                             "responses": {"200": {"description": "Prometheus text exposition",
+                                                   "content": {"text/plain": {"schema": {"type": "string"}}}},
+                                           "401": {"description": "missing or wrong API key",
+                                                   "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         "/health": {"get": {"operationId": "health", "summary": "Liveness", "security": [],
                             "responses": {"200": _json_response("ok", {"type": "object",
                                                                        "properties": {"ok": {"type": "boolean"}}})}}},

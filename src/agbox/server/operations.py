@@ -99,6 +99,8 @@ OPERATIONS: dict[str, Operation] = {o.op: o for o in (
         _b("persistenceDataList", {"anyOf": [{"type": "array", "items": PERSISTENCE_ITEM, "maxItems": 64},
                                              JSON_TEXT]}, "contexts to mount"),
         _b("sessionId", ID, "ignored"), _b("contextId", ID, "ignored"),
+        _b("desktopSize", {"type": "string", "maxLength": 32},
+           "agbox: screen of a desktop image, WIDTHxHEIGHT[xDEPTH] (default: the server's desktop_size)"),
     ), OBJECT),
     Operation("getSession", "POST", "/mcp/getSession", "Session details and URLs", (SESSION_ID_BODY,), OBJECT),
     Operation("getSessionInfo", "POST", "/mcp/getSessionInfo", "Session status (does not count as activity)",
@@ -147,6 +149,8 @@ OPERATIONS: dict[str, Operation] = {o.op: o for o in (
     ), OBJECT),
     Operation("getCdpLink", "POST", "/internet/getCdpLink", "The session browser's CDP WebSocket URL",
               (SESSION_ID_QUERY,), OBJECT),
+    Operation("getBrowserLiveView", "POST", "/browser/liveView",
+              "A URL of a page that shows the session browser's screen, live; data.url", (SESSION_ID_QUERY,), OBJECT),
     # ---- contexts
     Operation("listContexts", "GET", "/sdk/ListContexts", "List this key's contexts", PAGING, {"type": "array"}),
     Operation("getContext", "GET", "/sdk/GetContext", "Get (or create) a context by id or name", (

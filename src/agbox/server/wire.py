@@ -11,10 +11,12 @@ import contextlib
 import json
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agbox.errors import AgboxError, InvalidRequestError, ThrottledError
+from agbox.logs import request_id_var
 from agbox.models import SessionRecord
 from agbox.server.operations import validate
 from agbox.services.platform import Platform
@@ -45,6 +47,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     # Handled by the browser feature module (server/browser.py).
     "initBrowser": ("POST", "/browser/init"),
     "getCdpLink": ("POST", "/internet/getCdpLink"),
+    "getBrowserLiveView": ("POST", "/browser/liveView"),
 }
 
 
@@ -106,6 +109,10 @@ class WireApi:
 
     async def dispatch(self, op: str, api_key: str | None, params: Params) -> dict[str, Any]:
         request_id = new_request_id()
+        started = time.perf_counter()
+        known = op in self._ops or op in self.extra_ops
+        token = request_id_var.set(request_id)
+        outcome = "ok"
         try:
             handler = self._ops.get(op) or self.extra_ops.get(op)
             if handler is None:
@@ -114,10 +121,18 @@ class WireApi:
             self.platform.limits.admit_request(owner)
             return await handler(owner, validate(op, params), request_id)
         except AgboxError as exc:
+            outcome = exc.code
             return error_envelope(request_id, exc)
         except Exception:  # backstop only (causes are fixed where they arise): log once, answer without a traceback
+            outcome = "InternalError"
             log.exception("internal error in %s (%s)", op, request_id)
             return internal_error_envelope(request_id)
+        finally:
+            log.debug("%s: %s in %.1f ms", op if known else "(unknown operation)", outcome,
+                      (time.perf_counter() - started) * 1000)
+            request_id_var.reset(token)
+            # Unknown operation names are not labels: a client must not grow the metric set at will.
+            self.platform.telemetry.operation_done(op if known else "(unknown)", outcome, started)
 
     # ---- session data as the SDK wants it ----------------------------------------------------------
 
@@ -143,7 +158,8 @@ class WireApi:
         # Everything a create will need is checked before anything is made ...
         self.platform.contexts.check_persistence(owner, p.get("persistenceDataList"))
         record = await self.sessions.create(owner, p.get("imageId"), p.get("labels"), p.get("timeout"),
-                                            p.get("mcpPolicyId"))
+                                            p.get("mcpPolicyId"), p.get("desktopSize"))
+        self.platform.telemetry.creates.labels(record.image_id).inc()
         try:
             await self.platform.contexts.on_create(record, p)
         except BaseException:

@@ -20,9 +20,13 @@ cookie database is complete on disk. Fingerprints: ``fingerprintRawData`` > the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import hashlib
+import hmac
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from agbox.errors import ConflictError, InvalidRequestError, SandboxError
@@ -37,6 +41,8 @@ from agbox.services.chromium import (
     parse_persisted_fingerprint,
 )
 from agbox.services.links import LinkService
+from agbox.tools.cdp import CdpConnection, CdpError
+from agbox.wirejson import same_secret
 
 if TYPE_CHECKING:
     from agbox.services.platform import Platform
@@ -47,6 +53,20 @@ START_TIMEOUT_S = 45.0
 STOP_GRACE_S = 5.0
 AGENT_TIMEOUT_S = 10.0
 BROWSER_TOOL_SET = "browser"
+# Images with the computer tools have an X desktop on this display (agent/ops_desktop.py).
+DESKTOP_TOOL_SET = "computer"
+DESKTOP_DISPLAY = ":0"
+LIVE_QUALITY = 60
+LIVE_MAX_WIDTH = 1600
+# How often the live view checks for another page to show while no frame comes.
+LIVE_RETARGET_S = 1.0
+
+FrameSink = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def live_secret(token: str, session_id: str) -> str:
+    """The secret of a session's live view: watching only, so it must not be the session token itself."""
+    return hmac.new(token.encode(), f"agbox-live:{session_id}".encode(), hashlib.sha256).hexdigest()[:36]
 
 
 class BrowserError(SandboxError):
@@ -120,8 +140,13 @@ class BrowserService:
                 return state.port
             fingerprint = await self._fingerprint(record, option)
             prepared = await self._agent(record, "browser_prepare", {"extension_path": option.extension_path})
+            display = None
+            if DESKTOP_TOOL_SET in self.platform.images.get(record.image_id).tool_sets:
+                # On a desktop image the browser is a visible window of the session's desktop: wait for it.
+                await self._agent(record, "desktop_screen_size", {})
+                display = DESKTOP_DISPLAY
             command = chromium_command(option, profile_dir=profile_dir, extensions=prepared.get("extensions") or [],
-                                       fingerprint=fingerprint)
+                                       fingerprint=fingerprint, display=display)
             started = await self._agent(record, "browser_start", {
                 "argv": command.argv, "env": command.env, "make_dirs": [profile_dir],
                 "ready_timeout_s": START_TIMEOUT_S - 5}, timeout_s=START_TIMEOUT_S)
@@ -198,3 +223,79 @@ class BrowserService:
         except Exception as exc:  # the sandbox may already be gone
             log.info("stopping the browser of %s at release: %s", record.id, exc)
         self.states.pop(record.id, None)
+
+    # ---- live view -----------------------------------------------------------------------------------
+
+    def live_url(self, owner: str, session_id: Any) -> str:
+        record = self._browser_session(owner, session_id)
+        return f"{self.platform.settings.base_url}/sessions/{record.id}/browser/live?key={live_secret(record.token, record.id)}"
+
+    def live_admits(self, session_id: str, key: str) -> SessionRecord | None:
+        record = self.platform.store.get_session(session_id)
+        if record is None or record.status is not SessionStatus.RUNNING or not key:
+            return None
+        return record if same_secret(key, live_secret(record.token, record.id)) else None
+
+    async def screencast(self, record: SessionRecord, send: FrameSink) -> None:
+        """Send the browser's active page as JPEG frames ({"data": base64, "url", "title", ...}) until the
+        browser or the receiver goes away. "Active" follows what happens: a page that opens or navigates
+        becomes the one shown (Chromium's target list has no order or focus to go by)."""
+        state = await self.running_state(record)
+        handle = self.platform.sessions.handle(record)
+        cdp = await CdpConnection.open(self.platform.runtime, handle, state.port, state.path)
+        frames: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=2)
+        pages: dict[str, dict[str, Any]] = {}
+        shown: dict[str, str] = {}
+        wanted: list[str] = []
+
+        def on_event(message: dict[str, Any]) -> None:
+            method, params = message.get("method"), message.get("params") or {}
+            if method == "Page.screencastFrame" and message.get("sessionId") == shown.get("session"):
+                if frames.full():  # a slow viewer gets the newest frame, not a backlog
+                    frames.get_nowait()
+                frames.put_nowait(params)
+            elif method in ("Target.targetCreated", "Target.targetInfoChanged"):
+                info = params.get("targetInfo") or {}
+                if info.get("type") == "page":
+                    known = pages.get(info["targetId"])
+                    pages[info["targetId"]] = info
+                    # (setDiscoverTargets replays the existing targets as "created", in no order: not news.)
+                    if known is None or info.get("url") != known.get("url"):
+                        wanted.append(info["targetId"])
+            elif method == "Target.targetDestroyed":
+                pages.pop(params.get("targetId", ""), None)
+
+        cdp.listen(on_event)
+        try:
+            for info in (await cdp.call("Target.getTargets"))["targetInfos"]:
+                if info.get("type") == "page":
+                    pages[info["targetId"]] = info
+            # To begin with, any page that shows something rather than about:blank.
+            wanted.extend(sorted(pages, key=lambda t: pages[t].get("url") not in ("about:blank", "")))
+            await cdp.call("Target.setDiscoverTargets", {"discover": True})
+            while not cdp.closed:
+                target = next((t for t in reversed(wanted) if t in pages), None)
+                wanted[:] = [target] if target else []
+                if target is not None and target != shown.get("target"):
+                    if shown.get("session"):
+                        with contextlib.suppress(CdpError):
+                            await cdp.call("Target.detachFromTarget", {"sessionId": shown["session"]})
+                    attached = await cdp.call("Target.attachToTarget", {"targetId": target, "flatten": True})
+                    shown.update(target=target, session=attached["sessionId"])
+                    await cdp.call("Page.startScreencast", {"format": "jpeg", "quality": LIVE_QUALITY,
+                                                           "maxWidth": LIVE_MAX_WIDTH, "everyNthFrame": 1},
+                                   session_id=shown["session"])
+                try:
+                    frame = await asyncio.wait_for(frames.get(), LIVE_RETARGET_S)
+                except TimeoutError:
+                    continue
+                await cdp.call("Page.screencastFrameAck", {"sessionId": frame["sessionId"]},
+                               session_id=shown["session"])
+                info = pages.get(shown.get("target", ""), {})
+                metadata = frame.get("metadata") or {}
+                await send({"data": frame["data"], "url": info.get("url", ""), "title": info.get("title", ""),
+                            "width": metadata.get("deviceWidth"), "height": metadata.get("deviceHeight")})
+        except CdpError:
+            return
+        finally:
+            await cdp.close()

@@ -52,7 +52,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from agbox.errors import ConflictError, InvalidRequestError
+from agbox.errors import AgboxError, ConflictError, InvalidRequestError
 from agbox.models import SessionRecord, SessionStatus
 from agbox.runtime.base import SandboxHandle
 from agbox.services.http1 import (
@@ -66,6 +66,7 @@ from agbox.services.http1 import (
     pipe,
     text_response,
 )
+from agbox.wirejson import same_secret
 
 if TYPE_CHECKING:
     from agbox.services.platform import Platform
@@ -188,7 +189,7 @@ class Link:
                 name, _, val = item.strip().partition(b"=")
                 if name.startswith(COOKIE_PREFIX.encode()):
                     if name == self.cookie_name:
-                        cookie_ok = cookie_ok or hmac.compare_digest(val, self.secret.encode())
+                        cookie_ok = cookie_ok or same_secret(val, self.secret)
                 elif item.strip():
                     kept.append(item.strip())
         headers = [(k, v) for k, v in head.headers if k.lower() != b"cookie"]
@@ -203,7 +204,7 @@ class Link:
             rest = target[len(PREFIX):]
             cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
             given, tail = rest[:cut], rest[cut:]
-            if not hmac.compare_digest(given, self.secret.encode()):
+            if not same_secret(given, self.secret):
                 return 403, "Forbidden: wrong link secret. Ask get_link for a fresh URL.", False
             in_path = True
             target = tail if tail.startswith(b"/") else b"/" + tail
@@ -218,9 +219,6 @@ class Link:
     def _active(self) -> bool:
         if self.closed:
             return False
-        sessions = self.service.platform.sessions
-        if self.session_id not in sessions.handles:
-            return False
         try:
             record = self.service.platform.store.get_session(self.session_id)
         except Exception:  # the store is closed: the platform is stopping
@@ -231,7 +229,7 @@ class Link:
         if now - self.last_touch >= TOUCH_INTERVAL_S:  # link traffic counts as session activity
             self.last_touch = now
             with contextlib.suppress(Exception):
-                sessions.touch(record)
+                self.service.platform.sessions.touch(record)
         return True
 
     # ---- relay -------------------------------------------------------------------------------
@@ -253,9 +251,17 @@ class Link:
             conn.abort()
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | str:
-        handle: SandboxHandle | None = self.service.platform.sessions.handles.get(self.session_id)
+        sessions = self.service.platform.sessions
+        handle: SandboxHandle | None = sessions.handles.get(self.session_id)
         if handle is None:
-            return f"Session {self.session_id} has ended."
+            # A session another control-plane replica created: its record says where it runs.
+            record = self.service.platform.store.get_session(self.session_id)
+            if record is None or record.status is not SessionStatus.RUNNING:
+                return f"Session {self.session_id} has ended."
+            try:
+                handle = sessions.handle(record)
+            except AgboxError:
+                return f"Session {self.session_id} has ended."
         try:
             sock = await asyncio.wait_for(self.service.platform.runtime.connect_port(handle, self.port),
                                           CONNECT_TIMEOUT_S)

@@ -11,12 +11,14 @@ from agbox.errors import AgboxError
 from agbox.images import ImageCatalog
 from agbox.runtime.base import Runtime
 from agbox.services.browser import BrowserService
-from agbox.services.context_files import LocalBlobStore
+from agbox.services.context_files import BlobStore, LocalBlobStore
 from agbox.services.contexts import ContextService
 from agbox.services.keys import KeyService
 from agbox.services.limits import LimitService
 from agbox.services.links import LinkService
 from agbox.services.sessions import SessionService
+from agbox.services.shared_blobs import SharedBlobStore, replica_id, shared_secret
+from agbox.services.telemetry import Telemetry
 from agbox.services.tools import ToolService
 from agbox.services.url_signing import load_secret
 from agbox.settings import Settings
@@ -54,13 +56,18 @@ class Platform:
         self.limits = LimitService(settings, self.store, settings.key_cache_ttl_s)
         self.sessions = SessionService(settings, self.store, self.runtime, self.images, self.limits)
         self.sessions.revoked_owners = self.keys.revoked_ids
-        self.tools = ToolService(self.sessions, self.images, ToolRegistry())
+        self.telemetry = Telemetry(self.store, self.runtime)
+        self.tools = ToolService(self.sessions, self.images, ToolRegistry(), self.telemetry)
         self.links = LinkService(self)
         self.browser = BrowserService(self, self.links)
         contexts_dir = settings.data_dir / "contexts"
-        self.contexts = ContextService(settings, open_context_store(settings, self.store),
-                                       LocalBlobStore(contexts_dir), self.sessions,
-                                       load_secret(contexts_dir / "url-secret"))
+        blobs: BlobStore
+        if settings.blob_dir is not None:  # shared by several control-plane replicas
+            blobs = SharedBlobStore(settings.blob_dir, replica_id(settings.data_dir))
+            secret = shared_secret(settings.blob_dir / "url-secret")
+        else:
+            blobs, secret = LocalBlobStore(contexts_dir), load_secret(contexts_dir / "url-secret")
+        self.contexts = ContextService(settings, open_context_store(settings, self.store), blobs, self.sessions, secret)
         # At release, in this order before the sandbox goes: the session's links close, its Chromium
         # closes (so the profile on disk is complete), then its contexts upload.
         self.sessions.before_release.append(self.links.before_release)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -62,6 +63,17 @@ def validate_labels(labels: Any, settings: Settings) -> dict[str, str]:
     return clean
 
 
+def validate_desktop_size(value: Any) -> str:
+    """``WIDTHxHEIGHT`` or ``WIDTHxHEIGHTxDEPTH`` (depth 16 or 24) within what Xvfb handles well."""
+    match = re.fullmatch(r"(\d{2,5})x(\d{2,5})(?:x(16|24))?", value.strip().lower()) if isinstance(value, str) else None
+    if match is None:
+        raise InvalidRequestError(f"desktopSize must look like 1920x1080 or 1920x1080x24, got {value!r}")
+    width, height = int(match.group(1)), int(match.group(2))
+    if not (64 <= width <= 7680 and 64 <= height <= 4320):
+        raise InvalidRequestError(f"desktopSize must be between 64x64 and 7680x4320, got {value!r}")
+    return f"{width}x{height}x{match.group(3) or 24}"
+
+
 class SessionService:
     def __init__(self, settings: Settings, store: Store, runtime: Runtime, images: ImageCatalog,
                  limits: LimitService | None = None) -> None:
@@ -93,8 +105,15 @@ class SessionService:
                 alive = record.status is SessionStatus.RUNNING and await self.runtime.reattach(handle)
             if alive:
                 self.handles[record.id] = handle
-            else:
-                self.store.set_status(record.id, SessionStatus.FINISH, time.time(), "server restarted")
+                continue
+            reason = "server restarted"
+            if self.runtime.sessions_outlive_control_plane:
+                # A release that a stopped replica left half-done is finished here; a sandbox that is
+                # gone says why (e.g. its node was lost).
+                reason = "released by API" if record.status is SessionStatus.DELETING else self.runtime.end_reason(handle)
+                with contextlib.suppress(Exception):
+                    await self.runtime.destroy(handle)
+            self.store.set_status(record.id, SessionStatus.FINISH, time.time(), reason)
 
     def start_lifecycle(self) -> None:
         self._lifecycle_task = asyncio.create_task(self._lifecycle_loop(), name="agbox-lifecycle")
@@ -118,8 +137,10 @@ class SessionService:
     # ---- create ----------------------------------------------------------------------------------
 
     async def create(self, owner: str, image_id: str | None, labels: Any = None, idle_timeout_s: Any = None,
-                     policy_id: str | None = None) -> SessionRecord:
+                     policy_id: str | None = None, desktop_size: Any = None) -> SessionRecord:
         image = self.images.get(image_id)
+        if desktop_size not in (None, ""):
+            desktop_size = validate_desktop_size(desktop_size)
         clean_labels = validate_labels(labels, self.settings)
         if idle_timeout_s in (None, "", 0):
             idle = self.settings.default_idle_timeout_s
@@ -149,7 +170,7 @@ class SessionService:
             node=getattr(self.runtime, "node", self.runtime.name), policy_id=policy_id or "",
         )
         self.store.put_session(record)
-        spec = self.spec_for(image, record.id)
+        spec = self.spec_for(image, record.id, desktop_size or None)
         try:
             handle = await self.runtime.create(spec)
         except BaseException as exc:
@@ -171,9 +192,13 @@ class SessionService:
             return 0, 0.0
         return limits.memory_bytes, limits.cpus
 
-    @staticmethod
-    def spec_for(image: Image, session_id: str) -> SandboxSpec:
-        return SandboxSpec(session_id=session_id, image_id=image.id, limits=image.limits, env=dict(image.env))
+    def spec_for(self, image: Image, session_id: str, desktop_size: str | None = None) -> SandboxSpec:
+        env = dict(image.env)
+        if "computer" in image.tool_sets:
+            # The sandbox's agent starts an X desktop of this size (warm-pooled per size like any spec).
+            env["AGBOX_DESKTOP_SIZE"] = desktop_size or self.settings.desktop_size
+        return SandboxSpec(session_id=session_id, image_id=image.id, limits=image.limits, env=env,
+                           ro_binds=image.ro_binds)
 
     # ---- lookup ----------------------------------------------------------------------------------
 
@@ -182,8 +207,10 @@ class SessionService:
         if not isinstance(session_id, str) or not session_id:
             raise InvalidRequestError("sessionId is required")
         record = self.store.get_session(session_id)
-        if record is None or record.owner != owner or record.status not in ACTIVE_STATUSES:
+        if record is None or record.owner != owner:
             raise SessionNotFoundError(session_id)
+        if record.status not in ACTIVE_STATUSES:
+            raise SessionNotFoundError(session_id, record.finish_reason)
         if touch:
             self.touch(record)
         return record
@@ -259,10 +286,16 @@ class SessionService:
         if task is not None:
             await asyncio.shield(task)
 
+    def end(self, session_id: str, reason: str) -> None:
+        """End a session whose sandbox is gone, with the cause as its reason (release runs in the background)."""
+        record = self.store.get_session(session_id)
+        if record is not None and record.status in ACTIVE_STATUSES:
+            self._start_release(record, reason)
+
     def _start_release(self, record: SessionRecord, reason: str) -> None:
         if record.id in self._releasing:
             return
-        if not self.store.claim_release(record.id):
+        if not self.store.claim_release(record.id, reason):
             return  # already being released (by another replica sharing the store, or earlier)
         record.status = SessionStatus.DELETING
         task = asyncio.create_task(self._release_now(record, reason), name=f"release-{record.id}")
@@ -307,7 +340,8 @@ class SessionService:
                 self._start_release(record, "API key revoked")
             elif not self.runtime.alive(handle):
                 self._start_release(record, self.runtime.end_reason(handle))
-            elif now - record.last_active_at >= record.idle_timeout_s and record.id not in self._in_flight:
+            elif now - record.last_active_at >= record.idle_timeout_s and record.id not in self._in_flight \
+                    and not self.runtime.busy(handle):
                 self._start_release(record, f"idle for {record.idle_timeout_s} s")
             elif now >= record.expires_at:
                 self._start_release(record, "maximum lifetime reached")

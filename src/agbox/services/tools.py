@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from typing import Any
 
-from agbox.errors import InvalidRequestError, SandboxError, ToolTimeoutError
+from agbox.errors import AgboxError, InvalidRequestError, SandboxError, ToolTimeoutError
 from agbox.images import ImageCatalog
 from agbox.runtime.base import EventCallback
 from agbox.runtime.channel import AgentError
 from agbox.services.sessions import SessionService
+from agbox.services.telemetry import Telemetry
 from agbox.tools.base import ToolContext, ToolDef, ToolOutput
 from agbox.tools.registry import ToolRegistry
 from agbox.wirejson import loads
 
 log = logging.getLogger(__name__)
+# How long a call that lost its sandbox waits for the end to be complete (and its cause known).
+END_GRACE_S = 2.0
 
 
 def parse_args(raw: Any) -> dict[str, Any]:
@@ -29,10 +34,12 @@ def parse_args(raw: Any) -> dict[str, Any]:
 
 
 class ToolService:
-    def __init__(self, sessions: SessionService, images: ImageCatalog, registry: ToolRegistry) -> None:
+    def __init__(self, sessions: SessionService, images: ImageCatalog, registry: ToolRegistry,
+                 telemetry: Telemetry) -> None:
         self.sessions = sessions
         self.images = images
         self.registry = registry
+        self.telemetry = telemetry
 
     def list_tools(self, image_id: str | None) -> list[ToolDef]:
         return self.registry.tools_for(self.images.get(image_id))
@@ -49,23 +56,68 @@ class ToolService:
 
     async def call(self, owner: str, session_id: Any, name: Any, raw_args: Any,
                    on_event: EventCallback | None = None) -> ToolOutput:
-        """Session and argument faults raise; faults of the tool itself become an error result."""
+        started = time.perf_counter()
+        tool = name if isinstance(name, str) and len(name) <= 64 and name.isprintable() else "(invalid)"
+        try:
+            output = await self._call(owner, session_id, name, raw_args, on_event)
+        except AgboxError as exc:
+            self.telemetry.tool_call_done(tool, exc.code, started)
+            raise
+        self.telemetry.tool_call_done(tool, "tool_error" if output.is_error else "ok", started)
+        return output
+
+    async def _call(self, owner: str, session_id: Any, name: Any, raw_args: Any,
+                    on_event: EventCallback | None) -> ToolOutput:
+        """Session and argument faults raise; faults of the tool itself become an error result, and so
+        does the end of the sandbox during the call (the session then ends, with the cause as its reason)."""
         if not isinstance(name, str) or not name:
             raise InvalidRequestError("tool name is required")
         ctx = self.context(owner, session_id, on_event)
         tool = self.registry.find(self.images.get(ctx.image_id), name)
         args = parse_args(raw_args)
+        runtime = self.sessions.runtime
+        before = runtime.limit_events(ctx.handle)
         try:
             with self.sessions.in_use(ctx.session_id):
                 output = await tool.handler(ctx, args)
         except InvalidRequestError as exc:
-            return ToolOutput(f"invalid arguments for {name}: {exc.message}", is_error=True)
+            output = ToolOutput(f"invalid arguments for {name}: {exc.message}", is_error=True)
         except ToolTimeoutError as exc:
-            return ToolOutput(exc.message, is_error=True)
+            output = ToolOutput(exc.message, is_error=True)
         except AgentError as exc:
-            return ToolOutput(exc.message, is_error=True)
+            output = ToolOutput(exc.message, is_error=True)
         except SandboxError:
-            if not self.sessions.runtime.alive(ctx.handle):
-                raise SandboxError(f"session {ctx.session_id} has ended") from None
-            raise
-        return output
+            if not await runtime.wait_ended(ctx.handle, END_GRACE_S):
+                raise
+            cause = runtime.end_reason(ctx.handle, before)
+            self.sessions.end(ctx.session_id, cause)
+            return ToolOutput(f"the session has ended: {cause}. Its processes and files are gone; "
+                              "create a new session to go on.", is_error=True)
+        note = runtime.limit_note(ctx.handle, before)
+        return with_note(output, note) if note else output
+
+
+def with_note(output: ToolOutput, note: str) -> ToolOutput:
+    """Add ``note`` where clients show a failure: a command's stderr, a program's error, else the text."""
+    try:
+        payload = json.loads(output.text)
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        return ToolOutput(f"{output.text.rstrip()}\n{note}".lstrip(), output.is_error, output.extra)
+    placed = False
+    stderr = payload.get("stderr")
+    if isinstance(stderr, str):
+        separator = "\n" if stderr and not stderr.endswith("\n") else ""
+        payload["stderr"] = f"{stderr}{separator}{note}\n"
+        placed = True
+    if isinstance(payload.get("executionError"), str):
+        payload["executionError"] += f" ({note})"
+        placed = True
+    error = payload.get("error")
+    if isinstance(error, dict) and isinstance(error.get("value"), str):
+        error["value"] += f" ({note})"
+        placed = True
+    if not placed:
+        payload["note"] = note
+    return ToolOutput(json.dumps(payload, ensure_ascii=False), output.is_error, output.extra)

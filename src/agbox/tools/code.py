@@ -1,4 +1,4 @@
-"""The ``run_code`` tool: Python (stateful per session, rich outputs), JavaScript, Java, R."""
+"""The ``run_code`` tool: Python (IPython, stateful per session, rich outputs), JavaScript (stateful), Java, R."""
 
 from __future__ import annotations
 
@@ -40,7 +40,9 @@ def execution_payload(result: dict[str, Any]) -> dict[str, Any]:
     error = result.get("error")
     if isinstance(error, dict):
         payload["executionError"] = f"{error.get('name', 'Error')}: {error.get('value', '')}".rstrip(": ")
-        payload["error"] = {"name": str(error.get("name", "")), "value": str(error.get("value", "")),
+        name, value = str(error.get("name", "")), str(error.get("value", ""))
+        # name/value as the official SDK's ExecutionError has them, ename/evalue as a Jupyter error output.
+        payload["error"] = {"name": name, "value": value, "ename": name, "evalue": value,
                             "traceback": str(error.get("traceback", ""))}
     if result.get("truncated"):
         payload["truncated"] = True
@@ -70,8 +72,10 @@ TOOLS = [
         description="Run code in the session. Python runs in a persistent IPython shell, like a notebook: variables "
                     "survive between calls, the last expression is returned, display() and IPython.display give "
                     "rich outputs (HTML, Markdown, PNG/JPEG/SVG images such as matplotlib figures, LaTeX, JSON, "
-                    "Vega-Lite charts), %magics and !shell lines work. JavaScript (Node.js), Java and R run in a "
-                    "fresh process per call. On timeout the code is interrupted.",
+                    "Vega-Lite charts), %magics and !shell lines work. JavaScript runs in a persistent Node.js "
+                    "REPL (declarations survive, top-level await, the last expression is returned); code with "
+                    "static import/export runs as an ES module on its own. Java and R run in a fresh process per "
+                    "call. On timeout the code is interrupted.",
         input_schema=schema({
             "code": {"type": "string", "description": "The source code to run."},
             "language": {"type": "string", "enum": [*LANGUAGES, *ALIASES],
