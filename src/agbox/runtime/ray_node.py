@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from agbox.errors import AgboxError, SandboxError, ToolTimeoutError
 from agbox.runtime.base import Limits, SandboxHandle, SandboxSpec
 from agbox.runtime.channel import MAX_LINE, AgentError
 from agbox.runtime.local import LocalRuntime
+from agbox.wirejson import same_secret
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class NodeService:
             self._connections.add(task)
         try:
             header = json.loads(await asyncio.wait_for(reader.readline(), 10) or b"{}")
-            if not hmac.compare_digest(str(header.get("token", "")).encode(), self.token.encode()):
+            if not same_secret(header.get("token"), self.token):
                 await _send(writer, {"ok": False, "error": "bad relay token"})
                 return
             if header.get("kind") == "calls":

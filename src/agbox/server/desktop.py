@@ -20,7 +20,6 @@ import hmac
 import json
 import logging
 import mimetypes
-import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +30,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from agbox.models import ACTIVE_STATUSES, SessionRecord
 from agbox.tools.computer import screenshot_store
+from agbox.wirejson import same_secret
 
 if TYPE_CHECKING:
     from agbox.server.wire import Params, WireApi
@@ -92,7 +92,7 @@ def _active(wire: WireApi, session_id: str) -> SessionRecord | None:
 
 def _mode(record: SessionRecord, secret: str) -> str | None:
     for mode in MODES:
-        if secrets.compare_digest(secret, live_secret(record, mode)):
+        if same_secret(secret, live_secret(record, mode)):
             return mode
     return None
 

@@ -42,6 +42,7 @@ from agbox.services.chromium import (
 )
 from agbox.services.links import LinkService
 from agbox.tools.cdp import CdpConnection, CdpError
+from agbox.wirejson import same_secret
 
 if TYPE_CHECKING:
     from agbox.services.platform import Platform
@@ -237,7 +238,7 @@ class BrowserService:
         record = self.platform.store.get_session(session_id)
         if record is None or record.status is not SessionStatus.RUNNING or not key:
             return None
-        return record if hmac.compare_digest(key, live_secret(record.token, record.id)) else None
+        return record if same_secret(key, live_secret(record.token, record.id)) else None
 
     async def screencast(self, record: SessionRecord, send: FrameSink) -> None:
         """Send the browser's active page as JPEG frames ({"data": base64, "url", "title", ...}) until the
