@@ -68,7 +68,7 @@ class ServerProcess:
 
 def start_server(data_dir: Path, api_key: str = API_KEY, port: int | None = None,
                  extra_env: dict[str, str] | None = None, extra_args: list[str] | None = None,
-                 ready_timeout_s: float = 30) -> ServerProcess:
+                 ready_timeout_s: float = 90) -> ServerProcess:
     port = port or free_port()
     log_path = data_dir.parent / f"{data_dir.name}-server-{port}.log"
     env = {**os.environ, "AGBOX_API_KEY": api_key, **(extra_env or {})}

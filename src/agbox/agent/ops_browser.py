@@ -9,7 +9,8 @@ Ops:
 - ``browser_status {}`` → ``{running, pid?, port?, path?, exit?, log?}``; ``exit`` describes how the
   last browser ended (``{"code": int}`` or ``{"signal": int}``) and ``log`` is the end of its stderr.
 - ``browser_stop {grace_s?}`` → ``{was_running, exit?}``: SIGTERM (Chromium closes its profile and
-  flushes cookies), then SIGKILL of its whole process group after ``grace_s``.
+  flushes cookies), then SIGKILL of its whole process group after ``grace_s`` (and what its helpers need
+  to finish writing, up to ``HELPERS_GRACE_S``). A browser that is already closing gets no signal.
 - ``browser_prepare {extension_path?, fingerprint_path?}`` → ``{extensions: [dir], fingerprint: text|null}``:
   the facts the host needs to build the command line (directories with a manifest.json, the persisted
   fingerprint file).
@@ -34,7 +35,7 @@ LOG_LINES = 40
 # Chromium logs its failed D-Bus lookups on every start; they say nothing in a sandbox without D-Bus.
 NOISE = ("dbus/", "Failed to connect to the bus", "object_proxy.cc")
 MAX_FINGERPRINT_BYTES = 1024 * 1024
-HELPERS_GRACE_S = 5.0
+HELPERS_GRACE_S = 10.0
 
 
 class Browser:
@@ -187,7 +188,7 @@ def status(args: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
 
 def stop(args: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
     global _last_exit
-    grace_s = float(args.get("grace_s", 5))
+    grace_s = float(args.get("grace_s", 10))
     with _lock:
         _forget_dead()
         browser = _browser

@@ -49,7 +49,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 45.0
-STOP_GRACE_S = 5.0
+# Chromium's own shutdown, then its helpers' last writes (agent: HELPERS_GRACE_S); slow under load.
+STOP_GRACE_S = 10.0
+HELPERS_GRACE_S = 10.0
 AGENT_TIMEOUT_S = 10.0
 BROWSER_TOOL_SET = "browser"
 # Images with the computer tools have an X desktop on this display (agent/ops_desktop.py).
@@ -113,7 +115,9 @@ class BrowserService:
 
     async def status(self, record: SessionRecord) -> dict[str, Any]:
         """The agent's view of the browser; forgets a browser that has ended."""
-        status: dict[str, Any] = await self._agent(record, "browser_status", {})
+        # (A browser that just ended may still have helpers finishing their writes: the agent waits for them.)
+        status: dict[str, Any] = await self._agent(record, "browser_status", {},
+                                                   timeout_s=HELPERS_GRACE_S + AGENT_TIMEOUT_S)
         if not status.get("running"):
             state = self.states.pop(record.id, None)
             if state is not None:
@@ -133,7 +137,7 @@ class BrowserService:
             status = await self.status(record)
             if status.get("running"):
                 state = self.states.get(record.id)
-                if state is None:  # started by an earlier process of ours? keep what runs
+                if state is None:  # running but not recorded here (a record lost to a failed call): adopt it
                     state = BrowserState(int(status["port"]), str(status["path"]), int(status["pid"]), profile_dir, option)
                     self.states[record.id] = state
                 return state.port
@@ -206,7 +210,7 @@ class BrowserService:
     async def stop(self, record: SessionRecord) -> dict[str, Any]:
         async with self._lock(record.id):
             result: dict[str, Any] = await self._agent(record, "browser_stop", {"grace_s": STOP_GRACE_S},
-                                                       timeout_s=STOP_GRACE_S + AGENT_TIMEOUT_S)
+                                                       timeout_s=STOP_GRACE_S + HELPERS_GRACE_S + AGENT_TIMEOUT_S)
             state = self.states.pop(record.id, None)
             if state is not None:
                 self.links.close_link(record.id, state.port, devtools=True)

@@ -25,13 +25,16 @@ from agbox.tools.base import ToolContext, ToolDef, ToolOutput, arg_int, arg_str,
 from agbox.tools.cdp import CdpError
 from agbox.tools.pages import PAGE_STATE, current_page, page_id_arg
 
-STOP_GRACE_S = 5.0
+# Chromium's own shutdown, then its helpers' last writes (agent: HELPERS_GRACE_S); slow under load.
+STOP_GRACE_S = 10.0
+HELPERS_GRACE_S = 10.0
 NAVIGATE_TIMEOUT_S = 30.0
 
 
 async def stop_chrome(ctx: ToolContext, args: dict[str, Any]) -> ToolOutput:
     # Graceful: SIGTERM lets Chromium close its profile (cookies reach disk), then the group is killed.
-    result = await ctx.agent("browser_stop", {"grace_s": STOP_GRACE_S}, timeout_s=STOP_GRACE_S + 10)
+    result = await ctx.agent("browser_stop", {"grace_s": STOP_GRACE_S},
+                               timeout_s=STOP_GRACE_S + HELPERS_GRACE_S + 10)
     ctx.state.pop(PAGE_STATE, None)
     if not result.get("was_running"):
         return ToolOutput(json_text({"stopped": False, "message": "the browser was not running"}))

@@ -39,7 +39,7 @@ class Page:
 
 @contextlib.asynccontextmanager
 async def current_page(ctx: ToolContext, page_id: str | None) -> AsyncIterator[Page]:
-    status = await ctx.agent("browser_status", {}, timeout_s=10)
+    status = await ctx.agent("browser_status", {}, timeout_s=25)  # the agent may wait for an ended browser's helpers
     if not status.get("running"):
         reason = status.get("reason")
         raise CdpError("the browser is not running" + (f" (it {reason})" if reason else "")
