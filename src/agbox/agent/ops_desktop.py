@@ -791,7 +791,7 @@ PNG = PngEncoder()
 
 def encode_jpeg(width: int, height: int, rgb: bytes, quality: int) -> bytes:
     ppm = f"P6\n{width} {height}\n255\n".encode() + rgb
-    done = subprocess.run(["cjpeg", "-quality", str(quality), "-optimize"], input=ppm, capture_output=True,
+    done = subprocess.run(["cjpeg", "-quality", str(quality)], input=ppm, capture_output=True,
                           timeout=30)
     if done.returncode != 0 or not done.stdout.startswith(b"\xff\xd8\xff"):
         raise OpError("desktop", f"JPEG encoding failed: {done.stderr.decode('utf-8', 'replace').strip()}")
