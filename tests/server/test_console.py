@@ -53,6 +53,13 @@ def test_sign_in_sets_an_http_only_strict_cookie_without_the_key(server: ServerP
         # An unknown session is "not found" for the signed-in key too.
         assert client.get("/console/api/sessions/s-none/metrics").status_code == 404
 
+        # Bad input gets a page that says what is wrong (not a 500).
+        bad = client.post("/console/sessions", data={"image": "agb-code-space-1", "labels": "no-equals-sign"})
+        assert bad.status_code == 400 and "key=value" in bad.text
+        unknown = client.post("/console/sessions", data={"image": "no-such-image"})
+        assert unknown.status_code in (400, 404) and "no-such-image" in unknown.text
+        assert client.post("/console/sessions", data={"labels": "x" * 20_000}).status_code == 413
+
         # A form posted from another site is refused even with the cookie.
         forged = client.post("/console/sessions", data={"image": "agb-code-space-1"},
                              headers={"origin": "http://elsewhere.example"})
@@ -90,7 +97,7 @@ def screenshot(page: Page, name: str) -> None:
         page.screenshot(path=str(Path(SCREENSHOTS) / f"console-{name}.png"), full_page=True)
 
 
-def test_console_in_chromium_sign_in_create_terminal_delete(server: ServerProcess, chromium: Browser) -> None:
+def test_console_in_chromium_sign_in_create_terminal_labels_delete(server: ServerProcess, chromium: Browser) -> None:
     context = chromium.new_context(viewport={"width": 1200, "height": 900})
     page = context.new_page()
     page.set_default_timeout(30_000)
@@ -128,7 +135,25 @@ def test_console_in_chromium_sign_in_create_terminal_delete(server: ServerProces
         page.locator("#terminal").click()
         page.keyboard.type("echo console-$((40+2))\n")
         expect(page.locator("#terminal .xterm-rows")).to_contain_text("console-42")
+
+        # Memory taken in the session shows in the memory figure within a few refreshes.
+        page.keyboard.type("python3 -c 'b = b\"x\" * (300 << 20); print(\"held\"); input()'\n")
+        expect(page.locator("#terminal .xterm-rows")).to_contain_text("held")
+        page.wait_for_function("""() => {
+            const text = document.querySelector('.meter[data-metric=memory] .value').textContent;
+            const match = /^([0-9.]+) (MiB|GiB)/.exec(text);
+            return match && (match[2] === 'GiB' || parseFloat(match[1]) >= 300);
+        }""", timeout=15_000)
         screenshot(page, "session")
+        page.keyboard.press("Control+C")
+
+        # Labels are edited on the session page.
+        page.fill("form.labels-edit input[name=labels]", "team=console, env=test, owner=me")
+        page.click("form.labels-edit button[type=submit]")
+        expect(page.locator("table.info")).to_contain_text("owner=me")
+        page.fill("form.labels-edit input[name=labels]", "broken")
+        page.click("form.labels-edit button[type=submit]")
+        expect(page.get_by_role("alert")).to_contain_text("key=value")
 
         page.click("header nav a")
         row = page.locator(f"tr[data-session={created}]")

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from agbox.errors import AgboxError, AuthenticationError
+from agbox.errors import AgboxError, AuthenticationError, InvalidRequestError, LimitExceededError
 from agbox.models import SessionRecord
 from agbox.server.wire import WireApi
 from agbox.services.url_signing import load_secret, sign, verify
@@ -81,7 +81,7 @@ def parse_labels(text: str) -> dict[str, str]:
             continue
         key, sep, value = part.partition("=")
         if not sep or not key.strip():
-            raise AgboxError(f"labels are written key=value; got {part[:80]!r}")
+            raise InvalidRequestError(f"labels are written key=value; got {part[:80]!r}")
         labels[key.strip()] = value.strip()
     return labels
 
@@ -147,7 +147,7 @@ class Console:
         async for chunk in request.stream():
             body += chunk
             if len(body) > MAX_FORM_BYTES:
-                raise AgboxError(f"form data exceeds {MAX_FORM_BYTES} bytes")
+                raise LimitExceededError(f"form data exceeds {MAX_FORM_BYTES} bytes")
         pairs = urllib.parse.parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
         return dict(pairs)
 
@@ -250,7 +250,7 @@ class Console:
             return self.sessions_page(owner, "", f"Could not delete the session: {exc.message}", exc.status_code)
         return RedirectResponse("/console/sessions", status_code=303)
 
-    def session_page(self, record: SessionRecord) -> HTMLResponse:
+    def session_page(self, record: SessionRecord, message: str = "", status_code: int = 200) -> HTMLResponse:
         esc = html.escape
         status = record.status.value
         rows = [
@@ -264,17 +264,40 @@ class Console:
             ("Ends at the latest", _time(record.expires_at)),
         ]
         table = "".join(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in rows)
+        label_text = ", ".join(f"{k}={v}" for k, v in sorted(record.labels.items()))
+        error = f"<p class=\"error\" role=\"alert\">{esc(message)}</p>" if message else ""
+        labels_form = (f"<form class=\"labels-edit\" method=\"post\" action=\"/console/sessions/{esc(record.id)}/labels\">"
+                       f"<label>Labels <input name=\"labels\" value=\"{esc(label_text)}\" placeholder=\"team=a, env=dev\">"
+                       f"</label><button type=\"submit\">Save labels</button></form>")
         meters = "".join(
             f"<div class=\"meter\" data-metric=\"{name}\"><span class=\"name\">{title}</span>"
             f"<span class=\"bar\"><span class=\"fill\"></span></span><span class=\"value\">…</span></div>"
             for name, title in (("cpu", "CPU"), ("memory", "Memory"), ("disk", "Disk"), ("network", "Network")))
-        body = (f"<h1>Session <code>{esc(record.id)}</code></h1><table class=\"info\">{table}</table>"
-                f"<form method=\"post\" action=\"/console/sessions/{esc(record.id)}/delete\">"
+        body = (f"<h1>Session <code>{esc(record.id)}</code></h1>{error}<table class=\"info\">{table}</table>"
+                f"{labels_form}<form method=\"post\" action=\"/console/sessions/{esc(record.id)}/delete\">"
                 f"<button type=\"submit\" class=\"danger\">Delete this session</button></form>"
                 f"<h2>Resources <small class=\"updated\"></small></h2><div id=\"metrics\">{meters}</div>"
                 f"<h2>Terminal</h2><div id=\"terminal\" data-session=\"{esc(record.id)}\"></div>"
                 f"<p class=\"terminal-status\"></p>")
-        return HTMLResponse(_page(f"Session {record.id}", body, script=True), headers=PAGE_HEADERS)
+        return HTMLResponse(_page(f"Session {record.id}", body, script=True), status_code=status_code,
+                            headers=PAGE_HEADERS)
+
+    async def labels(self, request: Request) -> Response:
+        owner = self.signed_in_key(request)
+        if owner is None:
+            return RedirectResponse("/console/login", status_code=303)
+        try:
+            record = self.platform.sessions.get(owner, request.path_params["session_id"], touch=False)
+        except AgboxError as exc:
+            return self.sessions_page(owner, "", exc.message, exc.status_code)
+        if not self.same_origin(request):
+            return self.session_page(record, "This form was posted from another site.", 403)
+        try:
+            form = await self.read_form(request)
+            self.platform.sessions.set_labels(owner, record.id, parse_labels(form.get("labels", "")))
+        except AgboxError as exc:
+            return self.session_page(record, f"Could not save the labels: {exc.message}", exc.status_code)
+        return RedirectResponse(f"/console/sessions/{record.id}", status_code=303)
 
     async def session(self, request: Request) -> Response:
         owner = self.signed_in_key(request)
@@ -342,6 +365,7 @@ def routes(wire: WireApi) -> list[BaseRoute]:
         Route("/console/sessions", console.sessions, methods=["GET", "POST"]),
         Route("/console/sessions/{session_id}", console.session, methods=["GET"]),
         Route("/console/sessions/{session_id}/delete", console.delete, methods=["POST"]),
+        Route("/console/sessions/{session_id}/labels", console.labels, methods=["POST"]),
         Route("/console/api/sessions/{session_id}/metrics", console.api_metrics, methods=["GET"]),
         Route("/console/api/sessions/{session_id}/terminal", console.api_terminal, methods=["GET"]),
         Route("/console/assets/{name}", console.asset, methods=["GET"]),
