@@ -39,10 +39,12 @@ test: install
 bench: install
 	$(PY) bench/run.py $(ARGS)
 
-# The long schemathesis run (make test runs a bounded one): all phases, many cases per operation.
+# The long schemathesis run (make test runs a bounded one): many cases per operation. The coverage
+# phase is left out: schemathesis 4.32.5 fails inside it (hypothesis lambda reflection) on this document.
 FUZZ_EXAMPLES ?= 200
+FUZZ_PHASES ?= examples,fuzzing,stateful
 fuzz: install
-	AGBOX_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) AGBOX_FUZZ_PHASES=examples,coverage,fuzzing,stateful \
+	AGBOX_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) AGBOX_FUZZ_PHASES=$(FUZZ_PHASES) \
 		$(VENV)/bin/pytest tests/server/test_fuzz.py -k schemathesis -s --timeout 7200 $(PYTEST_ARGS)
 
 clean:

@@ -38,7 +38,8 @@ if str(BENCH_DIR) not in sys.path:
 import benchlib as B  # noqa: E402
 
 # Families run in this order; any other bench_*.py follows alphabetically.
-ORDER = ["create", "tti", "tool", "mcp", "links", "files", "disk", "code", "browser", "startup", "density", "peer"]
+ORDER = ["create", "tti", "tool", "mcp", "links", "files", "disk", "code", "browser", "network", "startup", "density",
+         "load", "peer"]
 
 # (label, row key, field, comparison, threshold, unit). "field" may be p50_ms, value or delta_ms.
 TARGETS: list[tuple[str, str, str, str, float, str]] = [
@@ -59,6 +60,16 @@ TARGETS: list[tuple[str, str, str, str, float, str]] = [
     (">= 1000 idle sessions alive (shell p50 <= 100 ms)", "density.max_sessions", "value", ">=", 1000, "sessions"),
     ("<= 10 MiB per idle session (PSS)", "density.pss", "value", "<=", 10, "MiB"),
     ("browser init to CDP ready p50 <= 400 ms", "browser.init_to_cdp", "p50_ms", "<=", 400, "ms"),
+    ("desktop ready p50 <= 1000 ms (warm pool off)", "desktop.ready_cold", "p50_ms", "<=", 1000, "ms"),
+    ("screenshot p50 <= 50 ms at 1920x1080", "desktop.screenshot_static", "p50_ms", "<=", 50, "ms"),
+    (">= 30 desktop sessions alive at once", "desktop.alive", "value", ">=", 30, "sessions"),
+    ("load: 0 errors, 50 concurrent clients (create, tools, link, release)", "load.errors", "value", "<=", 0,
+     "errors"),
+    ("load: create p99 < 1 s at 50 concurrent clients", "load.create", "p99_ms", "<=", 1000, "ms"),
+    ("networking adds <= 2 ms to a cold create (warm pool off)", "network.create_cold", "delta_ms", "<=", 2, "ms"),
+    ("networking adds nothing to a pooled create (<= 0.1 ms)", "network.create_pooled", "delta_ms", "<=", 0.1, "ms"),
+    ("session TCP download >= 0.7x the host's", "network.throughput_down", "ratio", ">=", 0.7, "x"),
+    ("session TCP upload >= 0.7x the host's", "network.throughput_up", "ratio", ">=", 0.7, "x"),
 ]
 
 

@@ -3,6 +3,10 @@
 set -euo pipefail
 need=()
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
+# Sandbox networks: libnftables (in-process) and the nft command (operators, tests); curl for sessions.
+command -v nft >/dev/null 2>&1 || need+=(nftables)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
 [ -x /usr/sbin/mkfs.ext4 ] || [ -x /sbin/mkfs.ext4 ] || need+=(e2fsprogs)
 [ -x /usr/bin/python3 ] || need+=(python3)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
@@ -15,6 +19,16 @@ command -v Rscript >/dev/null 2>&1 || need+=(r-base-core)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # PostgreSQL server binaries: the test suite runs the store against a throwaway cluster (initdb + pg_ctl).
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+# The computer-use desktop: X server, window manager, input/window tools, VNC + noVNC for the live view,
+# a JPEG encoder, fonts, and the desktop apps (terminal, editor, file manager; Tk for the test probe).
+for pkg in xvfb:Xvfb openbox:openbox xdotool:xdotool wmctrl:wmctrl xterm:xterm l3afpad:l3afpad pcmanfm:pcmanfm \
+           x11vnc:x11vnc libjpeg-turbo-progs:cjpeg; do
+  command -v "${pkg#*:}" >/dev/null 2>&1 || need+=("${pkg%%:*}")
+done
+[ -f /usr/share/novnc/core/rfb.js ] || need+=(novnc)
+[ -d /usr/share/fonts/X11/misc ] || need+=(xfonts-base)
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
+[ -f /usr/lib/python3.11/tkinter/__init__.py ] || need+=(python3-tk)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" != 0 ]; then
   echo "agbox needs these Debian packages (run as root to install them): ${need[*]}" >&2

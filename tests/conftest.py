@@ -22,6 +22,9 @@ import httpx
 import pytest
 
 API_KEY = "test-key-0123456789"
+# Tests send no traffic off this machine: sessions of every test server (and embedded platform) get a
+# deny-all network unless a test builds its own stand-in internet (tests/standin_internet.py).
+os.environ.setdefault("AGBOX_NETWORK_INTERNET", "off")
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -67,7 +70,8 @@ class ServerProcess:
 
 
 def start_server(data_dir: Path, api_key: str = API_KEY, port: int | None = None,
-                 extra_env: dict[str, str] | None = None, extra_args: list[str] | None = None) -> ServerProcess:
+                 extra_env: dict[str, str] | None = None, extra_args: list[str] | None = None,
+                 ready_timeout_s: float = 90) -> ServerProcess:
     port = port or free_port()
     log_path = data_dir.parent / f"{data_dir.name}-server-{port}.log"
     env = {**os.environ, "AGBOX_API_KEY": api_key, **(extra_env or {})}
@@ -87,7 +91,7 @@ def start_server(data_dir: Path, api_key: str = API_KEY, port: int | None = None
         return False
 
     try:
-        wait_for(healthy, 30, what="agbox serve to answer /health")
+        wait_for(healthy, ready_timeout_s, what="agbox serve to answer /health")
     except BaseException:
         server.stop(signal.SIGKILL)
         raise

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import logging
 import os
 import signal
 import sys
@@ -17,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from agbox.errors import AgboxError
+from agbox.logs import configure as configure_logs
 from agbox.settings import Settings
 
 
@@ -404,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", default=None, help="fix the API key (or set AGBOX_API_KEY)")
     serve.add_argument("--public-url", default=None, help="base URL clients use, e.g. behind a reverse proxy")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", default="text", choices=["text", "json"],
+                       help="json: one object per line, with the requestId of the wire operation")
     serve.add_argument("--runtime", default=None, choices=["local", "ray"],
                        help="where sandboxes run: this machine (default) or the nodes of a Ray cluster")
     serve.add_argument("--ray-address", default=None, help="Ray head address host:port (or AGBOX_RAY_ADDRESS)")
@@ -491,8 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.func is cmd_serve:
         detach_from_terminal()
-    logging.basicConfig(level=getattr(logging, getattr(args, "log_level", "warning").upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logs(getattr(args, "log_level", "warning"), getattr(args, "log_format", "text"))
     try:
         return int(args.func(args))
     except AgboxError as exc:

@@ -18,6 +18,15 @@ def default_data_dir(environ: Mapping[str, str] | None = None) -> Path:
     return Path(base) / "agbox"
 
 
+def _flag(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "on", "true", "yes", "allow"):
+        return True
+    if value in ("0", "off", "false", "no", "deny"):
+        return False
+    raise ValueError(f"{name} must be on or off, not {raw!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     data_dir: Path
@@ -69,6 +78,19 @@ class Settings:
     # Context blobs (and the pre-signed URL secret) on a path every replica reaches; None = in the data dir.
     blob_dir: Path | None = None
     node_data_dir: str | None = None
+    # Screen of a desktop session (images with the computer tools), WIDTHxHEIGHTxDEPTH; createSession's
+    # desktopSize overrides it per session.
+    desktop_size: str = "1920x1080x24"
+    # Sandbox networks (runtime/network.py): off = loopback only. The pool sandbox addresses come from,
+    # the upstream DNS servers (empty: the host's /etc/resolv.conf), private ranges sandboxes may reach,
+    # more ranges no sandbox may reach (e.g. a LAN outside the private ranges), and whether a session
+    # that does not say gets outbound internet.
+    network: bool = True
+    network_pool: str = "10.201.0.0/16"
+    network_dns: tuple[str, ...] = ()
+    network_open_ranges: tuple[str, ...] = ()
+    network_deny_ranges: tuple[str, ...] = ()
+    network_internet: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -101,6 +123,7 @@ class Settings:
             "AGBOX_RAY_ADDRESS": ("ray_address", str),
             "AGBOX_BLOB_DIR": ("blob_dir", Path),
             "AGBOX_NODE_DATA_DIR": ("node_data_dir", str),
+            "AGBOX_DESKTOP_SIZE": ("desktop_size", str),
         }
         for var, (field, kind) in mapping.items():
             raw = env.get(var)
@@ -108,6 +131,15 @@ class Settings:
                 values[field] = kind(raw)
         if env.get("AGBOX_PREWARM_IMAGES") is not None:
             values["prewarm_images"] = tuple(i for i in env["AGBOX_PREWARM_IMAGES"].split(",") if i.strip())
+        for var, field in (("AGBOX_NETWORK", "network"), ("AGBOX_NETWORK_INTERNET", "network_internet")):
+            if env.get(var):
+                values[field] = _flag(var, env[var])
+        for var, field in (("AGBOX_NETWORK_DNS", "network_dns"), ("AGBOX_NETWORK_OPEN_RANGES", "network_open_ranges"),
+                           ("AGBOX_NETWORK_DENY_RANGES", "network_deny_ranges")):
+            if env.get(var) is not None:
+                values[field] = tuple(i.strip() for i in env[var].split(",") if i.strip())
+        if env.get("AGBOX_NETWORK_POOL"):
+            values["network_pool"] = env["AGBOX_NETWORK_POOL"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "data_dir" in values:
             values["data_dir"] = Path(str(values["data_dir"])).expanduser().resolve()

@@ -64,9 +64,24 @@ class RayCluster:
         return str(row[0]), str(row[1])
 
 
-def ray_processes() -> list[str]:
+def ray_processes(temp_dir: Path) -> list[str]:
+    """This cluster's Ray daemons (their arguments name its temp dir; workers die with their raylet)."""
     out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "agbox-ray-" in line or line.split(None, 1)[-1].startswith("ray::")]
+    return [line for line in out.splitlines() if str(temp_dir) in line]
+
+
+def close_node_services(address: str) -> None:
+    """End the node services gracefully (their sandboxes, cgroups and run dirs go with them); the
+    control planes leave them running on purpose."""
+    import ray
+
+    ray.init(address=address, namespace="agbox", logging_level="ERROR", log_to_driver=False)
+    try:
+        actors = [ray.get_actor(a["name"], namespace=a["namespace"])
+                  for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("agbox-node-")]
+        ray.get([actor.close.remote() for actor in actors], timeout=30)
+    finally:
+        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -92,14 +107,18 @@ def ray_cluster(postgres: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
                 "--blob-dir", str(root / "shared-blobs")]
         # Nothing warmed at start (the pools fill after the first creates): quicker start-up on 2 cores.
         env = {**RAY_ENV, "AGBOX_WARM_POOL": "1", "AGBOX_PREWARM_IMAGES": ""}
-        server = start_server(root / "a", extra_env=env, extra_args=args)
-        replica = start_server(root / "b", extra_env=env, extra_args=args)
+        # A Ray control plane's start joins the cluster and starts the node services: slow on a busy 2-core box.
+        server = start_server(root / "a", extra_env=env, extra_args=args, ready_timeout_s=120)
+        replica = start_server(root / "b", extra_env=env, extra_args=args, ready_timeout_s=120)
         state = RayCluster(cluster, head, second, server, replica, store_url, args, env)
         yield state
     finally:
         for proc in (server, replica, state.server if state else None):
             if proc is not None:
                 proc.stop()
+        if cluster.head_node is not None:
+            with contextlib.suppress(Exception):
+                close_node_services(cluster.address)
         cluster.shutdown()
         for key, value in saved.items():
             if value is None:
@@ -107,7 +126,7 @@ def ray_cluster(postgres: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
             else:
                 os.environ[key] = value
         with contextlib.suppress(Exception):
-            wait_for(lambda: not ray_processes(), 20, interval_s=0.2, what="every Ray process to exit")
+            wait_for(lambda: not ray_processes(temp_dir), 20, interval_s=0.2, what="every Ray process to exit")
         import shutil
 
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -189,6 +208,17 @@ def test_any_replica_serves_any_session_and_kill_9_loses_nothing(ray_cluster: Ra
         assert link.success, link.error_message
         assert wait_for(lambda: _get(link.data + "b.txt"), 15, interval_s=0.1, what="B's link") == b"via-b\n"
 
+        # A call through replica B that outlasts the idle timeout: replica A's sweep sees the session
+        # busy on its node (not only B's own count) and leaves it alone.
+        short = a.create(CreateSessionParams(image_id="agb-code-space-1", idle_release_timeout=2)).session
+        long_call = b.get(short.session_id).session.command.execute("sleep 4; echo done", timeout_ms=20000)
+        # (A release mid-call would have ended the sandbox under the call.)
+        assert long_call.success and long_call.stdout == "done\n", long_call.error_message
+        # ...and once idle, it is released by one replica.
+        wait_for(lambda: ray_cluster.session_row(short.session_id)[0] == "FINISH", 15, interval_s=0.2,
+                 what="idle release")
+        assert ray_cluster.session_row(short.session_id)[1] == "idle for 2 s"
+
         # kill -9 replica A while it is serving calls.
         stop = threading.Event()
         outcomes: list[bool] = []
@@ -217,7 +247,7 @@ def test_any_replica_serves_any_session_and_kill_9_loses_nothing(ray_cluster: Ra
 
         # A restarted replica A re-attaches to the sessions (the node services kept them).
         ray_cluster.server = start_server(ray_cluster.server.data_dir, extra_env=ray_cluster.env,
-                                          extra_args=ray_cluster.args)
+                                          extra_args=ray_cluster.args, ready_timeout_s=120)
         again = ray_cluster.sdk().get(ids[0])
         assert again.success and again.session.command.execute("echo back", timeout_ms=10000).stdout == "back\n"
     finally:
@@ -259,6 +289,22 @@ def test_lost_node_ends_its_sessions_others_keep_working(ray_cluster: RayCluster
         assert fresh.session.command.execute("echo new", timeout_ms=10000).stdout == "new\n"
         lost_call = agb.get(doomed[0])
         assert not lost_call.success
+
+        # A node that (re)joins gets a node service on discovery and takes new sessions.
+        ray_cluster.second = ray_cluster.cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1",
+                                                          resources={"agbox_slots": 3})
+        known = {lost_node, ray_cluster.node_of(survivors[0].session_id)}
+
+        def lands_on_new_node() -> bool:
+            made = agb.create(CreateSessionParams(image_id="agb-code-space-1"))
+            if not made.success:  # the first node is full until the new one is discovered
+                assert "no node has room" in made.error_message, made.error_message
+                return False
+            sessions.append(made.session)
+            return ray_cluster.node_of(made.session.session_id) not in known
+
+        wait_for(lands_on_new_node, 30, interval_s=0.5, what="a create to land on the joined node")
+        assert sessions[-1].command.execute("echo joined", timeout_ms=10000).stdout == "joined\n"
     finally:
         for session in sessions:
             with contextlib.suppress(Exception):

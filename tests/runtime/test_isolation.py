@@ -49,7 +49,7 @@ def test_the_server_and_other_sessions_are_unreachable(pair: Any, server: Server
              f"print(s.connect_ex(('127.0.0.1', {server.port})))\"")
     result = sh(a, probe)
     assert result.stdout.strip() == str(111)  # ECONNREFUSED: its own loopback has nothing there
-    assert sh(a, "cat /proc/net/dev | grep -c :").stdout.strip() == "1"  # only lo
+    assert sh(a, "cat /proc/net/dev | grep -c :").stdout.strip() == "2"  # lo and its own veth (tests/runtime/test_network.py)
     # Session b's files and processes do not exist for a.
     sh(b, "echo secret > /home/user/b.txt; sleep 300 >/dev/null 2>&1 &")
     assert "No such file" in sh(a, "cat /home/user/b.txt").stderr

@@ -3,9 +3,9 @@ and `make fuzz`).
 
 - ``agb_envelope_is_not_an_internal_error``: wire operations answer HTTP 200 with an envelope (the AGB
   protocol), so an internal error hides in ``httpStatusCode``/``code``; this check looks there too.
-- ``use_live_ids``: half of the generated ``sessionId``/``session_id``/``contextId`` values are replaced
+- ``map_case``: half of the generated ``sessionId``/``session_id``/``contextId`` values are replaced
   by a real session and context (given by the environment), so cases reach the tool and context code
-  instead of stopping at "not found". Releasing or deleting them is left to random ids.
+  instead of stopping at "not found". Release and delete operations never get the live ids.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import schemathesis
 
 LIVE = {"sessionId": os.environ.get("AGBOX_FUZZ_SESSION", ""), "contextId": os.environ.get("AGBOX_FUZZ_CONTEXT", "")}
 # Operations that would end the live objects for every later case.
-KEEP_RANDOM = ("releaseSession", "releaseSessionAsync", "deleteContext", "clearContext")
+KEEP_RANDOM = ("/mcp/releaseSession", "/mcp/releaseSessionAsync", "/sdk/DeleteContext", "/sdk/ClearContext")
 
 
 @schemathesis.check
@@ -47,8 +47,13 @@ def _swap(values: Any, names: tuple[str, ...]) -> None:
 
 @schemathesis.hook
 def map_case(context: Any, case: Any) -> Any:
-    operation_id = str(case.operation.definition.raw.get("operationId", ""))
-    if operation_id in KEEP_RANDOM:
+    if case.operation.path in KEEP_RANDOM:
+        # Schemathesis also reuses ids it saw in responses: keep the live ones out of these operations.
+        for values in (case.query, case.body):
+            if isinstance(values, dict):
+                for name in ("sessionId", "id", "contextId"):
+                    if values.get(name) in LIVE.values():
+                        values[name] = "fuzz-not-live"
         return case
     _swap(case.query, ("sessionId", "contextId"))
     _swap(case.body, ("sessionId", "contextId"))

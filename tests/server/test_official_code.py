@@ -4,6 +4,7 @@ LinkUrl route, and ``stream_beta=True`` / the raw ``WsClient`` over the session 
 from __future__ import annotations
 
 import base64
+import json
 import time
 from typing import Any
 
@@ -111,6 +112,13 @@ def test_magics_shell_lines_and_ipython_tracebacks(official_session: Any) -> Non
     failed = code.run("def inner():\n    return 1 / 0\ninner()", "python")
     assert not failed.success
     assert failed.error_message == "ZeroDivisionError: division by zero"
+    # The tool's own JSON carries the IPython traceback, with Jupyter's ename/evalue names too.
+    raw = official_session.call_mcp_tool("run_code", {"code": "inner()", "language": "python"})
+    assert raw.success, raw.error_message
+    error = json.loads(raw.data)["error"]
+    assert (error["ename"], error["evalue"]) == (error["name"], error["value"]) == ("ZeroDivisionError",
+                                                                                    "division by zero")
+    assert "Traceback (most recent call last)" in error["traceback"] and "----> 2     return 1 / 0" in error["traceback"]
     traced = code.run("inner()", "python", stream_beta=True)
     assert not traced.success and traced.error is not None and traced.error.name == "ZeroDivisionError"
     unknown = code.run("%no_such_magic", "python")

@@ -16,7 +16,7 @@ from agb.config import Config
 from agb.context_sync import ContextSync, SyncPolicy
 from agb.session_params import CreateSessionParams
 
-from tests.conftest import start_server
+from tests.conftest import start_server, wait_for
 
 
 def test_official_sdk_on_postgres_store(postgres: Any, tmp_path: Path) -> None:
@@ -56,6 +56,13 @@ def test_official_sdk_on_postgres_store(postgres: Any, tmp_path: Path) -> None:
         names = {e.file_name for e in agb.context.list_files(context.id, "/home/user/data").entries}
         assert names == {"seed.txt", "made.txt"}
         left = agb.create(CreateSessionParams(image_id="agb-code-space-1")).session
+
+        # PostgreSQL restarts under the running server: the next calls work on new connections.
+        postgres.stop("fast")
+        postgres.start()
+        after = wait_for(lambda: _quietly(left.command.execute, "echo after-restart", timeout_ms=10000),
+                         20, interval_s=0.2, what="a tool call after the database restart")
+        assert after.stdout == "after-restart\n"
     finally:
         assert srv.stop() == 0
 
@@ -71,3 +78,8 @@ def test_official_sdk_on_postgres_store(postgres: Any, tmp_path: Path) -> None:
         assert reason == ("server stopped",)
     finally:
         srv.stop()
+
+
+def _quietly(call: Any, *args: Any, **kwargs: Any) -> Any:
+    result = call(*args, **kwargs)
+    return result if result.success else None

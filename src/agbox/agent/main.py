@@ -41,7 +41,7 @@ def _ping(args: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
 # Op modules load on first use (by op-name prefix): the agent starts in about a third of the time and
 # an idle sandbox that never touches files or code keeps a small heap.
 OP_MODULES = (("shell", "ops_shell"), ("fs_", "ops_files"), ("archive_", "ops_archive"), ("run_code", "ops_code"),
-              ("browser_", "ops_browser"), ("pty_", "ops_pty"))
+              ("browser_", "ops_browser"), ("pty_", "ops_pty"), ("desktop_", "ops_desktop"))
 _import_lock = threading.Lock()
 
 
@@ -63,6 +63,13 @@ def _find_op(name: str) -> Callable[[dict[str, Any], Ctx], Any] | None:
                 OPS.update(getattr(module, "OPS", {}))
             return OPS.get(name)
     return None
+
+
+def _start_desktop(size: str) -> None:
+    _find_op("desktop_screen_size")  # imports and registers the desktop ops
+    import ops_desktop
+
+    ops_desktop.start_desktop(size)
 
 
 def _handle(request: dict[str, Any]) -> None:
@@ -102,6 +109,11 @@ def main() -> None:
     send({"id": 0, "ok": True, "result": {"ready": True, "pid": os.getpid()}})
     # Most sessions run a command first: load the shell op behind the ready signal, not in front of it.
     threading.Thread(target=_find_op, args=("shell",), daemon=True).start()
+    desktop_size = os.environ.get("AGBOX_DESKTOP_SIZE")
+    if desktop_size:
+        # A computer-use sandbox starts its desktop right away (in the warm pool, before any session
+        # holds it); desktop ops wait for it to be ready.
+        threading.Thread(target=_start_desktop, args=(desktop_size,), daemon=True).start()
     for line in sys.stdin.buffer:
         if not line.strip():
             continue

@@ -1,6 +1,6 @@
 """The agbox SDK, with the AGB SDK's names: ``AGB``, ``Session``, ``CreateSessionParams`` and results."""
 
-from agbox.client.agb import AGB, Config, CreateSessionParams
+from agbox.client.agb import AGB, Config, CreateSessionParams, NetworkPolicy
 from agbox.client.results import (
     CommandResult,
     DeleteResult,
@@ -27,6 +27,7 @@ __all__ = [
     "McpTool",
     "McpToolResult",
     "McpToolsResult",
+    "NetworkPolicy",
     "OperationResult",
     "Session",
     "SessionListResult",

@@ -23,14 +23,38 @@ class Config:
 
 
 @dataclasses.dataclass
+class NetworkPolicy:
+    """What a session may reach (agbox's own, beside the official fields; the server default otherwise).
+
+    ``allow_out`` / ``deny_out``: IPv4 addresses, CIDRs and domain names (``example.com`` exactly,
+    ``*.example.com`` its subdomains); allow beats deny. ``internet``: the verdict for everything no
+    list names; left as None it is off when ``allow_out`` is given (an allow-list), else the server's
+    default. The host, other sessions, cloud metadata and private ranges stay blocked whatever this says.
+    """
+
+    allow_out: list[str] = dataclasses.field(default_factory=list)
+    deny_out: list[str] = dataclasses.field(default_factory=list)
+    internet: bool | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"allowOut": list(self.allow_out), "denyOut": list(self.deny_out)}
+        if self.internet is not None:
+            wire["internet"] = self.internet
+        return wire
+
+
+@dataclasses.dataclass
 class CreateSessionParams:
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
     image_id: str | None = None
     policy_id: str | None = None
     context_syncs: list[Any] = dataclasses.field(default_factory=list)
     idle_release_timeout: int | None = None
+    # agbox extension: screen of a desktop image, "WIDTHxHEIGHT" or "WIDTHxHEIGHTxDEPTH".
+    desktop_size: str | None = None
     # A BrowserContext (agbox.client.browser): the browser profile, and optionally a fingerprint, in contexts.
     browser_context: Any = None
+    network: NetworkPolicy | None = None
 
     def __post_init__(self) -> None:
         self.labels = self.labels or {}
@@ -86,6 +110,10 @@ class AGB:
             body["timeout"] = params.idle_release_timeout
         if params.policy_id:
             body["mcpPolicyId"] = params.policy_id
+        if params.desktop_size:
+            body["desktopSize"] = params.desktop_size
+        if params.network is not None:
+            body["networkPolicy"] = params.network.to_wire()
         syncs = list(params.context_syncs)
         if params.browser_context is not None:  # after the caller's own, as the official SDK orders them
             syncs.extend(params.browser_context.context_syncs())

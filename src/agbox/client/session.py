@@ -11,6 +11,7 @@ import httpx
 from agbox.client.browser import Browser
 from agbox.client.code import Code
 from agbox.client.command import Command
+from agbox.client.computer import Computer
 from agbox.client.context_manager import ContextManager
 from agbox.client.file import FileSystem
 from agbox.client.file_transfer import FileTransfer
@@ -91,6 +92,7 @@ class Session:
         self.file = FileSystem(self)
         self.code = Code(self)
         self.browser = Browser(self)
+        self.computer = Computer(self)
         self.pty = Pty(self)
         self.context = ContextManager(self)
         self.file_transfer = FileTransfer(self, self.context, agb.context)
@@ -150,8 +152,27 @@ class Session:
         if not response.get("success") or not isinstance(data, dict):
             return OperationResult(request_id=response.get("requestId", ""), success=False,
                                    error_message=envelope_error(response, "No resource data found in response"))
-        info = {"session_id": data.get("sessionId", ""), "resource_url": data.get("resourceUrl", "")}
+        info = {"session_id": data.get("sessionId", ""), "resource_url": data.get("resourceUrl", ""),
+                "network": data.get("network")}
+        desktop = data.get("desktopInfo")
+        if isinstance(desktop, dict) and desktop:
+            # Desktop sessions, as the official SDK maps them (live view secrets and connection details).
+            for key, wire_key in (("app_id", "appId"), ("auth_code", "authCode"), ("resource_id", "resourceId"),
+                                  ("connection_properties", "connectionProperties"),
+                                  ("resource_type", "resourceType"), ("ticket", "ticket")):
+                info[key] = desktop.get(wire_key, "")
         return OperationResult(request_id=response.get("requestId", ""), success=True, data=info)
+
+    def set_network_policy(self, policy: Any) -> OperationResult:
+        """Replace the session's network policy (an ``agbox.NetworkPolicy``); open connections it no
+        longer allows fail at their next packet. ``data`` is the session's network afterwards."""
+        response = self._call("setNetworkPolicy", None, {"sessionId": self.session_id,
+                                                         "networkPolicy": policy.to_wire()})
+        data = response.get("data")
+        if not response.get("success") or not isinstance(data, dict):
+            return OperationResult(request_id=response.get("requestId", ""), success=False,
+                                   error_message=envelope_error(response, "Failed to set the network policy"))
+        return OperationResult(request_id=response.get("requestId", ""), success=True, data=data.get("network"))
 
     def get_link(self, protocol_type: str | None = None, port: int | None = None) -> OperationResult:
         query = {"sessionId": self.session_id, "protocolType": protocol_type,
@@ -282,4 +303,3 @@ class Session:
         fields = {f for f in SessionMetrics.__dataclass_fields__}
         metrics = SessionMetrics(**{k: v for k, v in raw.items() if k in fields})
         return SessionMetricsResult(request_id=result.request_id, success=True, metrics=metrics, raw=raw)
-

@@ -21,6 +21,8 @@ class Image:
     tool_sets: tuple[str, ...]
     limits: Limits
     env: dict[str, str]
+    # Host paths bound read-only into the sandbox (e.g. the host's font cache for a desktop image).
+    ro_binds: tuple[tuple[str, str], ...] = ()
 
 
 def _load(path: Path) -> Image:
@@ -38,6 +40,7 @@ def _load(path: Path) -> Image:
             disk_bytes=int(limits.get("disk_mb", 2048)) * MIB,
         ),
         env={str(k): str(v) for k, v in data.get("env", {}).items()},
+        ro_binds=tuple((str(source), str(target)) for source, target in data.get("ro_binds", [])),
     )
 
 

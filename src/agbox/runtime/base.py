@@ -26,6 +26,25 @@ class Limits:
 
 
 @dataclasses.dataclass(frozen=True)
+class NetworkPolicy:
+    """What a sandbox may reach outside itself (validated; see ``services/network.py``).
+
+    ``internet`` is the verdict for destinations no list names. Allow entries beat deny entries. What
+    the operator always blocks (the host, other sandboxes, metadata, private ranges) no policy opens.
+    """
+
+    internet: bool = True
+    allow_cidrs: tuple[str, ...] = ()
+    deny_cidrs: tuple[str, ...] = ()
+    allow_domains: tuple[str, ...] = ()
+    deny_domains: tuple[str, ...] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"internet": self.internet, "allowOut": [*self.allow_cidrs, *self.allow_domains],
+                "denyOut": [*self.deny_cidrs, *self.deny_domains]}
+
+
+@dataclasses.dataclass(frozen=True)
 class SandboxSpec:
     session_id: str
     image_id: str
@@ -34,6 +53,8 @@ class SandboxSpec:
     hostname: str = "sandbox"
     # Extra read-only host paths the image needs inside (e.g. a language runtime outside /usr).
     ro_binds: tuple[tuple[str, str], ...] = ()
+    # None: the runtime's default policy (or no network at all when the runtime offers none).
+    network: NetworkPolicy | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +93,15 @@ class Runtime(abc.ABC):
     """A sandbox mechanism. Every method may be called concurrently for different sandboxes."""
 
     name: str
+    # True when sandboxes get a network under a NetworkPolicy (set_network_policy, network_info work).
+    offers_network: bool = False
     # True when sandboxes keep running without this process (on cluster nodes): a stopping control
     # plane then leaves its sessions to the other replicas or to its own restart (reattach).
     sessions_outlive_control_plane: bool = False
+
+    def warm_sandboxes(self) -> int:
+        """Started sandboxes waiting to be handed to a create (for telemetry)."""
+        return 0
 
     def end_reason(self, handle: SandboxHandle, since: LimitEvents | None = None) -> str:
         """Why a sandbox that ``alive`` reports gone has ended, in words (the session's finish reason);
@@ -123,6 +150,11 @@ class Runtime(abc.ABC):
     def alive(self, handle: SandboxHandle) -> bool:
         """Cheap liveness check used by the lifecycle loop."""
 
+    def busy(self, handle: SandboxHandle) -> bool:
+        """True while an op runs in the sandbox for any control plane (a session in use is not idle);
+        a runtime that cannot tell says False and each control plane counts only its own calls."""
+        return False
+
     def limit_events(self, handle: SandboxHandle) -> LimitEvents:
         """The sandbox's limit counters now (compare two readings with ``limit_note``)."""
         return LimitEvents()
@@ -137,6 +169,14 @@ class Runtime(abc.ABC):
 
     async def prewarm(self, spec: SandboxSpec) -> None:
         """Start sandboxes for specs like this one ahead of demand (optional)."""
+        return None
+
+    async def set_network_policy(self, handle: SandboxHandle, policy: NetworkPolicy) -> dict[str, Any]:
+        """Replace the sandbox's network policy; returns its network description (address, policy)."""
+        raise SandboxError(f"the {self.name} runtime gives sandboxes no network")
+
+    def network_info(self, handle: SandboxHandle) -> dict[str, Any] | None:
+        """The sandbox's network (address, policy) as shown in session info; None without one."""
         return None
 
     async def connect_port(self, handle: SandboxHandle, port: int) -> socket.socket:

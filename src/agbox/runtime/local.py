@@ -7,8 +7,9 @@ Each sandbox gets
   unnamed image in the data dir, mounted only in the sandbox's mount namespace), with the host's
   ``/usr`` and a sanitized ``/etc`` bound read-only over it, and the agent bound read-only at ``/opt/agbox/agent``;
 - a cgroup with memory, CPU and pids limits, killed as a whole on destroy;
-- no network interface but loopback: links reach its ports through ``connect_port``, which opens
-  the socket inside the sandbox's network namespace.
+- its own network (``runtime/network.py``: a veth, an address, DNS and a policy), or, with networking
+  off, no interface but loopback; either way links reach its ports through ``connect_port``, which
+  opens the socket inside the sandbox's network namespace.
 
 Processes are spawned from one long-lived thread, because bwrap's ``--die-with-parent`` ties the
 sandbox to the thread that forked it; if this process dies, every sandbox dies with it.
@@ -38,10 +39,19 @@ from typing import Any
 
 from agbox.errors import SandboxError
 from agbox.runtime import disk, reaper, seccomp, sysutil
-from agbox.runtime.base import EventCallback, LimitEvents, Runtime, SandboxHandle, SandboxSpec, SandboxStats
+from agbox.runtime.base import (
+    EventCallback,
+    LimitEvents,
+    NetworkPolicy,
+    Runtime,
+    SandboxHandle,
+    SandboxSpec,
+    SandboxStats,
+)
 from agbox.runtime.cgroups import CgroupManager, CgroupSet
 from agbox.runtime.channel import AgentChannel
 from agbox.runtime.disk import DiskLayers, Layer
+from agbox.runtime.network import NetworkManager, NetworkOptions, SandboxNetwork
 from agbox.runtime.rootfs import SANDBOX_GID, SANDBOX_HOME, SANDBOX_UID, SANDBOX_USER, build_base
 
 log = logging.getLogger(__name__)
@@ -64,12 +74,14 @@ class _Sandbox:
     child_pid: int
     channel: AgentChannel
     disk_device: str
+    net: SandboxNetwork | None = None
 
 
 class LocalRuntime(Runtime):
     name = "local"
 
-    def __init__(self, data_dir: Path, run_dir: Path = Path("/run/agbox"), warm_pool_size: int = 0) -> None:
+    def __init__(self, data_dir: Path, run_dir: Path = Path("/run/agbox"), warm_pool_size: int = 0,
+                 network: NetworkOptions | None = None) -> None:
         self.data_dir = data_dir
         # Started sandboxes kept ready per spec, so a create is a hand-over instead of a start.
         self.warm_pool_size = warm_pool_size
@@ -94,6 +106,9 @@ class LocalRuntime(Runtime):
         self._bwrap = shutil.which("bwrap") or "/usr/bin/bwrap"
         self._seccomp = seccomp.build_filter()
         self._setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
+        # None: networking is off and sandboxes have only loopback.
+        self.network = NetworkManager(tag, network, run_dir) if network is not None else None
+        self.offers_network = self.network is not None
 
     # ---- node set-up ---------------------------------------------------------------------------
 
@@ -110,6 +125,8 @@ class LocalRuntime(Runtime):
             os.chmod(path, 0o711)
         (self.run_dir / "data_dir").write_text(str(self.data_dir))
         await asyncio.get_running_loop().run_in_executor(None, self._prepare_node)
+        if self.network is not None:
+            await self.network.start()
 
     def _prepare_node(self) -> None:
         self.cgroups.prepare()
@@ -124,6 +141,10 @@ class LocalRuntime(Runtime):
                 os.unlink(entry.path)
         self.disks.start()
         build_base(self.base_dir)
+        if self.network is not None:  # the resolver every sandbox has in its own namespace
+            resolv = self.base_dir / "etc" / "resolv.conf"
+            resolv.unlink(missing_ok=True)  # may be a copied symlink: never write through it
+            resolv.write_text("nameserver 127.0.0.53\n")
         os.chmod(self.base_dir, 0o755)
         # A copy of the agent, so the sandbox uid can read it wherever agbox is installed.
         agent_copy = self.base_dir / "agent"
@@ -153,6 +174,8 @@ class LocalRuntime(Runtime):
         self._spawner.shutdown(wait=False)
         self.disks.close()
         self.cgroups.remove_parents()
+        if self.network is not None:
+            await self.network.close()
         # The base copy and logs are ours alone (the data dir is locked): leave nothing in /run.
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
@@ -189,7 +212,9 @@ class LocalRuntime(Runtime):
         argv += [
             "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm",
             "--chdir", SANDBOX_HOME, "--hostname", spec.hostname,
-            "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID),
+            # With networking the sandbox joins the namespace it was forked in (runtime/network.py).
+            "--unshare-all", *(["--share-net"] if self.network is not None else []),
+            "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID),
             "--die-with-parent", "--new-session", "--disable-userns", "--info-fd", str(info_fd),
             "/usr/bin/python3", "-I", "-S", f"{AGENT_MOUNT}/main.py",
         ]
@@ -214,10 +239,10 @@ class LocalRuntime(Runtime):
                 self._setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--pdeathsig=KILL", "--"]
 
     def _spawn(self, spec: SandboxSpec, sandbox_id: str, uid: int, group: CgroupSet,
-               layer: Layer) -> tuple[int, int, int, int]:
-        """Runs on the spawner thread (fork + exec only, inside the disk layer's mount namespace).
-        Returns (bwrap pid, info fd, agent stdin, agent stdout). Releases ``layer`` in every case: once
-        the launcher runs, its processes hold the layer."""
+               layer: Layer, net: SandboxNetwork | None) -> tuple[int, int, int, int]:
+        """Runs on the spawner thread (fork + exec only, inside the disk layer's mount namespace and the
+        sandbox's network namespace). Returns (bwrap pid, info fd, agent stdin, agent stdout). Releases
+        ``layer`` in every case: once the launcher runs, its processes hold the layer."""
         info_r, info_w = os.pipe()
         seccomp_r: int | None = None
         if self._seccomp is not None:
@@ -228,7 +253,8 @@ class LocalRuntime(Runtime):
         out_r, out_w = os.pipe()
         log_fd = os.open(str(self.sandbox_dir / f"{sandbox_id}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            with self.disks.entered(layer):
+            with self.disks.entered(layer), (self.network.joined(net) if self.network is not None
+                                             else contextlib.nullcontext()):
                 proc = subprocess.Popen(
                     [*self._launcher(group, uid), *self._argv(spec, info_w, seccomp_r)],
                     stdin=in_r, stdout=out_w, stderr=log_fd, env=self._env(spec),
@@ -282,12 +308,19 @@ class LocalRuntime(Runtime):
         uid = self._allocate_uid()
         group: CgroupSet | None = None
         channel: AgentChannel | None = None
+        net: SandboxNetwork | None = None
+        configured: asyncio.Future[None] | None = None
         try:
+            if self.network is not None:
+                # The namespace first (the sandbox is forked into it); the rest of the network is set up
+                # while the sandbox starts, and the sandbox is ready only when both are.
+                net = await self.network.create_namespace(spec.network)
+                configured = asyncio.ensure_future(self.network.configure(net))
             layer = await self.disks.make(spec.limits.disk_bytes, uid)
             try:
                 group = self.cgroups.create(sandbox_id, spec.limits.memory_bytes, spec.limits.cpus,
                                             spec.limits.pids)
-                spawned = loop.run_in_executor(self._spawner, self._spawn, spec, sandbox_id, uid, group, layer)
+                spawned = loop.run_in_executor(self._spawner, self._spawn, spec, sandbox_id, uid, group, layer, net)
             except BaseException:
                 layer.release()
                 raise
@@ -301,12 +334,19 @@ class LocalRuntime(Runtime):
                 await asyncio.wait_for(channel.ready, READY_TIMEOUT_S)
             except (TimeoutError, SandboxError) as exc:
                 raise SandboxError(f"the sandbox agent did not start: {self._log_tail(sandbox_id)}") from exc
-            return _Sandbox(sandbox_id, spec, uid, group, bwrap_pid, child_pid, channel, disk_device)
+            if self.network is not None and net is not None and configured is not None:
+                await configured
+            return _Sandbox(sandbox_id, spec, uid, group, bwrap_pid, child_pid, channel, disk_device, net)
         except BaseException:
             if group is not None:
                 await loop.run_in_executor(None, self._kill_group, group)
             if channel is not None:
                 await channel.close()
+            if configured is not None:  # let it finish (never cancelled mid-way on the network thread)
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(configured)
+            if self.network is not None and net is not None:
+                await self.network.destroy(net)
             self._remove_log(sandbox_id)
             self._used_uids.discard(uid)
             raise
@@ -314,6 +354,9 @@ class LocalRuntime(Runtime):
     @staticmethod
     def _pool_key(spec: SandboxSpec) -> tuple[Any, ...]:
         return (spec.limits, tuple(sorted(spec.env.items())), spec.hostname, spec.ro_binds)
+
+    def warm_sandboxes(self) -> int:
+        return sum(len(pool) for pool in self._pools.values())
 
     def _take_warm(self, spec: SandboxSpec) -> _Sandbox | None:
         pool = self._pools.get(self._pool_key(spec), [])
@@ -365,6 +408,12 @@ class LocalRuntime(Runtime):
         sandbox = self._take_warm(spec)
         if sandbox is None:
             sandbox = await self._start_sandbox(spec)
+        elif self.network is not None and sandbox.net is not None and spec.network is not None:
+            try:  # warm sandboxes start with the default policy: usually nothing to do here
+                await self.network.apply(sandbox.net, spec.network)
+            except Exception:
+                await self._destroy_sandbox(sandbox)
+                raise
         self._sandboxes[spec.session_id] = sandbox
         self._refill(spec)
         return SandboxHandle(spec.session_id, self.node, {
@@ -395,11 +444,14 @@ class LocalRuntime(Runtime):
         sandbox = self._get(handle)
         limits = sandbox.spec.limits
         rx = tx = 0
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{sandbox.child_pid}/net/dev").read_text().splitlines()[2:]:
-                fields = line.split(":", 1)[1].split()
-                rx += int(fields[0])
-                tx += int(fields[8])
+        if self.network is not None and sandbox.net is not None:
+            rx, tx = self.network.counters(sandbox.net)
+        else:
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{sandbox.child_pid}/net/dev").read_text().splitlines()[2:]:
+                    fields = line.split(":", 1)[1].split()
+                    rx += int(fields[0])
+                    tx += int(fields[8])
         # The sandbox's root (its disk layer) as its own processes see it.
         try:
             vfs = os.statvfs(f"/proc/{sandbox.child_pid}/root/")
@@ -415,6 +467,17 @@ class LocalRuntime(Runtime):
             rx_bytes=rx, tx_bytes=tx,
             pids=self.cgroups.pids_current(sandbox.group),
         )
+
+    async def set_network_policy(self, handle: SandboxHandle, policy: NetworkPolicy) -> dict[str, Any]:
+        sandbox = self._get(handle)
+        if self.network is None or sandbox.net is None:
+            raise SandboxError("networking is off on this server")
+        await self.network.apply(sandbox.net, policy)
+        return sandbox.net.describe()
+
+    def network_info(self, handle: SandboxHandle) -> dict[str, Any] | None:
+        sandbox = self._sandboxes.get(handle.session_id)
+        return sandbox.net.describe() if sandbox is not None and sandbox.net is not None else None
 
     # ---- why processes died ------------------------------------------------------------------------
 
@@ -503,6 +566,8 @@ class LocalRuntime(Runtime):
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._discard_and_kill, sandbox)
         await sandbox.channel.close()
+        if self.network is not None and sandbox.net is not None:
+            await self.network.destroy(sandbox.net)
         self._remove_log(sandbox.id)
         self._used_uids.discard(sandbox.uid)
         reaper.forget(sandbox.bwrap_pid)

@@ -39,7 +39,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from agbox.errors import SandboxError
+from agbox.errors import LimitExceededError, SandboxError
 from agbox.runtime.base import EventCallback, LimitEvents, Runtime, SandboxHandle, SandboxSpec, SandboxStats
 from agbox.runtime.channel import MAX_LINE
 from agbox.runtime.ray_node import (
@@ -173,6 +173,7 @@ class RayNode:
     lost: bool = False
     # Sessions the node reported running, and when that report was asked for.
     sessions: set[str] = dataclasses.field(default_factory=set)
+    busy: set[str] = dataclasses.field(default_factory=set)
     reported_at: float = 0.0
     failures: int = 0
     channel: CallChannel | None = None
@@ -245,7 +246,7 @@ class RayRuntime(Runtime):
     async def discover(self) -> None:
         """Start (or find) the service of every node that joined; forget nodes Ray reports dead."""
         table = await asyncio.get_running_loop().run_in_executor(None, ray.nodes)
-        alive_ids = set()
+        joining = []
         for entry in table:
             node_id = entry["NodeID"]
             if not entry.get("Alive"):
@@ -253,14 +254,18 @@ class RayRuntime(Runtime):
                 if known is not None and not known.lost:
                     self.mark_lost(known, "Ray reports the node dead")
                 continue
-            alive_ids.add(node_id)
             resources = entry.get("Resources") or {}
             if SLOTS_RESOURCE not in resources or (node_id in self.nodes and not self.nodes[node_id].lost):
                 continue
-            try:
-                await self._join(node_id, entry["NodeManagerAddress"], resources)
-            except Exception as exc:
-                log.warning("node %s: its service did not start: %s", node_id[:12], exc)
+            joining.append(self._join_logged(node_id, entry["NodeManagerAddress"], resources))
+        # Node services start side by side (each is a new worker process on its node).
+        await asyncio.gather(*joining)
+
+    async def _join_logged(self, node_id: str, host: str, resources: dict[str, float]) -> None:
+        try:
+            await self._join(node_id, host, resources)
+        except Exception as exc:
+            log.warning("node %s: its service did not start: %s", node_id[:12], exc)
 
     async def _join(self, node_id: str, host: str, resources: dict[str, float]) -> None:
         actor = NodeActor.options(
@@ -310,6 +315,7 @@ class RayRuntime(Runtime):
         node.failures = 0
         node.apply_usage(report)
         node.sessions = set(report["sessions"])
+        node.busy = set(report.get("busy", ()))
         node.reported_at = asked_at
 
     def mark_lost(self, node: RayNode, why: str) -> None:
@@ -342,8 +348,8 @@ class RayRuntime(Runtime):
         candidates = self.place(spec)
         if not candidates:
             offering = [n.name for n in self.nodes.values() if n.offers(spec.image_id)]
-            raise SandboxError(f"no node has room for {spec.image_id} "
-                               f"({len(self.nodes)} nodes, {len(offering)} offer the image)")
+            raise LimitExceededError(f"no node has room for {spec.image_id} "
+                                     f"({len(self.nodes)} nodes, {len(offering)} offer the image)")
         errors = []
         for node in candidates:
             try:
@@ -403,6 +409,10 @@ class RayRuntime(Runtime):
         # Not in the node's last report: dead only if that report was asked for after the sandbox
         # started (another replica may have just created it).
         return float(handle.details.get("created_at", 0)) >= node.reported_at
+
+    def busy(self, handle: SandboxHandle) -> bool:
+        node = self.by_name.get(handle.node)
+        return node is not None and handle.session_id in node.busy
 
     def end_reason(self, handle: SandboxHandle, since: LimitEvents | None = None) -> str:
         node = self.by_name.get(handle.node)

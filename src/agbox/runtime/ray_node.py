@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from agbox.errors import AgboxError, SandboxError, ToolTimeoutError
 from agbox.runtime.base import Limits, SandboxHandle, SandboxSpec
 from agbox.runtime.channel import MAX_LINE, AgentError
 from agbox.runtime.local import LocalRuntime
+from agbox.wirejson import same_secret
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,8 @@ class NodeService:
         self.token = secrets.token_urlsafe(24)
         self.handles: dict[str, SandboxHandle] = {}
         self.reserved: dict[str, int] = {}  # session id -> memory bytes
+        # Ops running per session, from every control plane's channel (a busy session is not idle).
+        self.running_ops: dict[str, int] = {}
         self._server: asyncio.base_events.Server | None = None
         self._started: asyncio.Task[dict[str, Any]] | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -152,7 +154,8 @@ class NodeService:
         for session_id, handle in list(self.handles.items()):
             if not self.runtime.alive(handle):
                 await self.destroy(session_id)
-        return {"sessions": sorted(self.handles), **self.usage()}
+        return {"sessions": sorted(self.handles), "busy": sorted(k for k, v in self.running_ops.items() if v),
+                **self.usage()}
 
     async def close(self) -> None:
         if self._server is not None:
@@ -177,7 +180,7 @@ class NodeService:
             self._connections.add(task)
         try:
             header = json.loads(await asyncio.wait_for(reader.readline(), 10) or b"{}")
-            if not hmac.compare_digest(str(header.get("token", "")).encode(), self.token.encode()):
+            if not same_secret(header.get("token"), self.token):
                 await _send(writer, {"ok": False, "error": "bad relay token"})
                 return
             if header.get("kind") == "calls":
@@ -207,8 +210,10 @@ class NodeService:
             def on_event(event: dict[str, Any]) -> None:
                 write({"id": call_id, "event": event})
 
+            session_id = str(request.get("session"))
+            self.running_ops[session_id] = self.running_ops.get(session_id, 0) + 1
             try:
-                handle = self._handle(str(request.get("session")))
+                handle = self._handle(session_id)
                 result = await self.runtime.call(handle, str(request["op"]), dict(request.get("args") or {}),
                                                  timeout_s=float(request.get("timeout", 60)),
                                                  on_event=on_event if request.get("events") else None)
@@ -219,6 +224,11 @@ class NodeService:
                 write({"id": call_id, "error": encode_error(exc)})
             finally:
                 running.pop(call_id, None)
+                left = self.running_ops.get(session_id, 1) - 1
+                if left > 0:
+                    self.running_ops[session_id] = left
+                else:
+                    self.running_ops.pop(session_id, None)
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
 

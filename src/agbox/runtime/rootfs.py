@@ -61,6 +61,11 @@ def build_base(root: Path, hostname: str = "sandbox") -> Path:
     (staging / "group").write_text(_GROUP)
     (staging / "hostname").write_text(hostname + "\n")
     (staging / "hosts").write_text(f"127.0.0.1 localhost {hostname}\n::1 localhost ip6-localhost\n")
+    if (staging / "chromium.d").is_dir():
+        # Debian's chromium wrapper sources these and ignores CHROMIUM_FLAGS from the environment: an
+        # image passes its flags (e.g. --no-sandbox, as sandboxes have no user namespaces) this way.
+        (staging / "chromium.d" / "agbox").write_text(
+            'CHROMIUM_FLAGS="$CHROMIUM_FLAGS ${AGBOX_CHROMIUM_FLAGS:-}"\n')
     final = root / "etc"
     old = root / "etc.old"
     shutil.rmtree(old, ignore_errors=True)

@@ -21,12 +21,13 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agbox.errors import AgboxError, AuthenticationError, InvalidRequestError, LimitExceededError
-from agbox.server import browser, contexts, links, mcp_endpoint, session_page, stream, terminal
+from agbox.server import browser, contexts, desktop, links, mcp_endpoint, session_page, stream, terminal
 from agbox.server.openapi import build_document
 from agbox.server.operations import validate
 from agbox.server.wire import ROUTES, WireApi, envelope, error_envelope, internal_error_envelope, new_request_id
 from agbox.services.platform import Platform
-from agbox.wirejson import loads, same_secret
+from agbox.services.telemetry import CONTENT_TYPE as TELEMETRY_CONTENT_TYPE
+from agbox.wirejson import clip, loads, same_secret
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +114,14 @@ async def link_call_tool(request: Request) -> Response:
 
 async def not_found(request: Request, exc: Exception) -> Response:
     return json_response(envelope(new_request_id(), None, success=False, code="NotFound",
-                                  message=f"no such endpoint: {request.method} {request.url.path}", status=404),
+                                  message=f"no such endpoint: {request.method} {clip(request.url.path)}", status=404),
                          status=404)
 
 
 async def method_not_allowed(request: Request, exc: Exception) -> Response:
+    message = f"{clip(request.method, 20)} is not allowed on {clip(request.url.path)}"
     response = json_response(envelope(new_request_id(), None, success=False, code="MethodNotAllowed",
-                                      message=f"{request.method} is not allowed on {request.url.path}", status=405),
-                             status=405)
+                                      message=message, status=405), status=405)
     allow = (getattr(exc, "headers", None) or {}).get("Allow")
     if allow:  # RFC 9110: a 405 names the methods the resource supports
         response.headers["Allow"] = allow
@@ -169,6 +170,7 @@ def create_app(platform: Platform, *, manage_platform: bool = True,
     links.register_ops(wire)
     browser.register_ops(wire)
     contexts.register_ops(wire)
+    desktop.register_ops(wire)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -184,10 +186,21 @@ def create_app(platform: Platform, *, manage_platform: bool = True,
 
     routes: list[BaseRoute] = [*contexts.routes(wire), *stream.routes(wire), *terminal.routes(wire),
                                *mcp_endpoint.routes(wire), *browser.routes(wire),
-                               *session_page.routes(wire)]
+                               *session_page.routes(wire), *desktop.routes(wire)]
     routes.append(Route("/link/{session_id}/callTool", link_call_tool, methods=["POST"]))
     routes.extend(wire_route(wire, op, method, path) for op, (method, path) in list(ROUTES.items()))
     routes.append(Route("/health", lambda request: JSONResponse({"ok": True}), methods=["GET"]))
+
+    async def metrics(request: Request) -> Response:
+        # Aggregates only (no ids), but still for key holders: Prometheus sends a bearer token.
+        try:
+            platform.keys.authenticate(bearer(request))
+        except AuthenticationError as exc:
+            return Response(exc.message, status_code=401, media_type="text/plain",
+                            headers={"www-authenticate": "Bearer"})
+        return Response(platform.telemetry.exposition(), media_type=TELEMETRY_CONTENT_TYPE)
+
+    routes.append(Route("/metrics", metrics, methods=["GET"]))
     document = build_document()
     routes.append(Route("/openapi.json", lambda request: JSONResponse(document), methods=["GET"]))
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(ErrorEdge)],

@@ -21,7 +21,6 @@ Wiring:
 from __future__ import annotations
 
 import logging
-import secrets
 from typing import Any
 
 import mcp_types as types
@@ -36,6 +35,7 @@ from starlette.types import Receive, Scope, Send
 from agbox.errors import AgboxError, InvalidRequestError, NotFoundError
 from agbox.models import ACTIVE_STATUSES
 from agbox.server.wire import WireApi, envelope, new_request_id
+from agbox.wirejson import same_secret
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class SessionMcpEndpoint:
             await _error(404, "InvalidMcpSession.NotFound", f"session {session_id} not found")(scope, receive, send)
             return
         token = session_token(request)
-        if not token or not secrets.compare_digest(token.encode(), record.token.encode()):
+        if not same_secret(token, record.token):
             response = _error(401, "InvalidAccessToken",
                               "missing or wrong session access token: send 'Authorization: Bearer <token>' "
                               "or 'X-Access-Token: <token>' with the session's token",
@@ -140,6 +140,12 @@ class SessionMcpEndpoint:
         if record.status not in ACTIVE_STATUSES:
             await _error(404, "InvalidMcpSession.NotFound",
                          f"session {session_id} has ended ({record.status.value})")(scope, receive, send)
+            return
+        if request.method == "POST" and \
+                request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            # Answered here so the error is JSON like every other one (the transport's is plain text).
+            await _error(415, "UnsupportedMediaType", "POST a JSON-RPC message with Content-Type: application/json")(
+                scope, receive, send)
             return
         scope[SCOPE_KEY] = (record.owner, record.id, record.image_id)
         manager = StreamableHTTPSessionManager(

@@ -87,6 +87,12 @@ PERSISTENCE_ITEM: Schema = {"type": "object", "properties": {
     "contextId": ID, "path": PATH,
     "policy": {"anyOf": [JSON_TEXT, {"type": "object"}], "description": "SyncPolicy (object or JSON text)"}}}
 OBJECT: Schema = {"type": "object"}
+# Ours (agbox's SDK sends it beside the official fields): what a session may reach; services/network.py
+# checks the entries themselves.
+NETWORK_ENTRIES: Schema = {"type": "array", "items": {"type": "string", "maxLength": 300}, "maxItems": 256}
+NETWORK_POLICY: Schema = {"anyOf": [
+    {"type": "object", "properties": {"internet": BOOLEAN, "allowOut": NETWORK_ENTRIES, "denyOut": NETWORK_ENTRIES}},
+    JSON_TEXT]}
 ANY: Schema = {}
 
 OPERATIONS: dict[str, Operation] = {o.op: o for o in (
@@ -99,7 +105,13 @@ OPERATIONS: dict[str, Operation] = {o.op: o for o in (
         _b("persistenceDataList", {"anyOf": [{"type": "array", "items": PERSISTENCE_ITEM, "maxItems": 64},
                                              JSON_TEXT]}, "contexts to mount"),
         _b("sessionId", ID, "ignored"), _b("contextId", ID, "ignored"),
+        _b("desktopSize", {"type": "string", "maxLength": 32},
+           "agbox: screen of a desktop image, WIDTHxHEIGHT[xDEPTH] (default: the server's desktop_size)"),
+        _b("networkPolicy", NETWORK_POLICY, "ours: internet (bool), allowOut / denyOut (CIDRs, domain names); "
+           "left out = the server default"),
     ), OBJECT),
+    Operation("setNetworkPolicy", "POST", "/mcp/setNetworkPolicy", "Replace a running session's network policy (ours)",
+              (SESSION_ID_BODY, _b("networkPolicy", NETWORK_POLICY, "the new policy", required=True)), OBJECT),
     Operation("getSession", "POST", "/mcp/getSession", "Session details and URLs", (SESSION_ID_BODY,), OBJECT),
     Operation("getSessionInfo", "POST", "/mcp/getSessionInfo", "Session status (does not count as activity)",
               (SESSION_ID_BODY,), OBJECT),

@@ -1,8 +1,8 @@
 """The page a session's ``resourceUrl`` opens: ``GET /sessions/{id}/view?resourceId=…&authcode=…``.
 
 A small HTML page for a person: the session's id, image, status, labels, times, links (its MCP
-endpoint and the port links it has open) and whether its browser runs. It is where browser and
-desktop live views will go.
+endpoint and the port links it has open) and its browser: while Chromium runs, the page embeds the
+browser's live view (server/browser.py, its own key). Desktop views will go there too.
 Authorized by the authcode alone (services/session_view.py); a missing or wrong one, or an unknown
 session, gets the same 403 page, so the page does not tell which sessions exist.
 """
@@ -24,7 +24,8 @@ from agbox.services.session_view import authcode_valid
 HEADERS = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+    # No scripts of its own; the only frame is the session's live view, served by this server.
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-src 'self'",
     "X-Content-Type-Options": "nosniff",
 }
 
@@ -37,6 +38,7 @@ th { width: 11rem; color: #5b6475; font-weight: 500; }
 code { font: 13px ui-monospace, monospace; word-break: break-all; }
 .status { font-weight: 600; } .RUNNING { color: #137a3a; } .FINISH, .DELETING { color: #8a3a14; }
 .view { border: 1px dashed #c3c9d4; border-radius: 6px; padding: 1rem; color: #5b6475; }
+.live { width: 100%; height: 36rem; border: 1px solid #c3c9d4; border-radius: 6px; }
 """
 
 
@@ -52,7 +54,8 @@ def _page(title: str, body: str) -> str:
             f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>{body}</body></html>")
 
 
-def render(record: SessionRecord, mcp_url: str, links: list[tuple[int, str]], browser_port: int | None) -> str:
+def render(record: SessionRecord, mcp_url: str, links: list[tuple[int, str]], browser_port: int | None,
+           live_url: str | None = None) -> str:
     esc = html.escape
     labels = "".join(f"<div><code>{esc(k)}</code> = <code>{esc(v)}</code></div>"
                      for k, v in sorted(record.labels.items())) or "-"
@@ -74,9 +77,14 @@ def render(record: SessionRecord, mcp_url: str, links: list[tuple[int, str]], br
                     "<code>session.browser.get_endpoint_url()</code> gives its CDP URL)"
          if browser_port is not None else "not started"),
     ]
+    if live_url:
+        view = (f"<p><a href=\"{esc(live_url)}\" rel=\"noreferrer\" target=\"_blank\">Open the live view</a></p>"
+                f"<iframe class=\"live\" src=\"{esc(live_url)}\" title=\"live view\"></iframe>")
+    else:
+        view = "<div class=\"view\">No live view: the session's browser is not running.</div>"
     table = "".join(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in rows)
     body = (f"<h1>agbox session</h1><p class=\"sub\"><code>{esc(record.id)}</code></p><table>{table}</table>"
-            "<div class=\"view\">This image has no live view (browser and desktop views appear here).</div>")
+            f"{view}")
     return _page(f"agbox session {record.id}", body)
 
 
@@ -91,7 +99,9 @@ def routes(wire: WireApi) -> list[BaseRoute]:
             return HTMLResponse(body, status_code=403, headers=HEADERS)
         mcp_url = wire.session_urls(record)["mcpUrl"]
         browser = platform.browser.states.get(record.id)
-        page = render(record, mcp_url, platform.links.session_links(record.id), browser.port if browser else None)
+        live_url = platform.browser.live_url(record.owner, record.id) if browser is not None else None
+        page = render(record, mcp_url, platform.links.session_links(record.id), browser.port if browser else None,
+                      live_url)
         return HTMLResponse(page, headers=HEADERS)
 
     return [Route("/sessions/{session_id}/view", view, methods=["GET"], name="session_view")]

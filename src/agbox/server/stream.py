@@ -27,6 +27,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from agbox.errors import AgboxError, InvalidRequestError, QuotaExceededError
 from agbox.models import SessionRecord
 from agbox.services.limits import LimitService
+from agbox.services.sessions import SessionService
 from agbox.wirejson import clip, loads, same_secret
 
 if TYPE_CHECKING:
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 SERVER_SOURCE = "wuying_codespace"
 # Frames that never had a usable invocation id are answered under this one.
 NO_INVOCATION = "invalid-request"
+# How long a released session's socket waits for its failing invocations to report why.
+CLOSE_GRACE_S = 3.0
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 MAX_INVOCATION_ID = 256
 MAX_STREAMS_PER_SESSION = 8
@@ -73,10 +76,19 @@ class StreamConnection:
     async def _write_loop(self) -> None:
         while True:
             frame = await self.outbox.get()
-            await self.websocket.send_text(json.dumps(frame, ensure_ascii=False))
+            try:
+                await self.websocket.send_text(json.dumps(frame, ensure_ascii=False))
+            finally:
+                self.outbox.task_done()
 
-    async def close(self, code: int, reason: str) -> None:
-        """End the connection from the server side (its serve() loop then ends and cleans up)."""
+    async def close(self, code: int, reason: str, finish_first: bool = False) -> None:
+        """End the connection from the server side (its serve() loop then ends and cleans up).
+        ``finish_first``: the sandbox is already gone, so running invocations are about to fail with
+        the cause; let them say it (bounded) before the socket closes."""
+        with contextlib.suppress(Exception):
+            if finish_first and self.running:
+                await asyncio.wait(list(self.running.values()), timeout=CLOSE_GRACE_S)
+                await asyncio.wait_for(self.outbox.join(), CLOSE_GRACE_S)
         with contextlib.suppress(Exception):
             await self.websocket.close(code=code, reason=reason)
 
@@ -204,8 +216,9 @@ class OpenStreams:
     """The open sockets of each session: at most ``MAX_STREAMS_PER_SESSION`` at once (one session
     token cannot hold an unbounded number), and all of them are closed when the session is released."""
 
-    def __init__(self, limits: LimitService) -> None:
+    def __init__(self, limits: LimitService, sessions: SessionService) -> None:
         self.limits = limits
+        self.sessions = sessions
         self.by_session: dict[str, set[StreamConnection]] = {}
 
     def admit(self, connection: StreamConnection) -> str:
@@ -229,13 +242,17 @@ class OpenStreams:
                 del self.by_session[connection.session_id]
 
     async def before_release(self, record: SessionRecord) -> None:
-        for connection in list(self.by_session.get(record.id, ())):
+        connections = list(self.by_session.get(record.id, ()))
+        if not connections:
+            return
+        sandbox_gone = not self.sessions.runtime.alive(self.sessions.handle(record))
+        for connection in connections:
             self.forget(connection)
-            await connection.close(1001, "session released")
+            await connection.close(1001, "session released", finish_first=sandbox_gone)
 
 
 def routes(wire: WireApi) -> list[BaseRoute]:
-    streams = OpenStreams(wire.platform.limits)
+    streams = OpenStreams(wire.platform.limits, wire.platform.sessions)
     wire.platform.sessions.before_release.append(streams.before_release)
 
     async def endpoint(websocket: WebSocket) -> None:

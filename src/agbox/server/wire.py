@@ -11,10 +11,12 @@ import contextlib
 import json
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agbox.errors import AgboxError, InvalidRequestError, ThrottledError
+from agbox.logs import request_id_var
 from agbox.models import SessionRecord
 from agbox.server.operations import validate
 from agbox.services.platform import Platform
@@ -40,6 +42,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "getMcpResource": ("POST", "/mcp/getMcpResource"),
     "listTools": ("POST", "/mcp/listTools"),
     "callMcpTool": ("POST", "/mcp"),
+    "setNetworkPolicy": ("POST", "/mcp/setNetworkPolicy"),  # ours: change a running session's policy
     # Handled by the links feature module; listed here so SDK clients know the route without a platform.
     "getLink": ("GET", "/internet/getLink"),
     # Handled by the browser feature module (server/browser.py).
@@ -96,6 +99,7 @@ class WireApi:
             "getMcpResource": self._get_mcp_resource,
             "listTools": self._list_tools,
             "callMcpTool": self._call_tool,
+            "setNetworkPolicy": self._set_network_policy,
         }
         # The feature modules of the edge (links, contexts) add theirs through register() (server/app.py).
         self.extra_ops: dict[str, Callable[[str, Params, str], Awaitable[dict[str, Any]]]] = {}
@@ -107,6 +111,10 @@ class WireApi:
 
     async def dispatch(self, op: str, api_key: str | None, params: Params) -> dict[str, Any]:
         request_id = new_request_id()
+        started = time.perf_counter()
+        known = op in self._ops or op in self.extra_ops
+        token = request_id_var.set(request_id)
+        outcome = "ok"
         try:
             handler = self._ops.get(op) or self.extra_ops.get(op)
             if handler is None:
@@ -115,10 +123,18 @@ class WireApi:
             self.platform.limits.admit_request(owner)
             return await handler(owner, validate(op, params), request_id)
         except AgboxError as exc:
+            outcome = exc.code
             return error_envelope(request_id, exc)
         except Exception:  # backstop only (causes are fixed where they arise): log once, answer without a traceback
+            outcome = "InternalError"
             log.exception("internal error in %s (%s)", op, request_id)
             return internal_error_envelope(request_id)
+        finally:
+            log.debug("%s: %s in %.1f ms", op if known else "(unknown operation)", outcome,
+                      (time.perf_counter() - started) * 1000)
+            request_id_var.reset(token)
+            # Unknown operation names are not labels: a client must not grow the metric set at will.
+            self.platform.telemetry.operation_done(op if known else "(unknown)", outcome, started)
 
     # ---- session data as the SDK wants it ----------------------------------------------------------
 
@@ -143,8 +159,10 @@ class WireApi:
     async def _create_session(self, owner: str, p: Params, rid: str) -> dict[str, Any]:
         # Everything a create will need is checked before anything is made ...
         self.platform.contexts.check_persistence(owner, p.get("persistenceDataList"))
+        # networkPolicy is ours (beside the official fields): the official SDK never sends it.
         record = await self.sessions.create(owner, p.get("imageId"), p.get("labels"), p.get("timeout"),
-                                            p.get("mcpPolicyId"))
+                                            p.get("mcpPolicyId"), p.get("desktopSize"), p.get("networkPolicy"))
+        self.platform.telemetry.creates.labels(record.image_id).inc()
         try:
             await self.platform.contexts.on_create(record, p)
         except BaseException:
@@ -195,8 +213,14 @@ class WireApi:
     async def _get_mcp_resource(self, owner: str, p: Params, rid: str) -> dict[str, Any]:
         record = self.sessions.get(owner, p.get("sessionId"))
         urls = self.session_urls(record)
-        # node: where the session runs (ours; the official SDK ignores unknown fields).
-        return envelope(rid, {"sessionId": record.id, "resourceUrl": urls["resourceUrl"], "node": record.node})
+        # node and network: where the session runs and what it may reach (ours; the official SDK
+        # ignores unknown fields).
+        return envelope(rid, {"sessionId": record.id, "resourceUrl": urls["resourceUrl"], "node": record.node,
+                              "network": self.sessions.network_info(record)})
+
+    async def _set_network_policy(self, owner: str, p: Params, rid: str) -> dict[str, Any]:
+        network = await self.sessions.set_network_policy(owner, p.get("sessionId"), p.get("networkPolicy"))
+        return envelope(rid, {"sessionId": p.get("sessionId"), "network": network})
 
     async def _list_tools(self, owner: str, p: Params, rid: str) -> dict[str, Any]:
         image_id = p.get("imageId") or "agb-code-space-1"

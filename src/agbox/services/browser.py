@@ -42,6 +42,7 @@ from agbox.services.chromium import (
 )
 from agbox.services.links import LinkService
 from agbox.tools.cdp import CdpConnection, CdpError, fillers_expired, flush_cookies
+from agbox.wirejson import same_secret
 
 if TYPE_CHECKING:
     from agbox.services.platform import Platform
@@ -54,6 +55,9 @@ STOP_GRACE_S = 10.0
 HELPERS_GRACE_S = 10.0
 AGENT_TIMEOUT_S = 10.0
 BROWSER_TOOL_SET = "browser"
+# Images with the computer tools have an X desktop on this display (agent/ops_desktop.py).
+DESKTOP_TOOL_SET = "computer"
+DESKTOP_DISPLAY = ":0"
 LIVE_QUALITY = 60
 LIVE_MAX_WIDTH = 1600
 # How often the live view checks for another page to show while no frame comes.
@@ -140,8 +144,11 @@ class BrowserService:
                 return state.port
             fingerprint = await self._fingerprint(record, option)
             prepared = await self._agent(record, "browser_prepare", {"extension_path": option.extension_path})
-            # An image with an X display (the desktop) gets a visible window there; others run headless.
-            display = self.platform.images.get(record.image_id).env.get("DISPLAY") or None
+            display = None
+            if DESKTOP_TOOL_SET in self.platform.images.get(record.image_id).tool_sets:
+                # On a desktop image the browser is a visible window of the session's desktop: wait for it.
+                await self._agent(record, "desktop_screen_size", {})
+                display = DESKTOP_DISPLAY
             command = chromium_command(option, profile_dir=profile_dir, extensions=prepared.get("extensions") or [],
                                        fingerprint=fingerprint, display=display)
             started = await self._agent(record, "browser_start", {
@@ -237,7 +244,7 @@ class BrowserService:
         record = self.platform.store.get_session(session_id)
         if record is None or record.status is not SessionStatus.RUNNING or not key:
             return None
-        return record if hmac.compare_digest(key, live_secret(record.token, record.id)) else None
+        return record if same_secret(key, live_secret(record.token, record.id)) else None
 
     async def screencast(self, record: SessionRecord, send: FrameSink) -> None:
         """Send the browser's active page as JPEG frames ({"data": base64, "url", "title", ...}) until the

@@ -66,6 +66,7 @@ from agbox.services.http1 import (
     pipe,
     text_response,
 )
+from agbox.wirejson import same_secret
 
 if TYPE_CHECKING:
     from agbox.services.platform import Platform
@@ -188,7 +189,7 @@ class Link:
                 name, _, val = item.strip().partition(b"=")
                 if name.startswith(COOKIE_PREFIX.encode()):
                     if name == self.cookie_name:
-                        cookie_ok = cookie_ok or hmac.compare_digest(val, self.secret.encode())
+                        cookie_ok = cookie_ok or same_secret(val, self.secret)
                 elif item.strip():
                     kept.append(item.strip())
         headers = [(k, v) for k, v in head.headers if k.lower() != b"cookie"]
@@ -203,7 +204,7 @@ class Link:
             rest = target[len(PREFIX):]
             cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
             given, tail = rest[:cut], rest[cut:]
-            if not hmac.compare_digest(given, self.secret.encode()):
+            if not same_secret(given, self.secret):
                 return 403, "Forbidden: wrong link secret. Ask get_link for a fresh URL.", False
             in_path = True
             target = tail if tail.startswith(b"/") else b"/" + tail

@@ -18,6 +18,7 @@ from agbox.services.limits import LimitService
 from agbox.services.links import LinkService
 from agbox.services.sessions import SessionService
 from agbox.services.shared_blobs import SharedBlobStore, replica_id, shared_secret
+from agbox.services.telemetry import Telemetry
 from agbox.services.tools import ToolService
 from agbox.services.url_signing import load_secret
 from agbox.settings import Settings
@@ -31,8 +32,11 @@ log = logging.getLogger(__name__)
 def make_runtime(settings: Settings) -> Runtime:
     if settings.runtime == "local":
         from agbox.runtime.local import LocalRuntime
+        from agbox.runtime.network import NetworkOptions
 
-        return LocalRuntime(settings.data_dir, warm_pool_size=settings.warm_pool_size)
+        network = NetworkOptions(settings.network_pool, settings.network_dns, settings.network_open_ranges,
+                                 settings.network_internet, settings.network_deny_ranges) if settings.network else None
+        return LocalRuntime(settings.data_dir, warm_pool_size=settings.warm_pool_size, network=network)
     if settings.runtime == "ray":
         from agbox.runtime.ray_cluster import RayRuntime
 
@@ -55,7 +59,8 @@ class Platform:
         self.limits = LimitService(settings, self.store, settings.key_cache_ttl_s)
         self.sessions = SessionService(settings, self.store, self.runtime, self.images, self.limits)
         self.sessions.revoked_owners = self.keys.revoked_ids
-        self.tools = ToolService(self.sessions, self.images, ToolRegistry())
+        self.telemetry = Telemetry(self.store, self.runtime)
+        self.tools = ToolService(self.sessions, self.images, ToolRegistry(), self.telemetry)
         self.links = LinkService(self)
         self.browser = BrowserService(self, self.links)
         contexts_dir = settings.data_dir / "contexts"

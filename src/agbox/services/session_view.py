@@ -13,6 +13,7 @@ import hmac
 import urllib.parse
 
 from agbox.models import SessionRecord
+from agbox.wirejson import same_secret
 
 
 def resource_id(record: SessionRecord) -> str:
@@ -24,7 +25,7 @@ def authcode(record: SessionRecord) -> str:
 
 
 def authcode_valid(record: SessionRecord, code: str) -> bool:
-    return bool(code) and hmac.compare_digest(code.encode(), authcode(record).encode())
+    return same_secret(code, authcode(record))
 
 
 def resource_url(base_url: str, record: SessionRecord) -> str:

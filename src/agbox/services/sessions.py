@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -25,6 +27,7 @@ from agbox.images import Image, ImageCatalog
 from agbox.models import ACTIVE_STATUSES, SessionRecord, SessionStatus
 from agbox.runtime.base import Runtime, SandboxHandle, SandboxSpec
 from agbox.services.limits import LimitService
+from agbox.services.network import parse_policy
 from agbox.services.paging import paginate
 from agbox.settings import Settings
 from agbox.store.base import Store
@@ -60,6 +63,17 @@ def validate_labels(labels: Any, settings: Settings) -> dict[str, str]:
             raise InvalidRequestError(f"label {key!r} is too long (key and value at most {settings.max_label_bytes} bytes)")
         clean[key] = value
     return clean
+
+
+def validate_desktop_size(value: Any) -> str:
+    """``WIDTHxHEIGHT`` or ``WIDTHxHEIGHTxDEPTH`` (depth 16 or 24) within what Xvfb handles well."""
+    match = re.fullmatch(r"(\d{2,5})x(\d{2,5})(?:x(16|24))?", value.strip().lower()) if isinstance(value, str) else None
+    if match is None:
+        raise InvalidRequestError(f"desktopSize must look like 1920x1080 or 1920x1080x24, got {value!r}")
+    width, height = int(match.group(1)), int(match.group(2))
+    if not (64 <= width <= 7680 and 64 <= height <= 4320):
+        raise InvalidRequestError(f"desktopSize must be between 64x64 and 7680x4320, got {value!r}")
+    return f"{width}x{height}x{match.group(3) or 24}"
 
 
 class SessionService:
@@ -125,9 +139,12 @@ class SessionService:
     # ---- create ----------------------------------------------------------------------------------
 
     async def create(self, owner: str, image_id: str | None, labels: Any = None, idle_timeout_s: Any = None,
-                     policy_id: str | None = None) -> SessionRecord:
+                     policy_id: str | None = None, desktop_size: Any = None, network: Any = None) -> SessionRecord:
         image = self.images.get(image_id)
+        if desktop_size not in (None, ""):
+            desktop_size = validate_desktop_size(desktop_size)
         clean_labels = validate_labels(labels, self.settings)
+        network_policy = self._network_policy(network)
         if idle_timeout_s in (None, "", 0):
             idle = self.settings.default_idle_timeout_s
         else:
@@ -156,7 +173,7 @@ class SessionService:
             node=getattr(self.runtime, "node", self.runtime.name), policy_id=policy_id or "",
         )
         self.store.put_session(record)
-        spec = self.spec_for(image, record.id)
+        spec = dataclasses.replace(self.spec_for(image, record.id, desktop_size or None), network=network_policy)
         try:
             handle = await self.runtime.create(spec)
         except BaseException as exc:
@@ -170,6 +187,27 @@ class SessionService:
             await hook(record)
         return record
 
+    def _network_policy(self, raw: Any) -> Any:
+        if not self.runtime.offers_network:
+            if raw not in (None, ""):
+                raise InvalidRequestError("networking is off on this server (AGBOX_NETWORK=off, or a runtime "
+                                          "without networking): sessions have no network, so networkPolicy "
+                                          "cannot be applied")
+            return None
+        return parse_policy(raw, self.settings.network_internet)
+
+    async def set_network_policy(self, owner: str, session_id: Any, raw: Any) -> dict[str, Any]:
+        """Replace a running session's policy (from now on, also for its open connections)."""
+        record = self.get(owner, session_id)
+        if raw in (None, ""):
+            raise InvalidRequestError("networkPolicy is required")
+        policy = self._network_policy(raw)
+        return await self.runtime.set_network_policy(self.handle(record), policy)
+
+    def network_info(self, record: SessionRecord) -> dict[str, Any] | None:
+        handle = self.handles.get(record.id)
+        return self.runtime.network_info(handle) if handle is not None else None
+
     def _footprint(self, record: SessionRecord) -> tuple[int, float]:
         """(memory bytes, cpus) a session's sandbox may use."""
         try:
@@ -178,9 +216,13 @@ class SessionService:
             return 0, 0.0
         return limits.memory_bytes, limits.cpus
 
-    @staticmethod
-    def spec_for(image: Image, session_id: str) -> SandboxSpec:
-        return SandboxSpec(session_id=session_id, image_id=image.id, limits=image.limits, env=dict(image.env))
+    def spec_for(self, image: Image, session_id: str, desktop_size: str | None = None) -> SandboxSpec:
+        env = dict(image.env)
+        if "computer" in image.tool_sets:
+            # The sandbox's agent starts an X desktop of this size (warm-pooled per size like any spec).
+            env["AGBOX_DESKTOP_SIZE"] = desktop_size or self.settings.desktop_size
+        return SandboxSpec(session_id=session_id, image_id=image.id, limits=image.limits, env=env,
+                           ro_binds=image.ro_binds)
 
     # ---- lookup ----------------------------------------------------------------------------------
 
@@ -277,7 +319,7 @@ class SessionService:
     def _start_release(self, record: SessionRecord, reason: str) -> None:
         if record.id in self._releasing:
             return
-        if not self.store.claim_release(record.id):
+        if not self.store.claim_release(record.id, reason):
             return  # already being released (by another replica sharing the store, or earlier)
         record.status = SessionStatus.DELETING
         task = asyncio.create_task(self._release_now(record, reason), name=f"release-{record.id}")
@@ -322,7 +364,8 @@ class SessionService:
                 self._start_release(record, "API key revoked")
             elif not self.runtime.alive(handle):
                 self._start_release(record, self.runtime.end_reason(handle))
-            elif now - record.last_active_at >= record.idle_timeout_s and record.id not in self._in_flight:
+            elif now - record.last_active_at >= record.idle_timeout_s and record.id not in self._in_flight \
+                    and not self.runtime.busy(handle):
                 self._start_release(record, f"idle for {record.idle_timeout_s} s")
             elif now >= record.expires_at:
                 self._start_release(record, "maximum lifetime reached")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
-from agbox.errors import InvalidRequestError, SandboxError, ToolTimeoutError
+from agbox.errors import AgboxError, InvalidRequestError, SandboxError, ToolTimeoutError
 from agbox.images import ImageCatalog
 from agbox.runtime.base import EventCallback
 from agbox.runtime.channel import AgentError
 from agbox.services.sessions import SessionService
+from agbox.services.telemetry import Telemetry
 from agbox.tools.base import ToolContext, ToolDef, ToolOutput
 from agbox.tools.registry import ToolRegistry
 from agbox.wirejson import loads
@@ -32,10 +34,12 @@ def parse_args(raw: Any) -> dict[str, Any]:
 
 
 class ToolService:
-    def __init__(self, sessions: SessionService, images: ImageCatalog, registry: ToolRegistry) -> None:
+    def __init__(self, sessions: SessionService, images: ImageCatalog, registry: ToolRegistry,
+                 telemetry: Telemetry) -> None:
         self.sessions = sessions
         self.images = images
         self.registry = registry
+        self.telemetry = telemetry
 
     def list_tools(self, image_id: str | None) -> list[ToolDef]:
         return self.registry.tools_for(self.images.get(image_id))
@@ -52,6 +56,18 @@ class ToolService:
 
     async def call(self, owner: str, session_id: Any, name: Any, raw_args: Any,
                    on_event: EventCallback | None = None) -> ToolOutput:
+        started = time.perf_counter()
+        tool = name if isinstance(name, str) and len(name) <= 64 and name.isprintable() else "(invalid)"
+        try:
+            output = await self._call(owner, session_id, name, raw_args, on_event)
+        except AgboxError as exc:
+            self.telemetry.tool_call_done(tool, exc.code, started)
+            raise
+        self.telemetry.tool_call_done(tool, "tool_error" if output.is_error else "ok", started)
+        return output
+
+    async def _call(self, owner: str, session_id: Any, name: Any, raw_args: Any,
+                    on_event: EventCallback | None) -> ToolOutput:
         """Session and argument faults raise; faults of the tool itself become an error result, and so
         does the end of the sandbox during the call (the session then ends, with the cause as its reason)."""
         if not isinstance(name, str) or not name:

@@ -54,5 +54,6 @@ class Store(abc.ABC):
     def set_labels(self, session_id: str, labels: dict[str, str]) -> None: ...
 
     @abc.abstractmethod
-    def claim_release(self, session_id: str) -> bool:
-        """Move an active session to DELETING; True for the one caller (of any replica) that did it."""
+    def claim_release(self, session_id: str, reason: str = "") -> bool:
+        """Move an active session to DELETING with its finish reason (so calls in the meantime can say
+        why it ended); True for the one caller (of any replica) that did it."""

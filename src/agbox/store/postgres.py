@@ -306,13 +306,14 @@ class PostgresStore(Store):
     def set_labels(self, session_id: str, labels: dict[str, str]) -> None:
         self.db.exec("UPDATE sessions SET labels = %s WHERE id = %s", (json.dumps(labels), session_id))
 
-    def claim_release(self, session_id: str) -> bool:
+    def claim_release(self, session_id: str, reason: str = "") -> bool:
         # SKIP LOCKED: a replica claiming the same session right now holds the row; this one backs off
         # at once instead of waiting to find it already claimed.
         rows = self.db.exec(
             "WITH mine AS (SELECT id FROM sessions WHERE id = %s AND status = ANY(%s) FOR UPDATE SKIP LOCKED) "
-            "UPDATE sessions SET status = %s FROM mine WHERE sessions.id = mine.id RETURNING sessions.id",
-            (session_id, [s.value for s in ACTIVE_STATUSES], SessionStatus.DELETING.value))
+            "UPDATE sessions SET status = %s, finish_reason = %s FROM mine WHERE sessions.id = mine.id "
+            "RETURNING sessions.id",
+            (session_id, [s.value for s in ACTIVE_STATUSES], SessionStatus.DELETING.value, reason))
         return bool(rows)
 
 

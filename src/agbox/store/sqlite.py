@@ -159,10 +159,11 @@ class SqliteStore(SqliteDatabase, Store):
     def set_labels(self, session_id: str, labels: dict[str, str]) -> None:
         self._exec("UPDATE sessions SET labels = ? WHERE id = ?", (json.dumps(labels), session_id))
 
-    def claim_release(self, session_id: str) -> bool:
+    def claim_release(self, session_id: str, reason: str = "") -> bool:
         active = [s.value for s in ACTIVE_STATUSES]
         with self._lock:
             cursor = self._db.execute(
-                f"UPDATE sessions SET status = ? WHERE id = ? AND status IN ({', '.join('?' * len(active))})",
-                (SessionStatus.DELETING.value, session_id, *active))
+                f"UPDATE sessions SET status = ?, finish_reason = ? WHERE id = ? "
+                f"AND status IN ({', '.join('?' * len(active))})",
+                (SessionStatus.DELETING.value, reason, session_id, *active))
             return cursor.rowcount > 0

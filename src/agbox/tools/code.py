@@ -40,7 +40,9 @@ def execution_payload(result: dict[str, Any]) -> dict[str, Any]:
     error = result.get("error")
     if isinstance(error, dict):
         payload["executionError"] = f"{error.get('name', 'Error')}: {error.get('value', '')}".rstrip(": ")
-        payload["error"] = {"name": str(error.get("name", "")), "value": str(error.get("value", "")),
+        name, value = str(error.get("name", "")), str(error.get("value", ""))
+        # name/value as the official SDK's ExecutionError has them, ename/evalue as a Jupyter error output.
+        payload["error"] = {"name": name, "value": value, "ename": name, "evalue": value,
                             "traceback": str(error.get("traceback", ""))}
     if result.get("truncated"):
         payload["truncated"] = True

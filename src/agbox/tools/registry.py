@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from agbox.errors import ToolNotFoundError
 from agbox.images import Image
-from agbox.tools import browser, code, files, shell, system
+from agbox.tools import browser, code, computer, files, shell, system
 from agbox.tools.base import ToolDef
 
 # Tool set name (as image TOML files list them) -> its tools.
@@ -14,6 +14,7 @@ TOOL_SETS: dict[str, list[ToolDef]] = {
     "files": files.TOOLS,
     "code": code.TOOLS,
     "browser": browser.TOOLS,
+    "computer": computer.TOOLS,
 }
 
 
