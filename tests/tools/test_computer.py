@@ -342,10 +342,17 @@ def live_view(url: str, tmp: Path, colour: tuple[int, int, int]) -> tuple[str, i
             await browser.command(ws, "Log.enable")
             await browser.command(ws, "Runtime.enable")
             await browser.command(ws, "Page.navigate", url=url)
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 45
             status, count = "", -1
+            seen_log = 0
             while time.monotonic() < deadline and count < 10_000:
                 await asyncio.sleep(0.2)
+                # Sandboxes starting elsewhere add and remove host veths; Chromium aborts loads in flight
+                # on such a change (ERR_NETWORK_CHANGED). That is the host browser's doing: load again.
+                fresh, seen_log = browser.log[seen_log:], len(browser.log)
+                if status != "live" and any("ERR_NETWORK_CHANGED" in line for line in fresh):
+                    await browser.command(ws, "Page.navigate", url=url)
+                    continue
                 found = await browser.command(ws, "Runtime.evaluate", expression=COUNT_COLOUR % colour)
                 count = int(found["result"].get("value", -1))
                 text = await browser.command(ws, "Runtime.evaluate",
