@@ -138,6 +138,32 @@ def test_terminal_through_the_async_session(async_agb: AsyncAGB) -> None:
     run(scenario())
 
 
+def test_calls_overlap(async_agb: AsyncAGB) -> None:
+    """Ten calls that can only all succeed if they run at the same time: each marks its arrival, then
+    waits (bounded, on a condition) until all ten have arrived."""
+    wait_for_all = ("mkdir -p /tmp/meet; touch /tmp/meet/$N; for _ in $(seq 600); do "
+                    "[ $(ls /tmp/meet | wc -l) -ge 10 ] && exit 0; sleep 0.05; done; exit 1")
+
+    async def scenario() -> list[Any]:
+        async with created(async_agb) as session:
+            return list(await asyncio.gather(*(
+                session.command.execute(wait_for_all, timeout_ms=60000, envs={"N": str(i)}) for i in range(10))))
+
+    results = run(scenario())
+    assert [r.exit_code for r in results] == [0] * 10, [r.stderr for r in results]
+
+
+def test_closed_client_says_so(server: ServerProcess) -> None:
+    async def scenario() -> None:
+        client = AsyncAGB(api_key=server.api_key, endpoint=server.endpoint, max_concurrency=2)
+        assert (await client.list()).success
+        await client.close()
+        with pytest.raises(RuntimeError, match="this AsyncAGB client is closed"):
+            await client.list()
+
+    run(scenario())
+
+
 def test_hundred_concurrent_tool_calls_from_one_loop(async_agb: AsyncAGB) -> None:
     async def scenario() -> list[Any]:
         async with created(async_agb) as session:

@@ -17,6 +17,8 @@ Costs, said plainly:
   client would), only the result is dropped;
 - ``AsyncAGB(...)`` itself is built synchronously: embedded, that starts the platform (about a
   second, once per data dir), so build it before the event loop gets busy, or in a thread;
+- after ``await agb.close()`` every call raises ``RuntimeError("this AsyncAGB client is closed")``
+  (its pool is gone), where the closed sync client answers with a failed result;
 - static typing sees the twins' methods as ``Any`` (they are made at import time); plain attributes
   (``session_id``, ``link_url``, ``pty_id``, ...) read through to the sync object.
 
@@ -55,6 +57,7 @@ from agbox.client.results import SessionResult
 from agbox.client.session import Session
 
 DEFAULT_MAX_CONCURRENCY = 64
+CLOSED = "this AsyncAGB client is closed"
 
 # sync class -> its async twin, filled as the twins are defined below
 _TWINS: dict[type, type[AsyncTwin]] = {}
@@ -83,8 +86,11 @@ def _blocking_method(name: str, sync_function: Any) -> Any:
     async def method(self: AsyncTwin, *args: Any, **kwargs: Any) -> Any:
         bound = getattr(self._sync, name)
         call = functools.partial(bound, *[_unwrap(a) for a in args], **{k: _unwrap(v) for k, v in kwargs.items()})
-        result = await asyncio.get_running_loop().run_in_executor(self._pool, call)
-        return self._wrap(result)
+        try:
+            pending = asyncio.get_running_loop().run_in_executor(self._pool, call)
+        except RuntimeError as exc:  # the pool refuses new work once the client is closed
+            raise RuntimeError(CLOSED) from exc
+        return self._wrap(await pending)
 
     return method
 
