@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import os
@@ -27,13 +26,13 @@ COOKIES = [{"name": "agbox_session", "value": "kept-across-sessions", "domain": 
            {"name": "second", "value": "two", "domain": "example.test", "path": "/", "expires": int(time.time()) + 3600}]
 
 
-async def _set_cookies_and_close(url: str) -> None:
+async def _set_cookies(url: str) -> None:
+    """Set cookies in the profile's context and disconnect; the browser keeps running until the release,
+    which writes Chromium's pending cookie batch before it closes the browser."""
     async with async_playwright() as playwright:
         browser = await playwright.chromium.connect_over_cdp(url)
         await browser.contexts[0].add_cookies(COOKIES)  # type: ignore[arg-type]
-        cdp = await browser.new_browser_cdp_session()
-        with contextlib.suppress(Exception):  # Browser.close ends the connection too
-            await cdp.send("Browser.close")
+        await browser.close()
 
 
 async def _cookies_and_user_agent(url: str) -> tuple[list[dict[str, Any]], str]:
@@ -58,7 +57,7 @@ def test_cookies_and_fingerprint_survive_to_the_next_session(official: Any) -> N
             option = BrowserOption(use_stealth=True, fingerprint_persistent=True, fingerprint=BrowserFingerprint(
                 devices=["desktop"], operating_systems=["windows"], locales=["zh-CN"]))
             assert first.browser.initialize(option)
-            asyncio.run(_set_cookies_and_close(first.browser.get_endpoint_url()))
+            asyncio.run(_set_cookies(first.browser.get_endpoint_url()))
             saved = first.command.execute("cat /tmp/agb_browser_fingerprint/fingerprint.json", timeout_ms=5000)
             assert "Windows NT" in json.loads(saved.stdout)["fingerprint"]["navigator"]["userAgent"]
         finally:
@@ -134,7 +133,7 @@ def test_our_sdk_browser_context_keeps_cookies(server: ServerProcess) -> None:
         first = agb.create(params).session
         try:
             assert first.browser.initialize(OurOption())
-            asyncio.run(_set_cookies_and_close(first.browser.get_endpoint_url()))
+            asyncio.run(_set_cookies(first.browser.get_endpoint_url()))
         finally:
             assert first.delete().success  # auto upload at release
         second = agb.create(params).session

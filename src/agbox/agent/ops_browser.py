@@ -39,8 +39,9 @@ HELPERS_GRACE_S = 10.0
 
 
 class Browser:
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], profile_dir: str) -> None:
         self.proc = proc
+        self.profile_dir = profile_dir
         self.port = 0
         self.path = ""
         self.ready = threading.Event()
@@ -86,6 +87,20 @@ def _kill_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _wait_written(path: Any, changed_after: Any, timeout_s: float = 3.0) -> None:
+    """Wait (bounded) until ``path`` was modified at or after ``changed_after`` (a commit the host asked for)."""
+    if not isinstance(path, str) or not isinstance(changed_after, (int, float)):
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if os.stat(path).st_mtime >= changed_after:
+                return
+        except OSError:
+            pass
+        time.sleep(0.02)
 
 
 def _devtools_open(port: int) -> bool:
@@ -158,7 +173,8 @@ def start(args: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
                                     stderr=subprocess.PIPE, env=env, start_new_session=True)
         except OSError as exc:
             raise OpError("browser", f"could not start the browser ({binary}): {exc.strerror or exc}") from None
-        browser = Browser(proc)
+        profile_dir = next((a.split("=", 1)[1] for a in argv if a.startswith("--user-data-dir=")), "")
+        browser = Browser(proc, profile_dir)
         ctx.on_cancel.append(lambda: _kill_group(proc.pid, signal.SIGKILL))
         if not browser.ready.wait(timeout_s) or not browser.port:
             still_running = browser.running()
@@ -195,6 +211,7 @@ def stop(args: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
         if browser is None:
             return {"was_running": False}
         proc = browser.proc
+        _wait_written(os.path.join(browser.profile_dir, "Default", "Cookies"), args.get("changed_after"))
         # A browser whose DevTools port is already closed is shutting down (a client sent Browser.close):
         # a signal now would cut its last cookie writes short, so it only gets the time to finish.
         if _devtools_open(browser.port):

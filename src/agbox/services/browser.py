@@ -41,7 +41,7 @@ from agbox.services.chromium import (
     parse_persisted_fingerprint,
 )
 from agbox.services.links import LinkService
-from agbox.tools.cdp import CdpConnection, CdpError
+from agbox.tools.cdp import CdpConnection, CdpError, flush_cookies
 from agbox.wirejson import same_secret
 
 if TYPE_CHECKING:
@@ -210,7 +210,12 @@ class BrowserService:
 
     async def stop(self, record: SessionRecord) -> dict[str, Any]:
         async with self._lock(record.id):
-            result: dict[str, Any] = await self._agent(record, "browser_stop", {"grace_s": STOP_GRACE_S},
+            args: dict[str, Any] = {"grace_s": STOP_GRACE_S}
+            state = self.states.get(record.id)
+            if state is not None:
+                args["changed_after"] = await flush_cookies(self.platform.runtime, self.platform.sessions.handle(record),
+                                                            state.port, state.path)
+            result: dict[str, Any] = await self._agent(record, "browser_stop", args,
                                                        timeout_s=STOP_GRACE_S + HELPERS_GRACE_S + AGENT_TIMEOUT_S)
             state = self.states.pop(record.id, None)
             if state is not None:

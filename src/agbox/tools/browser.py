@@ -22,7 +22,7 @@ from typing import Any
 from agbox.errors import InvalidRequestError
 from agbox.tools import browser_agent
 from agbox.tools.base import ToolContext, ToolDef, ToolOutput, arg_int, arg_str, json_text, schema
-from agbox.tools.cdp import CdpError
+from agbox.tools.cdp import CdpError, flush_cookies
 from agbox.tools.pages import PAGE_STATE, current_page, page_id_arg
 
 # Chromium's own shutdown, then its helpers' last writes (agent: HELPERS_GRACE_S); slow under load.
@@ -33,7 +33,12 @@ NAVIGATE_TIMEOUT_S = 30.0
 
 async def stop_chrome(ctx: ToolContext, args: dict[str, Any]) -> ToolOutput:
     # Graceful: SIGTERM lets Chromium close its profile (cookies reach disk), then the group is killed.
-    result = await ctx.agent("browser_stop", {"grace_s": STOP_GRACE_S},
+    status = await ctx.agent("browser_status", {}, timeout_s=25)
+    stop_args: dict[str, Any] = {"grace_s": STOP_GRACE_S}
+    if status.get("running"):  # cookies set in the last 30 s reach the disk too
+        stop_args["changed_after"] = await flush_cookies(ctx.runtime, ctx.handle, int(status["port"]),
+                                                         str(status["path"]))
+    result = await ctx.agent("browser_stop", stop_args,
                                timeout_s=STOP_GRACE_S + HELPERS_GRACE_S + 10)
     ctx.state.pop(PAGE_STATE, None)
     if not result.get("was_running"):

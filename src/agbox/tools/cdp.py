@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,8 @@ from agbox.errors import SandboxError
 from agbox.runtime.base import Runtime, SandboxHandle
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # full-page screenshots are large base64 strings
+# Cookie changes Chromium collects before it writes them at once (its SQLite store's batch size).
+FLUSH_BATCH = 512
 
 
 class CdpError(SandboxError):
@@ -108,3 +111,27 @@ class CdpConnection:
         self._reader.cancel()
         with contextlib.suppress(BaseException):
             await self._reader
+
+
+async def flush_cookies(runtime: Runtime, handle: SandboxHandle, port: int, path: str) -> float | None:
+    """Make Chromium write its pending cookie changes now; returns when the write was asked for (None: could not).
+
+    Chromium batches cookie writes (a commit every 30 s, or at once when 512 changes are pending) and,
+    headless, does not write the batch when it shuts down: cookies set shortly before a stop would be lost.
+    512 throwaway cookies (expired within seconds, on a reserved domain) fill the batch, so the commit
+    happens now, with the user's cookies in it.
+    """
+    try:
+        cdp = await CdpConnection.open(runtime, handle, port, path)
+    except CdpError:
+        return None
+    try:
+        asked = time.time()
+        filler = [{"name": f"agbox-flush-{i}", "value": "1", "domain": "agbox-flush.invalid", "path": "/",
+                   "expires": int(asked) + 5} for i in range(FLUSH_BATCH)]
+        await cdp.call("Storage.setCookies", {"cookies": filler}, timeout_s=10)
+        return asked
+    except CdpError:
+        return None
+    finally:
+        await cdp.close()
