@@ -98,7 +98,8 @@ def _blocking_method(name: str, sync_function: Any) -> Any:
 def _coroutine_method(name: str, sync_function: Any) -> Any:
     @functools.wraps(sync_function)
     async def method(self: AsyncTwin, *args: Any, **kwargs: Any) -> Any:
-        return self._wrap(await getattr(self._sync, name)(*args, **kwargs))
+        return self._wrap(await getattr(self._sync, name)(*[_unwrap(a) for a in args],
+                                                          **{k: _unwrap(v) for k, v in kwargs.items()}))
 
     return method
 
