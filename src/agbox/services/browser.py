@@ -41,7 +41,7 @@ from agbox.services.chromium import (
     parse_persisted_fingerprint,
 )
 from agbox.services.links import LinkService
-from agbox.tools.cdp import CdpConnection, CdpError, flush_cookies
+from agbox.tools.cdp import CdpConnection, CdpError, fillers_expired, flush_cookies
 from agbox.wirejson import same_secret
 
 if TYPE_CHECKING:
@@ -217,6 +217,7 @@ class BrowserService:
                                                             state.port, state.path)
             result: dict[str, Any] = await self._agent(record, "browser_stop", args,
                                                        timeout_s=STOP_GRACE_S + HELPERS_GRACE_S + AGENT_TIMEOUT_S)
+            await fillers_expired(args.get("changed_after"))
             state = self.states.pop(record.id, None)
             if state is not None:
                 self.links.close_link(record.id, state.port, devtools=True)

@@ -22,7 +22,7 @@ from typing import Any
 from agbox.errors import InvalidRequestError
 from agbox.tools import browser_agent
 from agbox.tools.base import ToolContext, ToolDef, ToolOutput, arg_int, arg_str, json_text, schema
-from agbox.tools.cdp import CdpError, flush_cookies
+from agbox.tools.cdp import CdpError, fillers_expired, flush_cookies
 from agbox.tools.pages import PAGE_STATE, current_page, page_id_arg
 
 # Chromium's own shutdown, then its helpers' last writes (agent: HELPERS_GRACE_S); slow under load.
@@ -40,6 +40,7 @@ async def stop_chrome(ctx: ToolContext, args: dict[str, Any]) -> ToolOutput:
                                                          str(status["path"]))
     result = await ctx.agent("browser_stop", stop_args,
                                timeout_s=STOP_GRACE_S + HELPERS_GRACE_S + 10)
+    await fillers_expired(stop_args.get("changed_after"))
     ctx.state.pop(PAGE_STATE, None)
     if not result.get("was_running"):
         return ToolOutput(json_text({"stopped": False, "message": "the browser was not running"}))

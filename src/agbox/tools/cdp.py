@@ -25,6 +25,9 @@ from agbox.runtime.base import Runtime, SandboxHandle
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # full-page screenshots are large base64 strings
 # Cookie changes Chromium collects before it writes them at once (its SQLite store's batch size).
 FLUSH_BATCH = 512
+# The throwaway cookies expire this long after they are set (callers wait it out before the next browser
+# can load the profile, so none of them is ever seen).
+FILLER_LIFETIME_S = 1.0
 
 
 class CdpError(SandboxError):
@@ -118,8 +121,9 @@ async def flush_cookies(runtime: Runtime, handle: SandboxHandle, port: int, path
 
     Chromium batches cookie writes (a commit every 30 s, or at once when 512 changes are pending) and,
     headless, does not write the batch when it shuts down: cookies set shortly before a stop would be lost.
-    512 throwaway cookies (expired within seconds, on a reserved domain) fill the batch, so the commit
-    happens now, with the user's cookies in it.
+    512 throwaway cookies (expired after FILLER_LIFETIME_S, on a reserved domain) fill the batch, so the
+    commit happens now, with the user's cookies in it. Call ``fillers_expired(asked)`` before the profile is
+    used again.
     """
     try:
         cdp = await CdpConnection.open(runtime, handle, port, path)
@@ -128,10 +132,18 @@ async def flush_cookies(runtime: Runtime, handle: SandboxHandle, port: int, path
     try:
         asked = time.time()
         filler = [{"name": f"agbox-flush-{i}", "value": "1", "domain": "agbox-flush.invalid", "path": "/",
-                   "expires": int(asked) + 5} for i in range(FLUSH_BATCH)]
+                   "expires": asked + FILLER_LIFETIME_S} for i in range(FLUSH_BATCH)]
         await cdp.call("Storage.setCookies", {"cookies": filler}, timeout_s=10)
         return asked
     except CdpError:
         return None
     finally:
         await cdp.close()
+
+
+async def fillers_expired(asked: float | None) -> None:
+    """Wait until the throwaway cookies of ``flush_cookies`` have expired (at most FILLER_LIFETIME_S)."""
+    if asked is not None:
+        remaining = asked + FILLER_LIFETIME_S - time.time()
+        if remaining > 0:
+            await asyncio.sleep(remaining)
