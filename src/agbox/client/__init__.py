@@ -1,6 +1,7 @@
 """The agbox SDK, with the AGB SDK's names: ``AGB``, ``Session``, ``CreateSessionParams`` and results."""
 
 from agbox.client.agb import AGB, Config, CreateSessionParams, NetworkPolicy
+from agbox.client.aio import AsyncAGB, AsyncSession
 from agbox.client.results import (
     CommandResult,
     DeleteResult,
@@ -19,6 +20,8 @@ from agbox.client.session import Session
 
 __all__ = [
     "AGB",
+    "AsyncAGB",
+    "AsyncSession",
     "CommandResult",
     "Config",
     "CreateSessionParams",
