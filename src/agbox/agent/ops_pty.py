@@ -76,6 +76,16 @@ def pty_open(args: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
             os.write(2, f"agbox: cannot run {argv[0]}: {exc.strerror}\r\n".encode())
         finally:
             os._exit(127)
+    # forkpty's child makes itself a session leader only after the fork returns here: signals sent to
+    # its process group before that would find no group. Wait (bounded) until it leads its own.
+    settle_until = time.monotonic() + 2.0
+    while time.monotonic() < settle_until:
+        try:
+            if os.getsid(pid) == pid:
+                break
+        except ProcessLookupError:
+            break
+        time.sleep(0.001)
     _set_size(fd, cols, rows)
     with _terminals_lock:
         _terminals[pid] = fd
