@@ -415,7 +415,10 @@ async def rfb_pointer(ws_url: str, x: int, y: int) -> tuple[int, int]:
         init = await read(ws, 24)
         await read(ws, int.from_bytes(init[20:24], "big"))
         await ws.send(bytes([5, 0]) + x.to_bytes(2, "big") + y.to_bytes(2, "big"))
-        await asyncio.sleep(0.3)  # the event is in flight; the caller polls the pointer position
+        # RFB handles client messages in order: once a (non-incremental, 1x1) update request is answered,
+        # the pointer event before it has been applied. A bounded read instead of a sleep.
+        await ws.send(bytes([3, 0]) + (0).to_bytes(4, "big") + (1).to_bytes(2, "big") + (1).to_bytes(2, "big"))
+        assert (await read(ws, 1))[0] == 0  # FramebufferUpdate
         return int.from_bytes(init[0:2], "big"), int.from_bytes(init[2:4], "big")
 
 

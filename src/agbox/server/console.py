@@ -282,14 +282,21 @@ class Console:
         return HTMLResponse(_page(f"Session {record.id}", body, script=True), status_code=status_code,
                             headers=PAGE_HEADERS)
 
-    async def labels(self, request: Request) -> Response:
+    def _page_record(self, request: Request) -> tuple[str, SessionRecord] | Response:
+        """The signed-in owner and the session of the path, or the page to answer instead."""
         owner = self.signed_in_key(request)
         if owner is None:
             return RedirectResponse("/console/login", status_code=303)
         try:
-            record = self.platform.sessions.get(owner, request.path_params["session_id"], touch=False)
+            return owner, self.platform.sessions.get(owner, request.path_params["session_id"], touch=False)
         except AgboxError as exc:
             return self.sessions_page(owner, "", exc.message, exc.status_code)
+
+    async def labels(self, request: Request) -> Response:
+        found = self._page_record(request)
+        if isinstance(found, Response):
+            return found
+        owner, record = found
         if not self.same_origin(request):
             return self.session_page(record, "This form was posted from another site.", 403)
         try:
@@ -300,14 +307,8 @@ class Console:
         return RedirectResponse(f"/console/sessions/{record.id}", status_code=303)
 
     async def session(self, request: Request) -> Response:
-        owner = self.signed_in_key(request)
-        if owner is None:
-            return RedirectResponse("/console/login", status_code=303)
-        try:
-            record = self.platform.sessions.get(owner, request.path_params["session_id"], touch=False)
-        except AgboxError as exc:
-            return self.sessions_page(owner, "", exc.message, exc.status_code)
-        return self.session_page(record)
+        found = self._page_record(request)
+        return found if isinstance(found, Response) else self.session_page(found[1])
 
     async def root(self, request: Request) -> Response:
         target = "/console/sessions" if self.signed_in_key(request) else "/console/login"
