@@ -68,6 +68,8 @@ REFILL_DELAY_S = 0.05
 REFILL_PARALLEL = max(2, (os.cpu_count() or 1) + 1)
 POOL_MAX = 32
 DEMAND_WINDOW_S = 1.0
+# A pool grown by a burst of creates goes back to ``warm_pool_size`` this long after its last create.
+TRIM_AFTER_S = 5.0
 
 
 class _Demand:
@@ -115,6 +117,7 @@ class LocalRuntime(Runtime):
         self._waiters: dict[tuple[Any, ...], collections.deque[asyncio.Future[_Sandbox]]] = {}
         self._demand: dict[tuple[Any, ...], _Demand] = {}
         self._start_time_s = 0.05  # recent wall time of a pool start (moving average)
+        self._trims: dict[tuple[Any, ...], asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         tag = hashlib.sha256(str(data_dir).encode()).hexdigest()[:10]
@@ -188,6 +191,9 @@ class LocalRuntime(Runtime):
 
     async def close(self) -> None:
         self._closing = True
+        for timer in self._trims.values():
+            timer.cancel()
+        self._trims.clear()
         for waiters in self._waiters.values():
             for waiter in waiters:
                 if not waiter.done():
@@ -495,6 +501,23 @@ class LocalRuntime(Runtime):
                     waiters.remove(waiter)
         return await self._start_sandbox(spec)
 
+    def _schedule_trim(self, key: tuple[Any, ...]) -> None:
+        """(Re)arm the timer that stops sandboxes beyond ``warm_pool_size`` once creates have paused."""
+        old = self._trims.pop(key, None)
+        if old is not None:
+            old.cancel()
+
+        def trim() -> None:
+            self._trims.pop(key, None)
+            if self._starting.get(key):  # what is still starting joins the pool first
+                self._schedule_trim(key)
+                return
+            pool = self._pools.get(key, [])
+            while len(pool) > self.warm_pool_size and not self._closing:
+                self._background(self._destroy_sandbox(pool.pop()))
+
+        self._trims[key] = asyncio.get_running_loop().call_later(TRIM_AFTER_S, trim)
+
     async def create(self, spec: SandboxSpec) -> SandboxHandle:
         pooled = self.warm_pool_size > 0
         try:
@@ -502,6 +525,7 @@ class LocalRuntime(Runtime):
         finally:
             if pooled:
                 self._refill(spec)
+                self._schedule_trim(self._pool_key(spec))
         if self.network is not None and sandbox.net is not None and spec.network is not None:
             try:  # pooled sandboxes start with the default policy: usually nothing to do here
                 await self.network.apply(sandbox.net, spec.network)

@@ -44,6 +44,11 @@ class Store(abc.ABC):
     def sessions(self, owner: str | None = None, statuses: Iterable[SessionStatus] | None = None) -> list[SessionRecord]:
         """Sessions ordered by creation time (oldest first)."""
 
+    def session_images(self, statuses: Iterable[SessionStatus]) -> list[tuple[str, str]]:
+        """(owner, image id) of each session in ``statuses``: what a create's limit checks need, without
+        decoding whole records (stores override it with a narrow query)."""
+        return [(r.owner, r.image_id) for r in self.sessions(statuses=statuses)]
+
     @abc.abstractmethod
     def touch_session(self, session_id: str, when: float) -> None: ...
 

@@ -291,6 +291,10 @@ class PostgresStore(Store):
         sql += " ORDER BY created_at, id"
         return [self._row(row) for row in self.db.exec(sql, tuple(params))]
 
+    def session_images(self, statuses: Iterable[SessionStatus]) -> list[tuple[str, str]]:
+        rows = self.db.exec("SELECT owner, image_id FROM sessions WHERE status = ANY(%s)", ([s.value for s in statuses],))
+        return [(owner, image_id) for owner, image_id in rows]
+
     def touch_session(self, session_id: str, when: float) -> None:
         # GREATEST: replicas' clocks and calls interleave; activity never moves backwards.
         self.db.exec("UPDATE sessions SET last_active_at = GREATEST(last_active_at, %s) WHERE id = %s",

@@ -146,6 +146,12 @@ class SqliteStore(SqliteDatabase, Store):
         sql += " ORDER BY created_at, id"
         return [self._row(row) for row in self._exec(sql, tuple(params))]
 
+    def session_images(self, statuses: Iterable[SessionStatus]) -> list[tuple[str, str]]:
+        values = [s.value for s in statuses]
+        rows = self._exec(f"SELECT owner, image_id FROM sessions WHERE status IN ({', '.join('?' * len(values))})",
+                          tuple(values))
+        return [(owner, image_id) for owner, image_id in rows]
+
     def touch_session(self, session_id: str, when: float) -> None:
         self._exec("UPDATE sessions SET last_active_at = ? WHERE id = ?", (when, session_id))
 
