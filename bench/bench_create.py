@@ -250,12 +250,12 @@ def _offered(srv: B.Server, rate: float, duration_s: float, warmup_s: float) -> 
     server0, client0, kernel0 = _server_cpu_s(srv.pid), time.process_time(), B.kernel_threads_cpu_s()
     load0 = B.loadavg()
     try:
-        latencies, failed, achieved = B.offered_rate(once, rate, duration_s, warmup_s, workers)
+        latencies, failed, achieved, dropped = B.offered_rate(once, rate, duration_s, warmup_s, workers)
     finally:
         for client in clients:
             client.close()
     total = int((duration_s + warmup_s) * rate)
-    return {"latencies": latencies, "failed": failed, "rate": achieved,
+    return {"latencies": latencies, "failed": failed, "rate": achieved, "dropped": dropped,
             "server_cpu_ms": (_server_cpu_s(srv.pid) - server0) / total * 1000,
             "client_cpu_ms": (time.process_time() - client0) / total * 1000,
             "kernel_cpu_ms": (B.kernel_threads_cpu_s() - kernel0) / total * 1000,
@@ -266,7 +266,7 @@ def _bwrap_offered(rate: float, duration_s: float) -> list[float]:
     """The same open-loop schedule for bare ``bwrap ... /bin/true`` runs: how this machine keeps up now."""
     with tempfile.TemporaryDirectory(prefix="agbox-bench-home-") as home:
         argv = B.bwrap_typical(home)
-        latencies, _, _ = B.offered_rate(lambda: B._run_ok(argv), rate, duration_s, 1.0, 16)
+        latencies, _, _, _ = B.offered_rate(lambda: B._run_ok(argv), rate, duration_s, 1.0, 16)
     return latencies
 
 
@@ -440,6 +440,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
                 f"{offered['client_cpu_ms']:.1f} ms, kernel threads {offered['kernel_cpu_ms']:.1f} ms")
         if offered["failed"]:
             note += f"; {offered['failed']} failed"
+        if offered["dropped"]:
+            note += f"; {offered['dropped']} never sent (the server was more than 30 s behind their schedule)"
         rows.append(B.row(FAMILY, f"{rate:g} creates/s offered for {offered_s:g} s over HTTP, pool on: latency",
                           lat, key="create.offered",
                           baseline=f"bare bwrap /bin/true at {rate:g}/s offered (before and after)",

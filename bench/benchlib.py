@@ -522,17 +522,20 @@ def meminfo_kib() -> dict[str, int]:
 
 
 def offered_rate(fn: Callable[[], Any], rate: float, duration_s: float, warmup_s: float,
-                 workers: int) -> tuple[list[float], int, float]:
+                 workers: int, max_lag_s: float = 30.0) -> tuple[list[float], int, float, int]:
     """Open-loop load: calls of ``fn`` scheduled ``1 / rate`` apart (from ``workers`` threads), warm-up
     first. Each latency runs from the call's scheduled time, so time spent queued behind slow calls
-    counts (no coordinated omission). Returns (latencies after the warm-up, failures, achieved rate: calls
-    after the warm-up completed per second of their schedule)."""
+    counts (no coordinated omission). A call that could not even start within ``max_lag_s`` of its time
+    is dropped (the target fell that far behind; this bounds the run). Returns (latencies after the
+    warm-up, failures, achieved rate: calls after the warm-up completed per second of their schedule,
+    calls dropped)."""
     interval = 1.0 / rate
     total = int((warmup_s + duration_s) * rate)
     first_measured = int(warmup_s * rate)
     latencies: list[float] = []
     ends: list[float] = []
     failures = [0]
+    dropped = [0]
     lock = threading.Lock()
     start = time.perf_counter() + 0.2
 
@@ -541,6 +544,12 @@ def offered_rate(fn: Callable[[], Any], rate: float, duration_s: float, warmup_s
         delay = scheduled - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
+        elif -delay > max_lag_s:
+            with lock:
+                dropped[0] += 1
+                if index >= first_measured:  # counted at the lag it had reached (a lower bound)
+                    latencies.append(-delay)
+            return
         try:
             fn()
         except Exception:
@@ -557,7 +566,7 @@ def offered_rate(fn: Callable[[], Any], rate: float, duration_s: float, warmup_s
         list(pool.map(one, range(total)))
     began = start + first_measured * interval
     elapsed = max((max(ends) if ends else began) - began, duration_s)
-    return latencies, failures[0], len(latencies) / elapsed
+    return latencies, failures[0], len(ends) / elapsed, dropped[0]
 
 
 def thread_cpu_s() -> dict[str, float]:

@@ -525,6 +525,25 @@ def build_analysis(rows: list[dict[str, Any]], targets: list[dict[str, Any]]) ->
             line += (f" The agent's start is most of the CPU ({fmt(agent_cpu)} ms against {fmt(sh_cpu)} ms for the "
                      "shell stand-in): a lighter agent is what raises the rate.")
         out.append(line)
+    if "create.cpu.MainThread" in by_key:
+        parts = [(r["name"].split(", ", 1)[1], float(r["value"])) for r in rows
+                 if str(r.get("key", "")).startswith("create.cpu.")]
+        sandbox_cpu = get("create.sandbox_cpu", "value")
+        if sandbox_cpu is not None:
+            parts.insert(0, ("inside the sandbox's cgroup (bwrap set-up, agent start)", sandbox_cpu))
+        total = sum(v for _, v in parts)
+        cores = os.cpu_count() or 1
+        line = (f"- **CPU of one cold create + release** (pool off, per create): {fmt(total)} ms in all: "
+                + "; ".join(f"{what} {fmt(v)} ms" for what, v in sorted(parts, key=lambda p: -p[1])) + ". "
+                f"On {cores} cores that bounds starts at {fmt(cores * 1000 / total)}/s with nothing else running "
+                "(the HTTP edge and the client come on top).")
+        out.append(line)
+    if "create.offered" in by_key:
+        r = by_key["create.offered"]
+        rate = get("create.offered_rate", "value")
+        out.append(f"- **100 creates/s offered** (open loop, pool on, over HTTP): achieved {fmt(rate or 0)}/s, "
+                   f"latency p50 {ms(get('create.offered'))}, p99 {ms(get('create.offered', 'p99_ms'))} (bare bwrap "
+                   f"at the same offered rate: p50 {ms(get('create.offered', 'baseline_p50_ms'))}). {r.get('note', '')}.")
     if "density.pss" in by_key:
         pss, bare = get("density.pss", "value"), get("density.pss", "baseline_value")
         python_pss = get("density.pss_python", "value")

@@ -11,12 +11,14 @@ each in its own thread, so a long command does not block a file read. An op may 
 from __future__ import annotations
 
 # The agent starts in every sandbox, so its imports are part of every sandbox start's CPU: no ``json``
-# (its import pulls in ``re`` and ``enum``, about as much CPU as the interpreter's own start) and no
-# ``typing`` at run time. The JSON lines go through ``_json``, the C codec that ``json`` itself uses.
+# (its import pulls in ``re`` and ``enum``, about as much CPU as the interpreter's own start), no
+# ``threading`` (``functools``, ``collections``) and no ``typing`` at run time. The JSON lines go through
+# ``_json``, the C codec that ``json`` itself uses; threads and locks come from ``_thread``. Op modules that
+# need ``threading`` import it in a request thread, which CPython allows (bpo-1596321).
 import _json
+import _thread
 import os
 import sys
-import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,8 +30,8 @@ if TYPE_CHECKING:
 
 OPS: dict[str, Callable[[dict[str, Any], Ctx], Any]] = {}
 RUNNING: dict[Any, Ctx] = {}
-_running_lock = threading.Lock()
-_out_lock = threading.Lock()
+_running_lock = _thread.allocate_lock()
+_out_lock = _thread.allocate_lock()
 _stdout = sys.stdout.buffer
 
 
@@ -85,7 +87,7 @@ def _ping(args: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
 # an idle sandbox that never touches files or code keeps a small heap.
 OP_MODULES = (("shell", "ops_shell"), ("fs_", "ops_files"), ("archive_", "ops_archive"), ("run_code", "ops_code"),
               ("browser_", "ops_browser"), ("pty_", "ops_pty"), ("desktop_", "ops_desktop"))
-_import_lock = threading.Lock()
+_import_lock = _thread.allocate_lock()
 
 
 def _register_all() -> None:
@@ -151,12 +153,12 @@ def main() -> None:
     os.umask(0o022)
     send({"id": 0, "ok": True, "result": {"ready": True, "pid": os.getpid()}})
     # Most sessions run a command first: load the shell op behind the ready signal, not in front of it.
-    threading.Thread(target=_find_op, args=("shell",), daemon=True).start()
+    _thread.start_new_thread(_find_op, ("shell",))
     desktop_size = os.environ.get("AGBOX_DESKTOP_SIZE")
     if desktop_size:
         # A computer-use sandbox starts its desktop right away (in the warm pool, before any session
         # holds it); desktop ops wait for it to be ready.
-        threading.Thread(target=_start_desktop, args=(desktop_size,), daemon=True).start()
+        _thread.start_new_thread(_start_desktop, (desktop_size,))
     for line in sys.stdin.buffer:
         if not line.strip():
             continue
@@ -172,7 +174,7 @@ def main() -> None:
                 target.cancel()
             continue
         try:
-            threading.Thread(target=_handle, args=(request,), daemon=True).start()
+            _thread.start_new_thread(_handle, (request,))
         except RuntimeError as exc:  # no thread to be had (the sandbox's process limit): answer, never die
             send({"id": request.get("id"), "ok": False,
                   "error": {"kind": "os", "errno": 11, "message": f"the agent could not start the request: {exc}"}})

@@ -356,8 +356,9 @@ class LocalRuntime(Runtime):
                 configured = asyncio.ensure_future(self.network.configure(net))
             layer = await self.disks.make(spec.limits.disk_bytes, uid)
             try:
-                group = self.cgroups.create(sandbox_id, spec.limits.memory_bytes, spec.limits.cpus,
-                                            spec.limits.pids)
+                # Off the event loop: a dozen cgroupfs writes and mkdirs that stall it under load.
+                group = await loop.run_in_executor(None, self.cgroups.create, sandbox_id, spec.limits.memory_bytes,
+                                                   spec.limits.cpus, spec.limits.pids)
                 spawned = loop.run_in_executor(self._spawner, self._spawn, spec, sandbox_id, uid, group, layer, net)
             except BaseException:
                 layer.release()
@@ -378,6 +379,8 @@ class LocalRuntime(Runtime):
         except BaseException:
             if group is not None:
                 await loop.run_in_executor(None, self._kill_group, group)
+            else:  # a create given up while its cgroups were being made: no process is in them yet
+                self.cgroups.remove(self.cgroups.group_for(sandbox_id))
             if channel is not None:
                 await channel.close()
             if configured is not None:  # let it finish (never cancelled mid-way on the network thread)
@@ -495,6 +498,8 @@ class LocalRuntime(Runtime):
                     self._pools.setdefault(key, []).append(waiter.result())  # handed over as we gave up
                 raise
             except Exception:
+                if self._closing:
+                    raise
                 log.info("a pooled start failed; starting a sandbox for this create")
             finally:
                 with contextlib.suppress(ValueError):
