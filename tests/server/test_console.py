@@ -15,6 +15,7 @@ from agb.session_params import CreateSessionParams
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 from tests.conftest import REPO, ServerProcess, wait_for
+from tests.firefox import Firefox
 
 CHROMIUM = "/usr/bin/chromium"
 # Set AGBOX_CONSOLE_SCREENSHOTS=1 to refresh the screenshots in docs/ (looked at, then committed).
@@ -415,3 +416,39 @@ def test_console_embeds_the_live_view_of_desktop_and_browser_sessions(server: Se
         official.delete(desktop.session)
         if browser.success:
             official.delete(browser.session)
+
+
+def test_console_in_firefox_sign_in_list_terminal_and_files(server: ServerProcess, official: Any,
+                                                           tmp_path: Path) -> None:
+    created = official.create(CreateSessionParams(image_id="agb-code-space-1", labels={"browser": "firefox"}))
+    assert created.success, created.error_message
+    session = created.session
+    assert session.file.write("/home/user/hello-firefox.txt", "seen in Firefox\n").success
+    firefox = Firefox(tmp_path / "firefox-profile")
+    try:
+        firefox.navigate(f"{server.endpoint}/console")
+        firefox.type("input[name=key]", "agbox_wrong")
+        firefox.click("button[type=submit]")
+        assert "not valid" in firefox.wait_script("return document.querySelector('[role=alert]')?.textContent")
+        firefox.type("input[name=key]", server.api_key)
+        firefox.click("button[type=submit]")
+        firefox.wait_script("return document.querySelector('h1')?.textContent === 'Sessions'")
+        assert firefox.script("return document.cookie") == "" and server.api_key not in firefox.url()
+        labels = firefox.script(f"return document.querySelector('tr[data-session={session.session_id}] .labels')"
+                                ".textContent")
+        assert labels == "browser=firefox"
+
+        firefox.click(f"tr[data-session={session.session_id}] a")
+        firefox.wait_script("return document.querySelector('.terminal-status').textContent === 'Connected.'")
+        firefox.type("#terminal textarea", "echo firefox-$((6*7))\n")
+        firefox.wait_script("return document.querySelector('#terminal .xterm-rows').textContent"
+                            ".includes('firefox-42')")
+        firefox.wait_script("return document.querySelector('.meter[data-metric=memory] .value')"
+                            ".textContent.includes('iB /')")
+        firefox.click("#files tr[data-name='hello-firefox.txt'] button.view")
+        firefox.wait_script("return document.querySelector('#files .viewer-text').textContent === 'seen in Firefox\\n'")
+        if SCREENSHOTS is not None:
+            (Path(SCREENSHOTS) / "console-firefox.png").write_bytes(firefox.screenshot())
+    finally:
+        firefox.close()
+        official.delete(session)
