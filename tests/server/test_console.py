@@ -52,6 +52,7 @@ def test_sign_in_sets_an_http_only_strict_cookie_without_the_key(server: ServerP
         assert listing.status_code == 200 and "<h1>Sessions</h1>" in listing.text
         csp = listing.headers["content-security-policy"]
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp.split("script-src")[1].split(";")[0]
+        assert "frame-src 'self'" in csp and "frame-ancestors 'none'" in csp
         assert listing.headers["cache-control"] == "no-store"
         # An unknown session is "not found" for the signed-in key too.
         assert client.get("/console/api/sessions/s-none/metrics").status_code == 404
@@ -79,6 +80,10 @@ def test_console_assets_are_cached_files(server: ServerProcess) -> None:
         script = client.get("/console/assets/console.js")
         assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
         assert "max-age=3600" in script.headers["cache-control"]
+        files = client.get("/console/assets/console-files.js")
+        assert "max-age=3600" in files.headers["cache-control"] and files.headers["etag"]
+        assert client.get("/console/assets/console-files.js",
+                          headers={"if-none-match": files.headers["etag"]}).status_code == 304
         xterm = client.get("/console/assets/xterm.mjs")
         assert xterm.status_code == 200 and "Terminal" in xterm.text
         assert client.get("/console/assets/..%2Fconsole.py").status_code == 404
@@ -119,6 +124,7 @@ def test_console_in_chromium_sign_in_create_terminal_labels_delete(server: Serve
         assert [c["name"] for c in cookies] == ["agbox_console"]
         assert cookies[0]["httpOnly"] and cookies[0]["sameSite"] == "Strict"
         assert page.evaluate("document.cookie") == ""  # not readable by scripts
+        assert page.evaluate("localStorage.length + sessionStorage.length") == 0
         assert server.api_key not in page.url
 
         page.fill("form.create input[name=labels]", "team=console, env=test")
@@ -368,6 +374,17 @@ def test_console_contexts_list_files_download_and_delete_in_chromium(server: Ser
             official.context.delete(ctx)
 
 
+# Magenta pixels on the noVNC canvas of the live view page (the remote screen as the client drew it).
+MAGENTA_PIXELS = """() => {
+  const canvas = document.querySelector('#screen canvas');
+  if (!canvas || !canvas.width) return 0;
+  const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+  let count = 0;
+  for (let i = 0; i < data.length; i += 4) if (data[i] === 255 && data[i + 1] === 0 && data[i + 2] === 255) count++;
+  return count;
+}"""
+
+
 def test_console_embeds_the_live_view_of_desktop_and_browser_sessions(server: ServerProcess, chromium: Browser,
                                                                       official: Any) -> None:
     desktop = official.create(CreateSessionParams(image_id="agb-computer-use-ubuntu-2204"))
@@ -393,6 +410,8 @@ def test_console_embeds_the_live_view_of_desktop_and_browser_sessions(server: Se
         network_changed: list[str] = []
         page.on("requestfailed", lambda request: network_changed.append(request.url)
                 if "ERR_NETWORK_CHANGED" in (request.failure or "") else None)
+        started = desktop.session.computer.app.start("xterm -bg '#ff00ff' -T console-live -geometry 100x30+80+60")
+        assert started.success, started.error_message
         network_changed.clear()  # a failure of the pages before counts for nothing here
         page.goto(f"{server.endpoint}/console/sessions/{desktop.session.session_id}")
         live = page.locator("iframe.live-view.desktop")
@@ -409,7 +428,10 @@ def test_console_embeds_the_live_view_of_desktop_and_browser_sessions(server: Se
             network_changed.clear()
             page.reload()
         expect(status).to_have_text("live")
-        expect(page.frame_locator("iframe.live-view").locator("#screen canvas")).to_be_visible()
+        # The magenta xterm arrives through x11vnc, the relay and noVNC onto the framed page's canvas.
+        frame = live.element_handle().content_frame()
+        assert frame is not None
+        wait_for(lambda: frame.evaluate(MAGENTA_PIXELS) > 10_000, 30, interval_s=0.2, what="the xterm in the live view")
         screenshot(page, "desktop")
     finally:
         context.close()

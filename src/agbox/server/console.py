@@ -408,7 +408,12 @@ class Console:
         media_type = ASSET_TYPES.get(path.suffix)
         if "/" in name or name.startswith(".") or media_type is None or not path.is_file():
             return Response("no such asset", status_code=404, media_type="text/plain")
-        return FileResponse(path, media_type=media_type, headers=ASSET_HEADERS)
+        response = FileResponse(path, media_type=media_type, headers=ASSET_HEADERS, stat_result=path.stat())
+        # Revalidation after max-age: an unchanged file is answered 304 without its body.
+        tags = {tag.strip() for tag in request.headers.get("if-none-match", "").split(",")}
+        if response.headers["etag"] in tags:
+            return Response(status_code=304, headers={**ASSET_HEADERS, "ETag": response.headers["etag"]})
+        return response
 
 
 def routes(wire: WireApi) -> list[BaseRoute]:
