@@ -13,6 +13,7 @@ import httpx
 import pytest
 from agb.session_params import CreateSessionParams
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
 
 from tests.conftest import REPO, ServerProcess, wait_for
 from tests.firefox import Firefox
@@ -240,11 +241,23 @@ def test_console_session_api_refuses_strangers_and_reports_bad_paths(server: Ser
         official.delete(session)
 
 
+def goto(page: Page, url: str) -> None:
+    """``page.goto``, loaded again when the host Chromium aborted it because sandboxes starting elsewhere
+    added or removed host veths (ERR_NETWORK_CHANGED: the host browser's doing, not the console's)."""
+    for attempt in range(3):
+        try:
+            page.goto(url)
+            return
+        except PlaywrightError as exc:
+            if "ERR_NETWORK_CHANGED" not in str(exc) or attempt == 2:
+                raise
+
+
 def signed_in_page(server: ServerProcess, chromium: Browser, **options: Any) -> tuple[BrowserContext, Page]:
     context = chromium.new_context(viewport={"width": 1200, "height": 900}, **options)
     page = context.new_page()
     page.set_default_timeout(30_000)
-    page.goto(f"{server.endpoint}/console/login")
+    goto(page, f"{server.endpoint}/console/login")
     page.fill("input[name=key]", server.api_key)
     page.click("button[type=submit]")
     expect(page.get_by_role("heading", name="Sessions")).to_be_visible()
@@ -259,7 +272,7 @@ def test_console_file_browser_and_links_in_chromium(server: ServerProcess, chrom
     assert session.file.write("/home/user/notes/readme.txt", "hello from the sandbox\nsecond line\n").success
     context, page = signed_in_page(server, chromium, accept_downloads=True)
     try:
-        page.goto(f"{server.endpoint}/console/sessions/{session.session_id}")
+        goto(page, f"{server.endpoint}/console/sessions/{session.session_id}")
         files = page.locator("#files")
         # The listing starts at the home folder; folders open in place (the terminal stays connected).
         files.locator("tr[data-name=notes] a.folder").click()
@@ -366,7 +379,7 @@ def test_console_contexts_list_files_download_and_delete_in_chromium(server: Ser
         expect(page.locator(f"tr[data-context={ctx.id}]")).to_have_count(0)
         assert not official.context.get(context_id=ctx.id).success
 
-        page.goto(f"{server.endpoint}/console/contexts/{ctx.id}")
+        goto(page, f"{server.endpoint}/console/contexts/{ctx.id}")
         expect(page.get_by_role("alert")).to_have_text(f"context {ctx.id} not found")
     finally:
         context.close()
@@ -413,7 +426,7 @@ def test_console_embeds_the_live_view_of_desktop_and_browser_sessions(server: Se
         started = desktop.session.computer.app.start("xterm -bg '#ff00ff' -T console-live -geometry 100x30+80+60")
         assert started.success, started.error_message
         network_changed.clear()  # a failure of the pages before counts for nothing here
-        page.goto(f"{server.endpoint}/console/sessions/{desktop.session.session_id}")
+        goto(page, f"{server.endpoint}/console/sessions/{desktop.session.session_id}")
         live = page.locator("iframe.live-view.desktop")
         expect(live).to_be_visible()
         info = desktop.session.info()
@@ -426,7 +439,7 @@ def test_console_embeds_the_live_view_of_desktop_and_browser_sessions(server: Se
             if status.text_content() == "live":
                 break
             network_changed.clear()
-            page.reload()
+            goto(page, page.url)
         expect(status).to_have_text("live")
         # The magenta xterm arrives through x11vnc, the relay and noVNC onto the framed page's canvas.
         frame = live.element_handle().content_frame()

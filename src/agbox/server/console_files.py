@@ -22,7 +22,7 @@ import urllib.parse
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
@@ -106,6 +106,8 @@ class SessionFilesApi:
             written = await self.files.write(record.owner, record.id, path, body())
         except AgboxError as exc:
             return error_json(f"Could not upload {self._path(request)}: {exc.message}", exc.status_code)
+        except ClientDisconnect:  # the browser went away mid-upload; the partial file is already discarded
+            return error_json("the upload was cut off", 400)
         return JSONResponse({"path": path, "bytes": written}, headers=NO_STORE)
 
     async def text(self, request: Request) -> Response:
