@@ -234,6 +234,26 @@ def test_console_session_api_refuses_strangers_and_reports_bad_paths(server: Ser
             outside = client.post(f"{api}/links", json={"port": 80}).json()
             assert outside["error"] == "port 80 is outside the link port range 30100-30199"
             assert client.post(f"{api}/links", content=b"not json").status_code == 400
+
+            # An upload cut off half way (the client goes away) leaves neither the file nor its temporary.
+            def cut_names() -> list[str]:
+                entries = client.get(f"{api}/files", params={"path": "/tmp"}).json()["entries"]
+                return [e["name"] for e in entries if "cut.bin" in e["name"]]
+
+            def cut_off() -> Iterator[bytes]:
+                yield b"x" * (5 << 20)  # more than one range: the first is written to the temporary file
+                staged = wait_for(cut_names, 30, interval_s=0.05, what="the upload's temporary file")
+                assert staged[0].startswith(".cut.bin.agbox-upload-"), staged
+                raise ConnectionAbortedError("the browser went away")
+
+            with httpx.Client(base_url=server.endpoint, timeout=60, cookies=client.cookies) as uploader, \
+                    pytest.raises(ConnectionAbortedError):
+                uploader.put(f"{api}/files/content", params={"path": "/tmp/cut.bin"}, content=cut_off())
+
+            def tmp_is_clean() -> bool:
+                return not cut_names()
+
+            wait_for(tmp_is_clean, 30, interval_s=0.1, what="the cut-off upload's temporary file to go")
             assert client.post(f"{api}/links", json={}).json()["error"] == "a port is required"
             other = client.get("/console/api/sessions/session-none/files")
             assert other.status_code == 404
