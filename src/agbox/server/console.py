@@ -312,7 +312,10 @@ class Console:
         if is_desktop(self.wire, record):
             url, what = urllib.parse.urlsplit(live_urls(self.wire, record)["control"]).path, "desktop"
         elif "browser" in image.tool_sets:
-            split = urllib.parse.urlsplit(self.platform.browser.live_url(record.owner, record.id))
+            try:
+                split = urllib.parse.urlsplit(self.platform.browser.live_url(record.owner, record.id))
+            except AgboxError:  # the session ended since it was read: no live view then
+                return ""
             url, what = f"{split.path}?{split.query}", "browser"
         else:
             return ""
