@@ -31,6 +31,7 @@ def test_summaries_keep_no_payloads() -> None:
     assert written == "path=/a content=<6 chars> mode=append"
     assert summarize("run_code", {"code": "import os\nprint(1)\n", "language": "python"}) == "import os  (+1 lines)"
     assert len(summarize("shell", {"command": "x" * 5000})) == 200
+    assert summarize("shell", {"command": "printf '\x1b[2J'\n  echo  two"}) == "printf '?[2J' echo two"
     assert outcome_of('{"stdout": "", "stderr": "", "exit_code": 2}', True) == (2, "")
     assert outcome_of("boom\nmore", True) == (None, "boom")
     assert outcome_of("fine", False) == (None, "")

@@ -52,7 +52,10 @@ class ActivityEntry:
 
 
 def clip(text: str, limit: int) -> str:
-    text = " ".join(text.split()) if "\n" in text or "\r" in text else text
+    """One line of at most ``limit`` printable characters (a log is read on terminals: no control codes)."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else " " if c.isspace() else "?" for c in text)
+        text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -9,9 +9,10 @@ from typing import Any
 
 from agbox.errors import AgboxError, InvalidRequestError, SandboxError, SessionNotFoundError, ToolTimeoutError
 from agbox.images import ImageCatalog
+from agbox.models import SessionRecord
 from agbox.runtime.base import EventCallback
 from agbox.runtime.channel import AgentError
-from agbox.services.activity import ActivityEntry, ActivityLog, outcome_of, summarize
+from agbox.services.activity import ActivityEntry, ActivityLog, clip, outcome_of, summarize
 from agbox.services.sessions import SessionService
 from agbox.services.telemetry import Telemetry
 from agbox.tools.base import ToolContext, ToolDef, ToolOutput
@@ -45,7 +46,7 @@ class ToolService:
         self.activity = ActivityLog()
         sessions.before_release.append(self._retire_activity)
 
-    async def _retire_activity(self, record: Any) -> None:
+    async def _retire_activity(self, record: SessionRecord) -> None:
         self.activity.finish(record.id)
 
     def activity_of(self, owner: str, session_id: Any, after_seq: int = 0,
@@ -92,7 +93,7 @@ class ToolService:
         ctx = self.context(owner, session_id, on_event)
         # From here on the session is the caller's own: the call goes into its log, whatever its end.
         started_at, started = time.time(), time.perf_counter()
-        summary = "(arguments not valid JSON)"
+        summary = "(arguments not valid)"
         output: ToolOutput | None = None
         error = ""
         try:
@@ -108,7 +109,7 @@ class ToolService:
             ok = output is not None and not output.is_error
             if not ok and not message and exit_code is None:
                 message = "failed"
-            self.activity.add(ctx.session_id, name[:64], summary, started_at, time.perf_counter() - started, ok,
+            self.activity.add(ctx.session_id, clip(name, 64), summary, started_at, time.perf_counter() - started, ok,
                               exit_code, message)
 
     async def _run(self, ctx: ToolContext, name: str, args: dict[str, Any]) -> ToolOutput:
