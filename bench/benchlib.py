@@ -570,18 +570,17 @@ def offered_rate(fn: Callable[[], Any], rate: float, duration_s: float, warmup_s
 
 
 def thread_cpu_s() -> dict[str, float]:
-    """CPU seconds (user + system) of this process's threads, summed by thread name without its number
-    (ThreadPoolExecutor's ``prefix_N``)."""
+    """CPU seconds of this process's threads (schedstat: nanoseconds on a CPU), summed by thread name
+    without its number (ThreadPoolExecutor's ``prefix_N``)."""
     names = {t.native_id: t.name for t in threading.enumerate()}
-    ticks = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
     for tid in os.listdir("/proc/self/task"):
         try:
-            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            on_cpu_ns = int(Path(f"/proc/self/task/{tid}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
             continue
         name = names.get(int(tid), "other").rsplit("_", 1)[0]
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+        out[name] = out.get(name, 0.0) + on_cpu_ns / 1e9
     return out
 
 
