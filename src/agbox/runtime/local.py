@@ -440,15 +440,15 @@ class LocalRuntime(Runtime):
         while (self._starting.get(key, 0) < REFILL_PARALLEL
                and len(pool) + self._starting.get(key, 0) - len(self._waiters.get(key, ())) < target):
             self._starting[key] = self._starting.get(key, 0) + 1
-            self._background(self._refill_one(spec, key, first=not pool and self._starting[key] == 1))
+            # Delayed while creates are rare (see _refill_one); not under a sustained rate.
+            self._background(self._refill_one(spec, key, delay=target <= self.warm_pool_size))
 
-    async def _refill_one(self, spec: SandboxSpec, key: tuple[Any, ...], first: bool) -> None:
+    async def _refill_one(self, spec: SandboxSpec, key: tuple[Any, ...], delay: bool) -> None:
         sandbox: _Sandbox | None = None
         try:
-            if first:
+            if delay:
                 # A moment after the hand-over, so the new session's first request does not compete
-                # with a sandbox start for the cores (under a sustained rate the pool is never empty
-                # long enough for this to matter).
+                # with a sandbox start for the cores.
                 await asyncio.sleep(REFILL_DELAY_S)
             began = time.monotonic()
             sandbox = await self._start_sandbox(spec)
