@@ -23,8 +23,8 @@ import errno
 import os
 import secrets
 import stat
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import IO, Any
 
 from agbox.errors import InvalidRequestError, LimitExceededError, NotFoundError, SandboxError
 
@@ -240,11 +240,19 @@ class SandboxFiles:
         with self._as_user() as root:
             os.close(self._parent(root, path.rstrip("/") + "/x"))
 
-    def put(self, path: str, source: int, size: int, mtime: float, mode: int = 0o644) -> None:
-        """Copy ``size`` bytes of the host fd ``source`` to ``path`` (replacing it), in the kernel."""
+    def put(self, path: str, source: IO[bytes], size: int, mtime: float, mode: int = 0o644) -> None:
+        """Copy ``size`` bytes of ``source`` to ``path`` (replacing it); in the kernel for a real file."""
         writer = self.create(path, append=False)
         try:
-            writer.copy_from(source, size)
+            try:
+                fd = source.fileno()
+            except (AttributeError, OSError, ValueError):
+                fd = -1
+            if fd >= 0:
+                writer.copy_from(fd, size)
+            else:
+                while data := source.read(1024 * 1024):
+                    writer.write(data)
             os.fchmod(writer.fd, mode & 0o777 or 0o644)
             os.utime(writer.fd, (mtime, mtime))
             writer.commit()
@@ -252,54 +260,79 @@ class SandboxFiles:
             writer.abort()
             raise
 
-    def walk(self, root_path: str) -> Iterator[tuple[str, int, os.stat_result]]:
-        """(path relative to ``root_path``, open fd, stat) of each regular file under ``root_path``,
-        never following a symlink and never leaving its file system; the caller closes each fd
-        before asking for the next. Nothing when ``root_path`` is missing or not a directory."""
-        with self._as_user() as root:
-            try:
+    def walk(self, root_path: str, descend: Callable[[str], bool] = lambda rel_dir: True,
+             ) -> Iterator[tuple[str, int, os.stat_result]]:
+        """(path relative to ``root_path``, open fd, stat) of each regular file under ``root_path``
+        (in directories ``descend`` accepts), never following a symlink and never leaving its file
+        system. Each fd is closed when the next item is asked for. Nothing when ``root_path`` is
+        missing or not a directory. Sandbox paths are opened as the sandbox's user; the consumer
+        runs with its own identity between items."""
+        try:
+            root = os.open(f"/proc/{self.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise SandboxError("the session's sandbox has ended") from exc
+        try:
+            with self.identity():
                 top = _openat2(root, root_path, os.O_RDONLY | os.O_DIRECTORY)
-            except OSError:
-                return
-            try:
-                self._check_fs(top, root_path)
-                device = os.fstat(top).st_dev
-            except BaseException:
-                os.close(top)
-                raise
-            stack: list[tuple[int, str]] = [(top, "")]
+        except OSError:
+            return
+        finally:
+            os.close(root)
+        try:
+            self._check_fs(top, root_path)
+            device = os.fstat(top).st_dev
+        except BaseException:
+            os.close(top)
+            raise
+        stack: list[tuple[int, str]] = [(top, "")]
+        try:
             while stack:
                 fd, rel_dir = stack.pop()
                 try:
-                    names = sorted(os.listdir(fd))
+                    with self.identity():
+                        names = sorted(os.listdir(fd))
                     subdirs = []
                     for name in names:
                         rel = f"{rel_dir}/{name}" if rel_dir else name
-                        try:
-                            child = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
-                                            | os.O_CLOEXEC, dir_fd=fd)
-                        except OSError:
-                            continue  # a symlink, a vanished file, no permission: not part of the tree
-                        st = os.fstat(child)
-                        if st.st_dev != device:
-                            os.close(child)
+                        with self.identity():
+                            entry = self._open_entry(fd, name, device, descend, rel)
+                        if entry is None:
                             continue
+                        child, st = entry
                         if stat.S_ISDIR(st.st_mode):
                             subdirs.append((child, rel))
-                        elif stat.S_ISREG(st.st_mode):
-                            os.set_blocking(child, True)
-                            try:
-                                yield rel, child, st
-                            finally:
-                                os.close(child)
-                        else:
+                            continue
+                        try:
+                            yield rel, child, st
+                        finally:
                             os.close(child)
                     stack.extend(reversed(subdirs))
                 finally:
                     os.close(fd)
-            # Left open only when the consumer stopped early.
-            for fd, _ in stack:
+        finally:
+            for fd, _ in stack:  # left open only when the consumer stopped early
                 os.close(fd)
+
+    @staticmethod
+    def _open_entry(fd: int, name: str, device: int, descend: Callable[[str], bool],
+                    rel: str) -> tuple[int, os.stat_result] | None:
+        """An fd (blocking) and stat of a directory or regular file ``name`` in ``fd`` on ``device``;
+        None for anything else. Looks before it opens: no device, FIFO or other mount is opened."""
+        try:
+            seen = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if seen.st_dev != device or not (stat.S_ISDIR(seen.st_mode) or stat.S_ISREG(seen.st_mode)):
+                return None
+            if stat.S_ISDIR(seen.st_mode) and not descend(rel):
+                return None
+            child = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=fd)
+        except OSError:
+            return None  # a vanished file, no permission: not part of the tree
+        st = os.fstat(child)
+        if (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino):
+            os.close(child)  # swapped between the look and the open
+            return None
+        os.set_blocking(child, True)
+        return child, st
 
 
 class FileWriter:
