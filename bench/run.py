@@ -68,6 +68,12 @@ TARGETS: list[tuple[str, str, str, str, float, str]] = [
     ("load: create p99 < 1 s at 50 concurrent clients", "load.create", "p99_ms", "<=", 1000, "ms"),
     ("networking adds <= 2 ms to a cold create (warm pool off)", "network.create_cold", "delta_ms", "<=", 2, "ms"),
     ("networking adds nothing to a pooled create (<= 0.1 ms)", "network.create_pooled", "delta_ms", "<=", 0.1, "ms"),
+    ("1 GiB file into a session >= 500 MB/s (our SDK, HTTP)", "files.stream_in_http", "value", ">=", 500, "MB/s"),
+    ("1 GiB file out of a session >= 500 MB/s (our SDK, HTTP)", "files.stream_out_http", "value", ">=", 500, "MB/s"),
+    ("1 GiB file into a session >= 500 MB/s (official SDK, HTTP)", "files.official_in_http", "value", ">=", 500,
+     "MB/s"),
+    ("1 GiB file out of a session >= 500 MB/s (official SDK, HTTP)", "files.official_out_http", "value", ">=", 500,
+     "MB/s"),
     ("session TCP download >= 0.7x the host's", "network.throughput_down", "ratio", ">=", 0.7, "x"),
     ("session TCP upload >= 0.7x the host's", "network.throughput_up", "ratio", ">=", 0.7, "x"),
 ]

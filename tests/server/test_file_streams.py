@@ -212,3 +212,38 @@ def test_concurrent_transfers(make_session: Any) -> None:
     for index, session in enumerate(sessions):
         names = sh(session, "ls /tmp").split()
         assert names == sorted(p.rsplit("/", 1)[1] for i, p in enumerate(blobs) if i % 2 == index)
+
+
+def test_context_sync_through_planted_symlinks_stays_in_the_sandbox(server: ServerProcess, tmp_path: Path) -> None:
+    from agbox import AGB, CreateSessionParams
+    from agbox.client.context_sync import ContextSync, SyncPolicy
+
+    host_dir = tmp_path / "host"
+    host_dir.mkdir()
+    (host_dir / "secret").write_text("host secret")
+    os.chmod(tmp_path, 0o755)
+    with AGB(api_key=server.api_key, endpoint=server.endpoint) as agb:
+        ctx = agb.context.create(f"ctx-{os.urandom(4).hex()}").context
+        made = agb.create(CreateSessionParams(image_id="agb-code-space-1",
+                                              context_syncs=[ContextSync(ctx.id, "/home/user/work", SyncPolicy())]))
+        assert made.success, made.error_message
+        try:
+            _planted_links(agb, made.session, ctx.id, host_dir)
+        finally:
+            made.session.delete()
+
+
+def _planted_links(agb: Any, session: Any, context_id: str, host_dir: Path) -> None:
+    ctx_id = context_id
+    # Out of the sandbox: a link to a host file and a magic link are not context files.
+    sh(session, f"ln -s {host_dir}/secret /home/user/work/link && ln -s /proc/1/root /home/user/work/root && "
+                "mkdir -p /home/user/work/d && echo real > /home/user/work/d/f.txt")
+    assert session.context.sync_blocking(ctx_id, "/home/user/work", "upload").success
+    top = agb.context.list_files(ctx_id, "/home/user/work", page_size=100)
+    assert [e.file_path for e in top.entries] == ["/home/user/work/d"]
+    listed = agb.context.list_files(ctx_id, "/home/user/work/d", page_size=100)
+    assert [e.file_path for e in listed.entries] == ["/home/user/work/d/f.txt"]
+    # Into the sandbox: the mount replaced by a link to a host directory; files land in the sandbox or nowhere.
+    sh(session, f"rm -rf /home/user/work && ln -s {host_dir} /home/user/work")
+    session.context.sync_blocking(ctx_id, "/home/user/work", "download")
+    assert sorted(os.listdir(host_dir)) == ["secret"] and (host_dir / "secret").read_text() == "host secret"

@@ -359,6 +359,21 @@ class FileWriter:
         except OSError as exc:
             raise os_error(exc, self.path, self.files.disk_limit) from exc
 
+    def write_all(self, chunks: list[bytes]) -> None:
+        """Write the chunks in order (``writev``: no joining copy)."""
+        views = [memoryview(c) for c in chunks if c]
+        try:
+            while views:
+                n = os.writev(self.fd, views[:512])
+                self.written += n
+                while views and n >= len(views[0]):
+                    n -= len(views[0])
+                    views.pop(0)
+                if n:
+                    views[0] = views[0][n:]
+        except OSError as exc:
+            raise os_error(exc, self.path, self.files.disk_limit) from exc
+
     def copy_from(self, source: int, size: int) -> None:
         offset = 0
         try:

@@ -147,10 +147,12 @@ class ContextTransfer:
         if direct is not None:
             wanted = ([] if covered else include, exclude)
             if policy.archive:
-                blob, blob_size = await loop.run_in_executor(None, self._ingest_tree_as_tar, direct, source, *wanted)
+                blob, blob_size = await loop.run_in_executor(None, self._ingest_tree_as_tar, direct, source, *wanted,
+                                                             not binding.internal)
                 found = {join_key(target, OWN_ARCHIVE): (blob, blob_size)}
             else:
-                found = await loop.run_in_executor(None, self._ingest_tree, direct, source, target, *wanted)
+                found = await loop.run_in_executor(None, self._ingest_tree, direct, source, target, *wanted,
+                                                   not binding.internal)
             self._commit(record.owner, binding, scope, policy, found)
             return
         packed = await self._call(record, "archive_pack", {"root": source, "include": [] if covered else include,
@@ -179,18 +181,18 @@ class ContextTransfer:
         self._commit(record.owner, binding, scope, policy, found)
 
     def _ingest_tree(self, direct: SandboxFiles, source: str, target: str, include: list[str],
-                     exclude: list[str]) -> dict[str, tuple[str, int]]:
+                     exclude: list[str], durable: bool) -> dict[str, tuple[str, int]]:
         """Blobs for the selected regular files under ``source`` in the sandbox, keyed under ``target``."""
         found: dict[str, tuple[str, int]] = {}
         for rel, fd, _ in direct.walk(source, lambda d: could_contain(d, include, exclude)):
             if selected(rel, include, exclude):
-                found[join_key(target, rel)] = self.blobs.ingest(_fd_chunks(fd))
+                found[join_key(target, rel)] = self.blobs.ingest(_fd_chunks(fd), durable=durable)
         return found
 
     def _ingest_tree_as_tar(self, direct: SandboxFiles, source: str, include: list[str],
-                            exclude: list[str]) -> tuple[str, int]:
+                            exclude: list[str], durable: bool) -> tuple[str, int]:
         """One blob: a tar (streamed, never on disk as such) of the selected files under ``source``."""
-        writer = self.blobs.begin()
+        writer = self.blobs.begin(durable=durable)
         try:
             with tarfile.open(fileobj=_WriterFile(writer), mode="w|", format=tarfile.PAX_FORMAT) as tar:
                 for rel, fd, st in direct.walk(source, lambda d: could_contain(d, include, exclude)):

@@ -137,20 +137,24 @@ class FileStreams:
             if files is None:
                 return await self._agent_upload(handle, checked, append, body)
             writer = await _in_thread(files.create, checked, append)
+            pending: asyncio.Future[None] | None = None
             try:
-                pending: asyncio.Future[None] | None = None
-                batch = bytearray()
+                # Chunks are gathered (not copied) to ~4 MiB and written with one writev in a worker
+                # thread while the next ones arrive.
+                batch: list[bytes] = []
+                gathered = 0
                 async for chunk in body:
-                    batch += chunk
-                    if len(batch) >= CHUNK:
+                    batch.append(chunk)
+                    gathered += len(chunk)
+                    if gathered >= CHUNK:
                         if pending is not None:
                             await pending
-                        pending = asyncio.ensure_future(_in_thread(writer.write, batch))
-                        batch = bytearray()
+                        pending = asyncio.ensure_future(_in_thread(writer.write_all, batch))
+                        batch, gathered = [], 0
                 if pending is not None:
                     await pending
                 if batch:
-                    await _in_thread(writer.write, batch)
+                    await _in_thread(writer.write_all, batch)
                 return await _in_thread(writer.commit)
             except BaseException:
                 if pending is not None and not pending.done():
