@@ -103,6 +103,9 @@ class WireApi:
         }
         # The feature modules of the edge (links, contexts) add theirs through register() (server/app.py).
         self.extra_ops: dict[str, Callable[[str, Params, str], Awaitable[dict[str, Any]]]] = {}
+        # Feature modules that describe a session's resource further (the desktop's live view) add a
+        # provider here; getMcpResource merges what each returns for the session.
+        self.resource_info: list[Callable[[SessionRecord], dict[str, Any]]] = []
 
     def register(self, op: str, method: str, path: str,
                  handler: Callable[[str, Params, str], Awaitable[dict[str, Any]]]) -> None:
@@ -215,8 +218,11 @@ class WireApi:
         urls = self.session_urls(record)
         # node and network: where the session runs and what it may reach (ours; the official SDK
         # ignores unknown fields).
-        return envelope(rid, {"sessionId": record.id, "resourceUrl": urls["resourceUrl"], "node": record.node,
-                              "network": self.sessions.network_info(record)})
+        data: dict[str, Any] = {"sessionId": record.id, "resourceUrl": urls["resourceUrl"], "node": record.node,
+                                "network": self.sessions.network_info(record)}
+        for provide in self.resource_info:
+            data.update(provide(record))
+        return envelope(rid, data)
 
     async def _set_network_policy(self, owner: str, p: Params, rid: str) -> dict[str, Any]:
         network = await self.sessions.set_network_policy(owner, p.get("sessionId"), p.get("networkPolicy"))
