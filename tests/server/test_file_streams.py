@@ -146,6 +146,13 @@ def test_full_disk_fails_precisely_and_keeps_the_old_file(server: ServerProcess,
     # Space again: the same write succeeds.
     sh(session, "rm /home/user/filler")
     assert session.file.write("/tmp/keep.bin", big).success
+    # A new version that fits only in the old one's place (not next to it) is written in place.
+    free = int(sh(session, "df -B1 --output=avail / | tail -1"))
+    sh(session, f"fallocate -l {free - 16 * MIB} /home/user/filler")
+    other = os.urandom(48 * MIB)
+    assert session.file.write("/tmp/keep.bin", other).success
+    assert sh(session, "sha256sum /tmp/keep.bin").split()[0] == hashlib.sha256(other).hexdigest()
+    sh(session, "rm /home/user/filler")
 
     # A body declared far beyond any disk is refused before it is read.
     connection = http.client.HTTPConnection(server.endpoint.split("//")[1])
@@ -166,6 +173,7 @@ def test_bad_requests_get_precise_errors(server: ServerProcess, http_session: An
     cases = [
         ("GET", files_url(server, "s-unknown", "/tmp/x"), auth(server), 404, "InvalidMcpSession.NotFound"),
         ("GET", files_url(server, sid, "/tmp/x"), {}, 401, "InvalidApiKey"),
+        ("PUT", files_url(server, sid, "/tmp/x"), {}, 401, "InvalidApiKey"),
         ("GET", files_url(server, sid, "/tmp/x"), {"authorization": "Bearer nope"}, 401, "InvalidApiKey"),
         ("GET", f"{server.endpoint}/sessions/{sid}/files", auth(server), 400, "InvalidParameter"),
         ("GET", files_url(server, sid, "/tmp/\x00x"), auth(server), 400, "InvalidParameter"),

@@ -525,7 +525,11 @@ class LocalRuntime(Runtime):
 
     def files(self, handle: SandboxHandle) -> SandboxFiles:
         sandbox = self._get(handle)
-        return SandboxFiles(sandbox.child_pid, sandbox.uid, sandbox.uid, sandbox.spec.limits.disk_bytes)
+        try:
+            device: int | None = os.stat(sandbox.disk_device).st_rdev
+        except OSError as exc:
+            raise SandboxError("the sandbox has ended") from exc
+        return SandboxFiles(sandbox.child_pid, sandbox.uid, sandbox.uid, sandbox.spec.limits.disk_bytes, device)
 
     async def connect_port(self, handle: SandboxHandle, port: int) -> socket.socket:
         sandbox = self._get(handle)

@@ -109,11 +109,25 @@ def os_error(exc: OSError, path: str, disk_limit: int | None = None) -> Exceptio
 class SandboxFiles:
     """Files of one running sandbox: ``pid`` is a process inside it, ``uid``/``gid`` its host ids."""
 
-    def __init__(self, pid: int, uid: int, gid: int, disk_limit: int | None = None) -> None:
+    def __init__(self, pid: int, uid: int, gid: int, disk_limit: int | None = None,
+                 root_device: int | None = None) -> None:
         self.pid = pid
         self.uid = uid
         self.gid = gid
         self.disk_limit = disk_limit
+        # The device of the sandbox's root file system (its disk layer): checked on every open of
+        # /proc/<pid>/root, so a pid reused after the sandbox died can never lead to another root.
+        self.root_device = root_device
+
+    def _open_root(self) -> int:
+        try:
+            root = os.open(f"/proc/{self.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise SandboxError("the session's sandbox has ended") from exc
+        if self.root_device is not None and os.fstat(root).st_dev != self.root_device:
+            os.close(root)
+            raise SandboxError("the session's sandbox has ended")
+        return root
 
     @contextlib.contextmanager
     def identity(self) -> Iterator[None]:
@@ -131,10 +145,7 @@ class SandboxFiles:
     @contextlib.contextmanager
     def _as_user(self) -> Iterator[int]:
         """On this thread: the sandbox root's fd, with the filesystem ids of the sandbox's user."""
-        try:
-            root = os.open(f"/proc/{self.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise SandboxError("the session's sandbox has ended") from exc
+        root = self._open_root()
         try:
             with self.identity():
                 yield root
@@ -198,10 +209,12 @@ class SandboxFiles:
             os.close(current)
             raise
 
-    def create(self, path: str, append: bool) -> FileWriter:
+    def create(self, path: str, append: bool, size: int | None = None) -> FileWriter:
         """A writer for ``path``: overwrite = a new file renamed over the old at commit (a failed write
         leaves the old file as it was; a symlink at ``path`` is replaced, not followed); append = the
-        existing file, cut back to its old size if the write fails."""
+        existing file, cut back to its old size if the write fails. An overwrite of ``size`` bytes that
+        fits the disk only in the old file's place (not next to it) rewrites the old file in place
+        (emptied if the write then fails)."""
         with self._as_user() as root:
             parent = self._parent(root, path)
             name = path.rsplit("/", 1)[-1]
@@ -216,12 +229,16 @@ class SandboxFiles:
                     os.set_blocking(fd, True)
                     return FileWriter(self, fd, parent, path, None, name, st.st_size)
                 mode = 0o644
+                old: os.stat_result | None = None
                 with contextlib.suppress(OSError):
                     old = os.stat(name, dir_fd=parent, follow_symlinks=False)
-                    if stat.S_ISDIR(old.st_mode):
-                        raise InvalidRequestError(f"is a directory, not a file: {path}")
-                    if stat.S_ISREG(old.st_mode):
-                        mode = stat.S_IMODE(old.st_mode)
+                if old is not None and stat.S_ISDIR(old.st_mode):
+                    raise InvalidRequestError(f"is a directory, not a file: {path}")
+                if old is not None and stat.S_ISREG(old.st_mode):
+                    mode = stat.S_IMODE(old.st_mode)
+                    in_place = self._rewrite_in_place(parent, name, old, size)
+                    if in_place is not None:
+                        return FileWriter(self, in_place, parent, path, None, name, 0)
                 temp = f".{name[:200]}.agbox-{secrets.token_hex(6)}"
                 fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                              dir_fd=parent)
@@ -234,6 +251,25 @@ class SandboxFiles:
                 os.close(parent)
                 raise
 
+    @staticmethod
+    def _rewrite_in_place(parent: int, name: str, old: os.stat_result, size: int | None) -> int | None:
+        """An fd of the old file, emptied, when ``size`` bytes fit only in its place; else None."""
+        if size is None:
+            return None
+        vfs = os.statvfs(parent)
+        free = vfs.f_bavail * vfs.f_frsize
+        margin = 4 * 1024 * 1024 + size // 64  # ext4 metadata for the new file's extents
+        if size + margin <= free or size + margin > free + old.st_blocks * 512:
+            return None  # fits next to the old file, or not even in its place: the normal way
+        fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=parent)
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (old.st_dev, old.st_ino):
+            os.close(fd)
+            return None
+        os.set_blocking(fd, True)
+        os.ftruncate(fd, 0)
+        return fd
+
     # ---- trees (contexts) ------------------------------------------------------------------------
 
     def mkdirs(self, path: str) -> None:
@@ -242,7 +278,7 @@ class SandboxFiles:
 
     def put(self, path: str, source: IO[bytes], size: int, mtime: float, mode: int = 0o644) -> None:
         """Copy ``size`` bytes of ``source`` to ``path`` (replacing it); in the kernel for a real file."""
-        writer = self.create(path, append=False)
+        writer = self.create(path, append=False, size=size)
         try:
             try:
                 fd = source.fileno()
@@ -267,10 +303,7 @@ class SandboxFiles:
         system. Each fd is closed when the next item is asked for. Nothing when ``root_path`` is
         missing or not a directory. Sandbox paths are opened as the sandbox's user; the consumer
         runs with its own identity between items."""
-        try:
-            root = os.open(f"/proc/{self.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise SandboxError("the session's sandbox has ended") from exc
+        root = self._open_root()
         try:
             with self.identity():
                 top = _openat2(root, root_path, os.O_RDONLY | os.O_DIRECTORY)

@@ -5,8 +5,8 @@ file's bytes (``mode=append`` to add to it), a GET answers them with their ``Con
 are the usual AGB envelopes with the error's HTTP status (404 unknown or ended session or file, 400 bad
 path, 413 more than the session's disk holds, 429 throttled). A PUT that fails after its body started
 still reads the rest of the body (without keeping it) before answering, so a client that streams a
-large file sees the error instead of a broken connection; a body declared far larger than the
-session's disk is refused at once.
+large file sees the error instead of a broken connection; a body declared larger than ``DRAIN_LIMIT``,
+and any request without a valid key, is answered at once and the connection closed.
 """
 
 from __future__ import annotations
@@ -70,6 +70,11 @@ def routes(wire: WireApi) -> list[BaseRoute]:
 
         try:
             owner = owner_of(request)
+        except AgboxError as exc:  # no key, no courtesy: the body is not read, the connection closes
+            response = _json(error_envelope(request_id, exc), status=exc.status_code)
+            response.headers["connection"] = "close"
+            return response
+        try:
             declared = _declared_length(request)
             size = await streams.upload(owner, session_id, request.query_params.get("path"),
                                         request.query_params.get("mode"), body(), declared)

@@ -136,7 +136,7 @@ class FileStreams:
         with self.sessions.in_use(record.id):
             if files is None:
                 return await self._agent_upload(handle, checked, append, body)
-            writer = await _in_thread(files.create, checked, append)
+            writer = await _in_thread(files.create, checked, append, declared)
             pending: asyncio.Future[None] | None = None
             try:
                 # Chunks are gathered (not copied) to ~4 MiB and written with one writev in a worker
