@@ -12,6 +12,7 @@ and any request without a valid key, is answered at once and the connection clos
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -35,7 +36,10 @@ def _api_key(request: Request) -> str | None:
 
 
 def _json(body: dict[str, Any], status: int = 200) -> JSONResponse:
-    return JSONResponse(body, status_code=status, headers={"x-request-id": str(body.get("requestId", ""))})
+    headers = {"x-request-id": str(body.get("requestId", ""))}
+    if "retryAfter" in body:  # throttled: a real 429 with Retry-After, as on the wire routes
+        headers["retry-after"] = str(max(1, math.ceil(float(body["retryAfter"]))))
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _declared_length(request: Request) -> int | None:

@@ -37,7 +37,7 @@ async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
-def _read_exactly(fd: int, size: int) -> bytes:
+def _read_some(fd: int, size: int) -> bytes:
     return os.read(fd, size)
 
 
@@ -78,7 +78,7 @@ class FileStreams:
                     left = size
                     while left > 0:
                         try:
-                            data = await _in_thread(_read_exactly, fd, min(CHUNK, left))
+                            data = await _in_thread(_read_some, fd, min(CHUNK, left))
                         except OSError as exc:
                             raise os_error(exc, checked) from exc
                         if not data:
