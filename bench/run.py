@@ -369,6 +369,7 @@ def write_report(out_dir: Path, rows: list[dict[str, Any]], targets: list[dict[s
         lines.append(f"| {md_escape(t['target'])} | {md_escape(t['measured'])} | {verdict} |")
     lines += ["", "Ratios: latency rows give p50 / baseline p50, single figures give value / baseline value. "
               "`-` means the figure does not apply.", ""]
+    lines += peer_section(rows)
     for family, family_rows in families.items():
         lines += [f"## {family}", ""]
         lines += md_table(family_rows)
@@ -390,6 +391,38 @@ def write_report(out_dir: Path, rows: list[dict[str, Any]], targets: list[dict[s
     report = out_dir / "benchmarks.md"
     report.write_text("\n".join(lines))
     return report
+
+
+def peer_section(rows: list[dict[str, Any]]) -> list[str]:
+    """The peers summary (bench_peer.py): each peer figure next to the agbox figure it was interleaved with."""
+    peers = [r for r in rows if r.get("family") == "peer"]
+    if not peers:
+        return []
+    lines = ["## agbox next to its peers (same run, interleaved)", ""]
+    missing = [r for r in peers if r.get("p50_ms") is None and r.get("value") is None]
+    compared = [r for r in peers if r.get("who") not in (None, "agbox") and r.get("ratio") is not None]
+    if compared:
+        lines += ["What a user would pick instead, measured on this machine in the same run: Docker (a private daemon, "
+                  "Debian's docker.io, containers without network) through its CLI and its Python SDK, and llm-sandbox "
+                  "(Docker backend) as a code interpreter. Each peer figure was taken interleaved with the agbox figure "
+                  "beside it; the last column is peer / agbox (above 1: agbox is faster or smaller).", "",
+                  "| comparison | agbox | agbox p50 | peer | peer p50 | peer / agbox |", "|---|---|---|---|---|---|"]
+        for r in compared:
+            if r.get("p50_ms") is not None:
+                agbox = f"{fmt(r['baseline_p50_ms'])} ms"
+                peer = f"{fmt(r['p50_ms'])} ms"
+            else:
+                agbox = f"{fmt(float(r['baseline_value']))} {r.get('unit', '')}"
+                peer = f"{fmt(float(r['value']))} {r.get('unit', '')}"
+            label = str(r["baseline"]).removeprefix("agbox: ").removesuffix(" (interleaved)")
+            lines.append(f"| {md_escape(str(r.get('comparison', '')))} | {md_escape(label)} | {agbox} | "
+                         f"{md_escape(r['name'])} | {peer} | **{r['ratio']:.1f}x** |")
+        lines.append("")
+    for r in missing:
+        lines.append(f"- {md_escape(r['name'])}: {r.get('note', '')}")
+    if missing:
+        lines.append("")
+    return lines
 
 
 # Published figures of hosted sandboxes (shared/reference/field-survey.md §4), for orientation only: other
