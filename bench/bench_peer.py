@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -82,7 +83,9 @@ class Paced:
         self.last = time.monotonic()
 
 
-def _agbox_first(agb: Any, pace: Paced | None, first: Callable[[Any], None]) -> Callable[[], float]:
+def _agbox_first(agb: Any, pace: Paced | None, first: Callable[[Any], None],
+                 parts: list[tuple[float, float]] | None = None) -> Callable[[], float]:
+    """create + ``first(session)``, timed; the session's deletion is not. ``parts`` gets (create, first) seconds."""
     from agbox import CreateSessionParams
 
     def op() -> float:
@@ -90,12 +93,21 @@ def _agbox_first(agb: Any, pace: Paced | None, first: Callable[[Any], None]) -> 
             pace.wait()
         start = time.perf_counter()
         session = _created(agb.create(CreateSessionParams(image_id=B.IMAGE)))
+        created = time.perf_counter()
         try:
             first(session)
-            return time.perf_counter() - start
+            done = time.perf_counter()
+            if parts is not None:
+                parts.append((created - start, done - created))
+            return done - start
         finally:
             session.delete()
     return op
+
+
+def _split_note(parts: list[tuple[float, float]], first: str, second: str) -> str:
+    return (f"{first} p50 {B.percentile([p[0] for p in parts], 50) * 1000:.1f} ms + {second} p50 "
+            f"{B.percentile([p[1] for p in parts], 50) * 1000:.1f} ms")
 
 
 def _shell_true(session: Any) -> None:
@@ -200,16 +212,19 @@ def _measure(d: D.Daemon, how: str, warm_srv: B.Server, cold_srv: B.Server, quic
 
         B.say(f"create -> first command: agbox (pool on, off) vs docker run / create+start+exec, interleaved "
               f"(n={n_create})")
-        tti = interleave([("agbox", _agbox_first(warm, Paced(PACE_S), _shell_true)),
-                          ("agbox_cold", _agbox_first(cold, None, _shell_true)),
+        warm_parts: list[tuple[float, float]] = []
+        cold_parts: list[tuple[float, float]] = []
+        tti = interleave([("agbox", _agbox_first(warm, Paced(PACE_S), _shell_true, warm_parts)),
+                          ("agbox_cold", _agbox_first(cold, None, _shell_true, cold_parts)),
                           ("docker_run", _timed(docker_run)),
                           ("cli_cse", cli_create_start_exec),
                           ("sdk_cse", sdk_create_start_exec)], n_create)
         agbox_tti = f"create -> first shell result, our SDK over HTTP, {pool}"
         cold_p50 = B.percentile(tti["agbox_cold"], 50)
-        _agbox_row(rows, "tti", agbox_tti, "peer.agbox_tti", tti["agbox"])
+        _agbox_row(rows, "tti", agbox_tti, "peer.agbox_tti", tti["agbox"],
+                   note=_split_note(warm_parts, "create", "first command"))
         _agbox_row(rows, "tti", "create -> first shell result, our SDK over HTTP, pool off", "peer.agbox_tti_cold",
-                   tti["agbox_cold"])
+                   tti["agbox_cold"], note=_split_note(cold_parts, "create", "first command"))
         for key, who, name in (("docker_run", "Docker CLI", f"docker run --rm --network none {D.IMAGE} true"),
                                ("cli_cse", "Docker CLI", "docker create + start + exec true (CLI)"),
                                ("sdk_cse", "Docker SDK", "containers.create + start + exec_run(true) (Docker SDK)")):
@@ -270,15 +285,21 @@ def _measure(d: D.Daemon, how: str, warm_srv: B.Server, cold_srv: B.Server, quic
 
         # ---- code interpreter: open -> first print(1)
         agbox_interp = f"create -> first run_code print(1) (starts IPython), our SDK over HTTP, {pool}"
-        interp_ops: list[tuple[str, Callable[[], float]]] = [("agbox", _agbox_first(warm, Paced(PACE_S), _run_print))]
+        interp_parts: list[tuple[float, float]] = []
+        llm_parts: list[tuple[float, float]] = []
+        interp_ops: list[tuple[str, Callable[[], float]]] = [
+            ("agbox", _agbox_first(warm, Paced(PACE_S), _run_print, interp_parts))]
 
         def llm_first() -> float:
             start = time.perf_counter()
             opened = _llm_session(d)
             opened.open()
             try:
+                ready = time.perf_counter()
                 _llm_run(opened)
-                return time.perf_counter() - start
+                done = time.perf_counter()
+                llm_parts.append((ready - start, done - ready))
+                return done - start
             finally:
                 opened.close()
 
@@ -286,7 +307,8 @@ def _measure(d: D.Daemon, how: str, warm_srv: B.Server, cold_srv: B.Server, quic
             interp_ops.append(("llm", llm_first))
         B.say(f"code interpreter: create -> first run_code vs llm-sandbox open -> first run, interleaved (n={n_interp})")
         it = interleave(interp_ops, n_interp)
-        _agbox_row(rows, "interp", agbox_interp, "peer.agbox_first_run_code", it["agbox"])
+        _agbox_row(rows, "interp", agbox_interp, "peer.agbox_first_run_code", it["agbox"],
+                   note=_split_note(interp_parts, "create", "first run_code (IPython's start)"))
         if llm_missing:
             rows.append(B.row(FAMILY, "llm-sandbox open -> first run('print(1)')", key="peer.llm_first",
                               note=llm_missing, group="interp", comparison=GROUPS["interp"], who="llm-sandbox"))
@@ -294,13 +316,15 @@ def _measure(d: D.Daemon, how: str, warm_srv: B.Server, cold_srv: B.Server, quic
             _peer_row(rows, "interp", "llm-sandbox",
                       "llm-sandbox SandboxSession(...).open() -> first run('print(1)') (Docker backend)",
                       "peer.llm_first", it["llm"], agbox_interp, it["agbox"],
-                      note="client from DOCKER_HOST, container create + start, then the run; close not timed")
+                      note=_split_note(llm_parts, "open (client from DOCKER_HOST, container create + start)",
+                                       "first run") + "; close not timed")
 
         # ---- idle memory
         rows += _memory(d, client, cold_srv)
     for r in rows:
         if r["key"] == "peer.docker_run":
-            r["note"] = (r["note"] + "; " if r["note"] else "") + D.describe(d, how)
+            r["setup"] = D.describe(d, how)
+            r["note"] = (r["note"] + "; " if r["note"] else "") + r["setup"]
     return rows
 
 
@@ -382,7 +406,7 @@ def plot(rows: list[dict[str, Any]], path: Any, plt: Any) -> None:
     groups = [(g, rs) for g, rs in groups if rs]
     if not groups:
         return
-    fig, axes = plt.subplots(len(groups), 1, figsize=(12, 1.3 + sum(0.45 * len(rs) + 0.9 for _, rs in groups)),
+    fig, axes = plt.subplots(len(groups), 1, figsize=(12, 1.3 + sum(0.5 * len(rs) + 0.9 for _, rs in groups)),
                              squeeze=False, gridspec_kw={"height_ratios": [len(rs) + 1 for _, rs in groups]})
     for ax, (group, group_rows) in zip((a[0] for a in axes), groups, strict=True):
         memory = group == "memory"
@@ -397,7 +421,7 @@ def plot(rows: list[dict[str, Any]], path: Any, plt: Any) -> None:
             if r.get("ratio"):
                 label += f"  ({r['ratio']:.1f}x agbox)"
             ax.text(values[i] + errors[i], i, label, va="center", fontsize=8)
-        ax.set_yticks(y, [r["name"][:80] for r in group_rows], fontsize=7.5)
+        ax.set_yticks(y, ["\n".join(textwrap.wrap(r["name"], 60)[:2]) for r in group_rows], fontsize=7.5)
         ax.invert_yaxis()
         ax.set_xlim(0, max(v + e for v, e in zip(values, errors, strict=True)) * 1.45)
         ax.set_title(f"{GROUPS[group]} ({'PSS, lower is better' if memory else 'p50 ms, whisker p95; lower is better'})",

@@ -134,14 +134,29 @@ def _stop(process: subprocess.Popen[bytes], root: Path, cgroup_parent: str) -> N
     B.unmount_below(root)
     shutil.rmtree(root, ignore_errors=True)
     B.say(f"dockerd stopped in {stopped - started:.1f} s, its dir removed in {time.monotonic() - stopped:.1f} s")
-    for controller in Path("/sys/fs/cgroup").iterdir():
-        parent = controller / cgroup_parent.lstrip("/")
-        if parent.is_dir():
-            for child in [p for p in parent.iterdir() if p.is_dir()]:
-                with contextlib.suppress(OSError):
-                    child.rmdir()
-            with contextlib.suppress(OSError):
-                parent.rmdir()
+    _remove_cgroups(cgroup_parent)
+
+
+def _remove_cgroups(cgroup_parent: str, timeout_s: float = 10) -> None:
+    """rmdir the daemon's cgroup parent (and any container cgroup left in it) in every controller; a cgroup
+    whose last process is still exiting cannot be removed yet, so this retries for a bounded time."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = []
+        for controller in Path("/sys/fs/cgroup").iterdir():
+            parent = controller / cgroup_parent.lstrip("/")
+            if not parent.is_dir():
+                continue
+            for cgroup in [*(p for p in parent.iterdir() if p.is_dir()), parent]:
+                try:
+                    cgroup.rmdir()
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    left.append(cgroup)
+        if not left or time.monotonic() > deadline:
+            return
+        time.sleep(0.1)
 
 
 def _answers(root: Path) -> str | None:

@@ -418,6 +418,9 @@ def peer_section(rows: list[dict[str, Any]]) -> list[str]:
             lines.append(f"| {md_escape(str(r.get('comparison', '')))} | {md_escape(label)} | {agbox} | "
                          f"{md_escape(r['name'])} | {peer} | **{r['ratio']:.1f}x** |")
         lines.append("")
+        setups = [str(r["setup"]) for r in peers if r.get("setup")]
+        if setups:
+            lines += [f"Set-up: {md_escape(setups[0])}.", ""]
     for r in missing:
         lines.append(f"- {md_escape(r['name'])}: {r.get('note', '')}")
     if missing:
