@@ -355,10 +355,12 @@ def _memory(d: D.Daemon, client: Any, srv: B.Server) -> list[dict[str, Any]]:
     agbox_value = B.percentile(agbox_mib, 50)
     return [
         B.row(FAMILY, "agbox: idle session PSS (all its processes)", key="peer.agbox_idle", unit="MiB",
-              value=agbox_value, note=f"median of {len(agbox_mib)} sessions, pool off", group="memory", who="agbox"),
+              value=agbox_value, note=f"median of {len(agbox_mib)} sessions, pool off; a session holds the in-sandbox "
+              "Python agent that serves its tools", group="memory", comparison=GROUPS["memory"], who="agbox"),
         B.row(FAMILY, "Docker: idle container PSS (sleep infinity + its containerd shim)", key="peer.docker_idle",
-              unit="MiB", value=B.percentile(docker_mib, 50), baseline="agbox: idle session PSS",
-              baseline_value=agbox_value, note=f"median of {len(docker_mib)} containers", group="memory",
+              unit="MiB", value=B.percentile(docker_mib, 50), baseline="agbox: idle session PSS (all its processes)",
+              baseline_value=agbox_value, note=f"median of {len(docker_mib)} containers; nothing in the container "
+              f"serves commands: dockerd + containerd ({daemon_mib:.0f} MiB, shared) do", group="memory",
               comparison=GROUPS["memory"], who="Docker"),
         B.row(FAMILY, "Docker: the daemon itself (dockerd + containerd PSS, any number of containers)",
               key="peer.docker_daemon", unit="MiB", value=daemon_mib, group="memory", who="Docker"),

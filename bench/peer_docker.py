@@ -57,6 +57,7 @@ class Daemon:
     version: str
     cgroup_parent: str
     tried: list[str]
+    placement: str
 
     @property
     def host(self) -> str:
@@ -86,6 +87,22 @@ def _drivers() -> list[str]:
     if shutil.which("fuse-overlayfs") and os.path.exists("/dev/fuse"):
         out.append("fuse-overlayfs")
     return [*out, "vfs"]
+
+
+def _data_on_tmpfs(data: Path) -> str:
+    """Mount a tmpfs for the data root (unless AGBOX_BENCH_DOCKER_ON_DISK=1); returns where the data root is.
+
+    This disk deletes at about 2 ms a file (18 s for the image's 8,000 files; its I/O, not CPU), which made the
+    removal of the data root and the image import a third of the family's time. A tmpfs is also Docker's best
+    case for container starts, and agbox's sandbox roots are tmpfs too."""
+    data.mkdir(exist_ok=True)
+    if os.environ.get("AGBOX_BENCH_DOCKER_ON_DISK") == "1":
+        return "data root on disk (AGBOX_BENCH_DOCKER_ON_DISK=1)"
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4g,mode=0711", "agbox-bench-docker", str(data)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        return f"data root on disk (tmpfs mount failed: {done.stderr.strip()[-120:]})"
+    return "data root on a tmpfs"
 
 
 def _start(root: Path, driver: str, cgroup_parent: str) -> subprocess.Popen[bytes]:
@@ -185,6 +202,7 @@ def daemon() -> Iterator[Daemon]:
     cgroup_parent = f"/agbox-bench-docker-{os.getpid()}"
     try:
         for driver in _drivers():
+            placement = _data_on_tmpfs(root / "data")
             process = _start(root, driver, cgroup_parent)
             answer = None
             deadline = time.monotonic() + 40
@@ -195,8 +213,8 @@ def daemon() -> Iterator[Daemon]:
                         break
                     time.sleep(0.2)
                 if answer and answer.split()[-1] == driver:
-                    B.say(f"private dockerd {answer.split()[0]} on storage driver {driver} in {root}")
-                    yield Daemon(root, process, driver, answer.split()[0], cgroup_parent, tried)
+                    B.say(f"private dockerd {answer.split()[0]} on storage driver {driver}, {placement}, in {root}")
+                    yield Daemon(root, process, driver, answer.split()[0], cgroup_parent, tried, placement)
                     return
                 log = (root / "dockerd.log").read_text(errors="replace")
                 reason = next((line for line in reversed(log.splitlines()) if "level=error" in line
@@ -326,7 +344,7 @@ def daemon_pss_mib(d: Daemon) -> float:
 
 
 def describe(d: Daemon, how: str) -> str:
-    return (f"private dockerd {d.version} (Debian docker.io), storage driver {d.driver}"
+    return (f"private dockerd {d.version} (Debian docker.io), storage driver {d.driver}, {d.placement}"
             + (f" (tried first: {'; '.join(d.tried)})" if d.tried else "")
             + f", containers --network none; image {IMAGE}: {how}")
 

@@ -418,6 +418,15 @@ def peer_section(rows: list[dict[str, Any]]) -> list[str]:
             lines.append(f"| {md_escape(str(r.get('comparison', '')))} | {md_escape(label)} | {agbox} | "
                          f"{md_escape(r['name'])} | {peer} | **{r['ratio']:.1f}x** |")
         lines.append("")
+        agbox_rows = {r["name"]: r for r in peers if r.get("who") == "agbox"}
+        for r in compared:
+            if r["ratio"] < 1:
+                own = agbox_rows.get(str(r["baseline"]).removesuffix(" (interleaved)"), {})
+                lines.append(f"- **agbox is behind** on {md_escape(str(r.get('comparison', '')))}: "
+                             f"{md_escape(r['name'])} is {1 / r['ratio']:.2f}x lower. agbox: {own.get('note') or '-'}; "
+                             f"peer: {r.get('note') or '-'}.")
+        if any(r["ratio"] < 1 for r in compared):
+            lines.append("")
         setups = [str(r["setup"]) for r in peers if r.get("setup")]
         if setups:
             lines += [f"Set-up: {md_escape(setups[0])}.", ""]
