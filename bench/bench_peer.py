@@ -25,9 +25,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import os
+import resource
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import benchlib as B
@@ -47,17 +50,70 @@ GROUPS = {
 }
 
 
-def interleave(ops: list[tuple[str, Callable[[], float]]], n: int, warmup: int = 1) -> dict[str, list[float]]:
+Counter = Callable[[], float]
+
+
+def interleave(ops: list[tuple[str, Callable[[], float]]], n: int, warmup: int = 1,
+               cpu: dict[str, Counter] | None = None) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Run every op once per iteration (order reversed every other iteration); each returns its own elapsed
-    seconds, so teardown stays out of the figure. Returns the samples per op."""
+    seconds, so teardown stays out of the figure. Returns (samples per op, CPU seconds per op).
+
+    ``cpu`` maps an op to a counter of the CPU its side uses (a server and its sandboxes, or the Docker daemon and
+    its containers). All that a counter gains between two ops that read it is charged to the earlier one, so an
+    op's teardown and asynchronous tail (a warm pool's refill, a container's removal) are part of its CPU."""
     out: dict[str, list[float]] = {name: [] for name, _ in ops}
+    used: dict[str, list[float]] = {}
+    open_windows: dict[int, tuple[Counter, str, float, bool]] = {}
+
+    def charge(counter: Counter, now: float) -> None:
+        previous = open_windows.get(id(counter))
+        if previous is not None and previous[3]:
+            used.setdefault(previous[1], []).append(now - previous[2])
+
     for i in range(warmup + n):
         for name, op in ops if i % 2 == 0 else ops[::-1]:
+            counter = (cpu or {}).get(name)
+            if counter is not None:
+                now = counter()
+                charge(counter, now)
+                open_windows[id(counter)] = (counter, name, now, i >= warmup)
             elapsed = op()
             if i >= warmup:
                 out[name].append(elapsed)
             time.sleep(0.003)
-    return out
+    time.sleep(0.3)  # the last ops' tails
+    for counter, *_ in list(open_windows.values()):
+        charge(counter, counter())
+    return out, used
+
+
+def server_cpu(srv: B.Server) -> Counter:
+    """CPU seconds of an ``agbox serve``: its own threads (not its reaped children, whose CPU its sandboxes'
+    cgroups already count) plus its sandboxes' cgroup parent (cpuacct, hierarchical, so deleted sandboxes stay
+    counted)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    own_group = next((line.split(":", 2)[2] for line in Path(f"/proc/{srv.pid}/cgroup").read_text().splitlines()
+                      if "cpuacct" in line.split(":")[1].split(",")), "/")
+    sandboxes = Path("/sys/fs/cgroup/cpuacct", own_group.lstrip("/"), f"agbox-{B.runtime_tag(srv.data_dir)}",
+                     "cpuacct.usage")
+
+    def read() -> float:
+        fields = Path(f"/proc/{srv.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        usage = int(sandboxes.read_text()) if sandboxes.exists() else 0
+        return (int(fields[11]) + int(fields[12])) / tick + usage / 1e9
+    return read
+
+
+def docker_cpu(d: D.Daemon) -> Counter | None:
+    """CPU seconds of the Docker side: the daemon's cgroup tree (dockerd, containerd, shims, runc, containers)
+    plus this process's reaped children (the docker CLI runs)."""
+    if d.cpu_s() is None:
+        return None
+
+    def read() -> float:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return (d.cpu_s() or 0.0) + children.ru_utime + children.ru_stime
+    return read
 
 
 def _created(result: Any) -> Any:
@@ -149,15 +205,24 @@ def _llm_run(session: Any) -> None:
     _check(out.exit_code == 0 and out.stdout.strip() == "1", "llm-sandbox run print(1)", out)
 
 
+def _cpu_fields(cpu: list[float] | None, note: str) -> dict[str, Any]:
+    if not cpu:
+        return {"note": note}
+    cpu_ms = B.percentile(cpu, 50) * 1000
+    return {"cpu_ms": cpu_ms, "note": (note + "; " if note else "") + f"CPU per op p50 {cpu_ms:.1f} ms (teardown included)"}
+
+
 def _peer_row(rows: list[dict[str, Any]], group: str, who: str, name: str, key: str, samples: list[float],
-              agbox_name: str, agbox_samples: list[float], note: str = "") -> None:
+              agbox_name: str, agbox_samples: list[float], note: str = "", cpu: list[float] | None = None) -> None:
     rows.append(B.row(FAMILY, name, samples, key=key, baseline=f"agbox: {agbox_name} (interleaved)",
-                      baseline_s=agbox_samples, note=note, group=group, comparison=GROUPS[group], who=who))
+                      baseline_s=agbox_samples, group=group, comparison=GROUPS[group], who=who,
+                      **_cpu_fields(cpu, note)))
 
 
-def _agbox_row(rows: list[dict[str, Any]], group: str, name: str, key: str, samples: list[float], note: str = "") -> None:
-    rows.append(B.row(FAMILY, f"agbox: {name}", samples, key=key, note=note, group=group, comparison=GROUPS[group],
-                      who="agbox"))
+def _agbox_row(rows: list[dict[str, Any]], group: str, name: str, key: str, samples: list[float], note: str = "",
+               cpu: list[float] | None = None) -> None:
+    rows.append(B.row(FAMILY, f"agbox: {name}", samples, key=key, group=group, comparison=GROUPS[group],
+                      who="agbox", **_cpu_fields(cpu, note)))
 
 
 def _measure(d: D.Daemon, how: str, warm_srv: B.Server, cold_srv: B.Server, quick: bool) -> list[dict[str, Any]]:
@@ -184,6 +249,12 @@ def _measure(d: D.Daemon, how: str, warm_srv: B.Server, cold_srv: B.Server, quic
         cold = cold_srv.sdk()
         stack.callback(cold.close)
         pool = f"pool on ({warm_srv.warm_pool} warm, creates >= {PACE_S * 1000:.0f} ms apart)"
+        warm_cpu, cold_cpu, peer_cpu = server_cpu(warm_srv), server_cpu(cold_srv), docker_cpu(d)
+
+        def counters(agbox: Counter, peers: list[str]) -> dict[str, Counter] | None:
+            if peer_cpu is None:
+                return None
+            return {"agbox": agbox, **dict.fromkeys(peers, peer_cpu)}
 
         # ---- create -> first command
         def docker_run() -> None:
@@ -214,23 +285,27 @@ def _measure(d: D.Daemon, how: str, warm_srv: B.Server, cold_srv: B.Server, quic
               f"(n={n_create})")
         warm_parts: list[tuple[float, float]] = []
         cold_parts: list[tuple[float, float]] = []
-        tti = interleave([("agbox", _agbox_first(warm, Paced(PACE_S), _shell_true, warm_parts)),
-                          ("agbox_cold", _agbox_first(cold, None, _shell_true, cold_parts)),
-                          ("docker_run", _timed(docker_run)),
-                          ("cli_cse", cli_create_start_exec),
-                          ("sdk_cse", sdk_create_start_exec)], n_create)
+        tti_counters = counters(warm_cpu, ["docker_run", "cli_cse", "sdk_cse"])
+        if tti_counters is not None:
+            tti_counters["agbox_cold"] = cold_cpu
+        tti, tti_cpu = interleave([("agbox", _agbox_first(warm, Paced(PACE_S), _shell_true, warm_parts)),
+                                   ("agbox_cold", _agbox_first(cold, None, _shell_true, cold_parts)),
+                                   ("docker_run", _timed(docker_run)),
+                                   ("cli_cse", cli_create_start_exec),
+                                   ("sdk_cse", sdk_create_start_exec)], n_create, cpu=tti_counters)
         agbox_tti = f"create -> first shell result, our SDK over HTTP, {pool}"
         cold_p50 = B.percentile(tti["agbox_cold"], 50)
         _agbox_row(rows, "tti", agbox_tti, "peer.agbox_tti", tti["agbox"],
-                   note=_split_note(warm_parts, "create", "first command"))
+                   note=_split_note(warm_parts, "create", "first command"), cpu=tti_cpu.get("agbox"))
         _agbox_row(rows, "tti", "create -> first shell result, our SDK over HTTP, pool off", "peer.agbox_tti_cold",
-                   tti["agbox_cold"], note=_split_note(cold_parts, "create", "first command"))
+                   tti["agbox_cold"], note=_split_note(cold_parts, "create", "first command"),
+                   cpu=tti_cpu.get("agbox_cold"))
         for key, who, name in (("docker_run", "Docker CLI", f"docker run --rm --network none {D.IMAGE} true"),
                                ("cli_cse", "Docker CLI", "docker create + start + exec true (CLI)"),
                                ("sdk_cse", "Docker SDK", "containers.create + start + exec_run(true) (Docker SDK)")):
             p50 = B.percentile(tti[key], 50)
             _peer_row(rows, "tti", who, name, f"peer.{key}", tti[key], agbox_tti, tti["agbox"],
-                      note=f"{p50 / cold_p50:.1f}x agbox with the pool off")
+                      note=f"{p50 / cold_p50:.1f}x agbox with the pool off", cpu=tti_cpu.get(key))
 
         # ---- live session / container: command round trip, print(1)
         session = _created(warm.create(CreateSessionParams(image_id=B.IMAGE)))
@@ -245,15 +320,16 @@ def _measure(d: D.Daemon, how: str, warm_srv: B.Server, cold_srv: B.Server, quic
             return call
 
         B.say(f"command round trip: shell tool vs docker exec (CLI, SDK), interleaved (n={n_rt})")
-        rt = interleave([("agbox", _timed(lambda: _shell_true(session))),
+        rt, rt_cpu = interleave([("agbox", _timed(lambda: _shell_true(session))),
                          ("cli", _timed(lambda: d.cli("exec", cid, "true"))),
-                         ("sdk", _timed(sdk_exec("true")))], n_rt, warmup=3)
+                         ("sdk", _timed(sdk_exec("true")))], n_rt, warmup=3,
+                                cpu=counters(warm_cpu, ["cli", "sdk"]))
         agbox_rt = "shell tool round trip (`true`), our SDK over HTTP"
-        _agbox_row(rows, "rt", agbox_rt, "peer.agbox_shell", rt["agbox"])
+        _agbox_row(rows, "rt", agbox_rt, "peer.agbox_shell", rt["agbox"], cpu=rt_cpu.get("agbox"))
         _peer_row(rows, "rt", "Docker CLI", "docker exec C true (CLI)", "peer.docker_exec_cli", rt["cli"], agbox_rt,
-                  rt["agbox"])
+                  rt["agbox"], cpu=rt_cpu.get("cli"))
         _peer_row(rows, "rt", "Docker SDK", "exec_run(true) (Docker SDK)", "peer.docker_exec_sdk", rt["sdk"], agbox_rt,
-                  rt["agbox"])
+                  rt["agbox"], cpu=rt_cpu.get("sdk"))
 
         print_ops: list[tuple[str, Callable[[], float]]] = [
             ("agbox", _timed(lambda: _run_print(session))),
@@ -268,20 +344,21 @@ def _measure(d: D.Daemon, how: str, warm_srv: B.Server, cold_srv: B.Server, quic
             _llm_run(llm)
             print_ops.append(("llm", _timed(lambda: _llm_run(llm))))
         B.say(f"print(1): warm run_code vs docker exec python3 (CLI, SDK) and llm-sandbox run, interleaved (n={n_print})")
-        pr = interleave(print_ops, n_print, warmup=2)
+        pr, pr_cpu = interleave(print_ops, n_print, warmup=2, cpu=counters(warm_cpu, ["cli", "sdk", "llm"]))
         agbox_print = "warm run_code print(1) (IPython), our SDK over HTTP"
-        _agbox_row(rows, "print", agbox_print, "peer.agbox_run_code", pr["agbox"])
+        _agbox_row(rows, "print", agbox_print, "peer.agbox_run_code", pr["agbox"], cpu=pr_cpu.get("agbox"))
         _peer_row(rows, "print", "Docker CLI", "docker exec C python3 -c 'print(1)' (CLI)", "peer.docker_python_cli",
-                  pr["cli"], agbox_print, pr["agbox"], note="a fresh interpreter per call")
+                  pr["cli"], agbox_print, pr["agbox"], note="a fresh interpreter per call", cpu=pr_cpu.get("cli"))
         _peer_row(rows, "print", "Docker SDK", "exec_run(python3 -c 'print(1)') (Docker SDK)", "peer.docker_python_sdk",
-                  pr["sdk"], agbox_print, pr["agbox"], note="a fresh interpreter per call")
+                  pr["sdk"], agbox_print, pr["agbox"], note="a fresh interpreter per call", cpu=pr_cpu.get("sdk"))
         if llm_missing:
             rows.append(B.row(FAMILY, "llm-sandbox session.run('print(1)')", key="peer.llm_run", note=llm_missing,
                               group="print", comparison=GROUPS["print"], who="llm-sandbox"))
         else:
             _peer_row(rows, "print", "llm-sandbox", "llm-sandbox session.run('print(1)') in an open session (Docker)",
                       "peer.llm_run", pr["llm"], agbox_print, pr["agbox"],
-                      note="per run: mkdir -p + put_archive of the code file + exec `python FILE` (a fresh interpreter)")
+                      note="per run: mkdir -p + put_archive of the code file + exec `python FILE` (a fresh interpreter)",
+                      cpu=pr_cpu.get("llm"))
 
         # ---- code interpreter: open -> first print(1)
         agbox_interp = f"create -> first run_code print(1) (starts IPython), our SDK over HTTP, {pool}"
@@ -306,9 +383,9 @@ def _measure(d: D.Daemon, how: str, warm_srv: B.Server, cold_srv: B.Server, quic
         if not llm_missing:
             interp_ops.append(("llm", llm_first))
         B.say(f"code interpreter: create -> first run_code vs llm-sandbox open -> first run, interleaved (n={n_interp})")
-        it = interleave(interp_ops, n_interp)
+        it, it_cpu = interleave(interp_ops, n_interp, cpu=counters(warm_cpu, ["llm"]))
         _agbox_row(rows, "interp", agbox_interp, "peer.agbox_first_run_code", it["agbox"],
-                   note=_split_note(interp_parts, "create", "first run_code (IPython's start)"))
+                   note=_split_note(interp_parts, "create", "first run_code (IPython's start)"), cpu=it_cpu.get("agbox"))
         if llm_missing:
             rows.append(B.row(FAMILY, "llm-sandbox open -> first run('print(1)')", key="peer.llm_first",
                               note=llm_missing, group="interp", comparison=GROUPS["interp"], who="llm-sandbox"))
@@ -317,7 +394,7 @@ def _measure(d: D.Daemon, how: str, warm_srv: B.Server, cold_srv: B.Server, quic
                       "llm-sandbox SandboxSession(...).open() -> first run('print(1)') (Docker backend)",
                       "peer.llm_first", it["llm"], agbox_interp, it["agbox"],
                       note=_split_note(llm_parts, "open (client from DOCKER_HOST, container create + start)",
-                                       "first run") + "; close not timed")
+                                       "first run") + "; close not timed", cpu=it_cpu.get("llm"))
 
         # ---- idle memory
         rows += _memory(d, client, cold_srv)

@@ -55,9 +55,22 @@ class Daemon:
     process: subprocess.Popen[bytes]
     driver: str
     version: str
-    cgroup_parent: str
+    cgroup_top: str     # cgroup (every v1 controller) of all the daemon's work: daemon/ and containers/ below it
     tried: list[str]
     placement: str
+
+    @property
+    def cgroup_parent(self) -> str:
+        """Where dockerd puts its containers' cgroups (its --cgroup-parent)."""
+        return f"{self.cgroup_top}/containers"
+
+    def cpu_s(self) -> float | None:
+        """CPU seconds of dockerd, containerd, the shims and runc (the daemon/ cgroup) and of every container
+        (containers/), from cpuacct, which charges a parent for its children even after they are removed."""
+        usage = Path("/sys/fs/cgroup/cpuacct", self.cgroup_top.lstrip("/"), "cpuacct.usage")
+        with contextlib.suppress(OSError, ValueError):
+            return int(usage.read_text()) / 1e9
+        return None
 
     @property
     def host(self) -> str:
@@ -105,18 +118,26 @@ def _data_on_tmpfs(data: Path) -> str:
     return "data root on a tmpfs"
 
 
-def _start(root: Path, driver: str, cgroup_parent: str) -> subprocess.Popen[bytes]:
+def _start(root: Path, driver: str, cgroup_top: str) -> subprocess.Popen[bytes]:
     assert DOCKERD is not None
     (root / "daemon.json").write_text("{}")
     env = {**os.environ, "HTTP_PROXY": CLOSED_PROXY, "HTTPS_PROXY": CLOSED_PROXY, "NO_PROXY": ""}
     env.pop("DOCKER_HOST", None)
+    # dockerd joins a cpuacct cgroup of its own before it execs, so containerd, shims and runc start in it too.
+    join: list[str] = []
+    accounting = Path("/sys/fs/cgroup/cpuacct")
+    if accounting.is_dir() and not Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        daemon_group = accounting / cgroup_top.lstrip("/") / "daemon"
+        daemon_group.mkdir(parents=True, exist_ok=True)
+        join = ["sh", "-c", f'echo $$ > {daemon_group}/cgroup.procs && exec "$@"', "dockerd"]
     with open(root / "dockerd.log", "ab") as log:
         return subprocess.Popen(
-            [DOCKERD, "--config-file", str(root / "daemon.json"), "--data-root", str(root / "data"),
+            [*join, DOCKERD, "--config-file", str(root / "daemon.json"), "--data-root", str(root / "data"),
              "--exec-root", str(root / "exec"), "--pidfile", str(root / "docker.pid"),
              "--host", f"unix://{root}/docker.sock", "--storage-driver", driver,
              "--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-forward=false", "--ip-masq=false",
-             "--userland-proxy=false", "--exec-opt", "native.cgroupdriver=cgroupfs", "--cgroup-parent", cgroup_parent],
+             "--userland-proxy=false", "--exec-opt", "native.cgroupdriver=cgroupfs",
+             "--cgroup-parent", f"{cgroup_top}/containers"],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
@@ -132,7 +153,7 @@ def _processes_under(root: Path) -> list[int]:
     return out
 
 
-def _stop(process: subprocess.Popen[bytes], root: Path, cgroup_parent: str) -> None:
+def _stop(process: subprocess.Popen[bytes], root: Path, cgroup_top: str) -> None:
     started = time.monotonic()
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)  # dockerd stops its containers and its containerd, then exits
@@ -151,26 +172,26 @@ def _stop(process: subprocess.Popen[bytes], root: Path, cgroup_parent: str) -> N
     B.unmount_below(root)
     shutil.rmtree(root, ignore_errors=True)
     B.say(f"dockerd stopped in {stopped - started:.1f} s, its dir removed in {time.monotonic() - stopped:.1f} s")
-    _remove_cgroups(cgroup_parent)
+    _remove_cgroups(cgroup_top)
 
 
-def _remove_cgroups(cgroup_parent: str, timeout_s: float = 10) -> None:
-    """rmdir the daemon's cgroup parent (and any container cgroup left in it) in every controller; a cgroup
-    whose last process is still exiting cannot be removed yet, so this retries for a bounded time."""
+def _remove_cgroups(cgroup_top: str, timeout_s: float = 10) -> None:
+    """rmdir the daemon's cgroup tree (any container cgroup left in it too) in every controller, deepest first;
+    a cgroup whose last process is still exiting cannot be removed yet, so this retries for a bounded time."""
     deadline = time.monotonic() + timeout_s
     while True:
         left = []
         for controller in Path("/sys/fs/cgroup").iterdir():
-            parent = controller / cgroup_parent.lstrip("/")
-            if not parent.is_dir():
+            top = controller / cgroup_top.lstrip("/")
+            if not top.is_dir():
                 continue
-            for cgroup in [*(p for p in parent.iterdir() if p.is_dir()), parent]:
+            for dirpath, _, _ in os.walk(top, topdown=False):
                 try:
-                    cgroup.rmdir()
+                    os.rmdir(dirpath)
                 except FileNotFoundError:
                     pass
                 except OSError:
-                    left.append(cgroup)
+                    left.append(dirpath)
         if not left or time.monotonic() > deadline:
             return
         time.sleep(0.1)
@@ -199,11 +220,11 @@ def daemon() -> Iterator[Daemon]:
     etc_existed = KEY_FILE.parent.exists()
     tried: list[str] = []
     root = Path(tempfile.mkdtemp(prefix="agbox-bench-docker-"))
-    cgroup_parent = f"/agbox-bench-docker-{os.getpid()}"
+    cgroup_top = f"/agbox-bench-docker-{os.getpid()}"
     try:
         for driver in _drivers():
             placement = _data_on_tmpfs(root / "data")
-            process = _start(root, driver, cgroup_parent)
+            process = _start(root, driver, cgroup_top)
             answer = None
             deadline = time.monotonic() + 40
             try:
@@ -214,14 +235,14 @@ def daemon() -> Iterator[Daemon]:
                     time.sleep(0.2)
                 if answer and answer.split()[-1] == driver:
                     B.say(f"private dockerd {answer.split()[0]} on storage driver {driver}, {placement}, in {root}")
-                    yield Daemon(root, process, driver, answer.split()[0], cgroup_parent, tried, placement)
+                    yield Daemon(root, process, driver, answer.split()[0], cgroup_top, tried, placement)
                     return
                 log = (root / "dockerd.log").read_text(errors="replace")
                 reason = next((line for line in reversed(log.splitlines()) if "level=error" in line
                                or "failed to start daemon" in line), log.strip()[-200:] or "no output")
                 tried.append(f"{driver}: {answer or reason[-200:]}")
             finally:
-                _stop(process, root, cgroup_parent)
+                _stop(process, root, cgroup_top)
                 root.mkdir(exist_ok=True)
         raise NotAvailable("not available: dockerd could not start here with any storage driver ("
                            + "; ".join(tried) + ")")
