@@ -447,7 +447,7 @@ def _memory(d: D.Daemon, client: Any, srv: B.Server) -> list[dict[str, Any]]:
 @contextlib.contextmanager
 def _servers() -> Iterator[Callable[[], tuple[B.Server, B.Server]]]:
     """Start ``agbox serve`` with the default warm pool and with the pool off, in threads (so they come up while
-    the daemon starts and the image is imported); yields a call that waits for both. Both are stopped at the end."""
+    the image is imported); yields a call that waits for both. Both are stopped at the end."""
     with contextlib.ExitStack() as stack:
         roots = [stack.enter_context(B.temp_root("agbox-bench-peer-")) for _ in range(2)]
         pool = stack.enter_context(concurrent.futures.ThreadPoolExecutor(2))
@@ -464,7 +464,7 @@ def _servers() -> Iterator[Callable[[], tuple[B.Server, B.Server]]]:
 
 def run(quick: bool) -> list[dict[str, Any]]:
     try:
-        with _servers() as servers, D.daemon() as d:
+        with D.daemon() as d, _servers() as servers:  # the servers come up while the image is imported
             how = D.image(d)
             warm_srv, cold_srv = servers()
             return _measure(d, how, warm_srv, cold_srv, quick)
