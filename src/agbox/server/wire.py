@@ -43,6 +43,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "listTools": ("POST", "/mcp/listTools"),
     "callMcpTool": ("POST", "/mcp"),
     "setNetworkPolicy": ("POST", "/mcp/setNetworkPolicy"),  # ours: change a running session's policy
+    "getSessionLogs": ("GET", "/sdk/GetSessionLogs"),  # ours: a session's recent tool calls (agbox logs)
     # Handled by the links feature module; listed here so SDK clients know the route without a platform.
     "getLink": ("GET", "/internet/getLink"),
     # Handled by the browser feature module (server/browser.py).
@@ -100,6 +101,7 @@ class WireApi:
             "listTools": self._list_tools,
             "callMcpTool": self._call_tool,
             "setNetworkPolicy": self._set_network_policy,
+            "getSessionLogs": self._get_session_logs,
         }
         # The feature modules of the edge (links, contexts) add theirs through register() (server/app.py).
         self.extra_ops: dict[str, Callable[[str, Params, str], Awaitable[dict[str, Any]]]] = {}
@@ -238,3 +240,10 @@ class WireApi:
         # Tool errors keep success=true and an empty message, so the SDK hands the tool's own
         # JSON payload (stdout, stderr, exit code) to the module that asked.
         return envelope(rid, {"content": output.content(), "isError": output.is_error})
+
+    async def _get_session_logs(self, owner: str, p: Params, rid: str) -> dict[str, Any]:
+        status, entries = self.tools.activity_of(owner, p.get("sessionId"), p.get("afterSeq") or 0,
+                                                 p.get("maxResults") or 200)
+        last = entries[-1].seq if entries else int(p.get("afterSeq") or 0)
+        return envelope(rid, {"sessionId": p.get("sessionId"), "status": status, "lastSeq": last,
+                              "entries": [e.to_wire() for e in entries]})
