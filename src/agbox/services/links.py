@@ -5,8 +5,8 @@ Design
 Each (session, port) link gets its own listener on the server's host (``settings.host``), an
 ephemeral TCP port, opened on demand by ``getLink`` and closed when the session is released. Every
 connection to it is relayed to ``127.0.0.1:<port>`` *inside* the sandbox through
-``Runtime.connect_port`` (a socket made in the sandbox's network namespace; sandboxes have no
-network interface but loopback). Because the link has a host:port of its own, the app keeps its
+``Runtime.connect_port`` (a socket made in the sandbox's network namespace, connected to its
+loopback: one hop, no helper process inside). Because the link has a host:port of its own, the app keeps its
 own URL space: ``/static/x.js`` in the page loads ``/static/x.js`` of the app.
 
 The URL a client gets is ``http://<host>:<listener port>/_agbox/<secret>/``. The secret is an HMAC
@@ -25,7 +25,8 @@ The relay speaks just enough HTTP/1.1 to do that (services/http1.py): it reads e
 and the ``Cookie`` header, and then streams the body as raw bytes (``Content-Length`` or chunked,
 chunk framing passed through verbatim); responses pass through byte for byte (only a
 ``Set-Cookie`` line is added to the answer of a request that carried the secret in its path).
-Bodies are never buffered, so large uploads and downloads and server-sent events stream. A ``101
+Bodies are never buffered, so large uploads and downloads and server-sent events stream. The relay
+works on the raw sockets (``http1.Channel``): bodies move kernel to kernel with ``splice``. A ``101
 Switching Protocols`` answer (WebSocket) turns the connection into a plain two-way byte pipe.
 Requests on one connection are handled one after the other (no pipelining; browsers and httpx do
 not pipeline).
