@@ -7,6 +7,8 @@ Usage: python3 link_app.py PORT. Routes:
   GET  /headers         the request line and headers as JSON
   GET  /bytes?n=N       N bytes (deterministic), streamed in 1 MiB pieces, with Content-Length
   GET  /ping            "pong" (keep-alive, HTTP/1.1)
+  GET  /peer            the port this connection comes from (which upstream connection the relay used)
+  GET  /drop            "dropped", then closes the connection without saying so (a keep-alive timeout)
   POST|PUT /upload      sha256 and length of the body (Content-Length or chunked), streamed
   GET  /sse             server-sent events: "one", then "two" after POST /release
   POST /release         lets /sse send its second event
@@ -63,6 +65,11 @@ class Handler(BaseHTTPRequestHandler):
             self.send(302, b"", headers=[("Location", "/static/x.js")])
         elif path == "/ping":
             self.send(200, b"pong")
+        elif path == "/peer":
+            self.send(200, str(self.client_address[1]).encode())
+        elif path == "/drop":
+            self.send(200, b"dropped")
+            self.close_connection = True
         elif path == "/headers":
             body = {"path": self.path, "headers": [[k, v] for k, v in self.headers.items()]}
             self.send(200, json.dumps(body).encode(), "application/json")

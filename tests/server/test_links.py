@@ -258,6 +258,28 @@ def test_headers_status_redirects_pass_through(app_url: str) -> None:
             assert client.get(app_url + "ping").text == "pong"
 
 
+def test_new_client_connections_reuse_the_upstream_and_survive_its_close(app_url: str) -> None:
+    # A client that opens a connection per request (Connection: close) still gets one upstream
+    # connection: the relay keeps it for the link's next client (no connect inside the sandbox).
+    def one_shot(path: str) -> httpx.Response:
+        with httpx.Client(timeout=10, headers={"connection": "close"}) as client:
+            return client.get(app_url + path)
+
+    first, second = one_shot("peer"), one_shot("peer")
+    assert first.status_code == second.status_code == 200
+    assert first.text == second.text
+    # The app closes its side without saying so (as a keep-alive timeout does): the next request,
+    # on the same client connection or a new one, goes out again on a fresh upstream connection.
+    with httpx.Client(timeout=10) as client:
+        assert client.get(app_url + "drop").text == "dropped"
+        again = client.get(app_url + "peer")
+        assert again.status_code == 200 and again.text != first.text
+        assert client.get(app_url + "drop").text == "dropped"
+    assert one_shot("ping").text == "pong"
+    assert one_shot("drop").text == "dropped"
+    assert one_shot("ping").text == "pong"
+
+
 def test_large_download_and_upload_intact(app_url: str) -> None:
     size = int(os.environ.get("AGBOX_LINK_TEST_MB", "64")) * MB
     digest, total = hashlib.sha256(), 0

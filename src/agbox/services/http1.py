@@ -31,6 +31,10 @@ class HeadTooLarge(ProtocolError):
     pass
 
 
+class UpstreamClosed(ProtocolError):
+    """A kept-alive upstream connection ended before the first byte of an answer."""
+
+
 class Incomplete(ProtocolError):
     """The peer closed before a whole head or line arrived; ``partial`` is what did."""
 
@@ -55,6 +59,7 @@ class Channel:
         self.loop = asyncio.get_running_loop()
         self.buf = bytearray()
         self.sent = 0
+        self.answers = 0  # HTTP answers read from this socket (a reused connection may be stale)
         self._pipe: tuple[int, int] | None = None  # for bodies read from this socket
 
     def close(self) -> None:
@@ -63,6 +68,16 @@ class Channel:
                 os.close(end)
             self._pipe = None
         self.sock.close()
+
+    def idle_alive(self) -> bool:
+        """An idle connection still open, with nothing unexpected waiting to be read?"""
+        try:
+            self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        return False  # the peer closed, or sent bytes nobody asked for
 
     def shutdown(self) -> None:
         """Cut the connection at once (the peer sees the end); close() follows from its owner."""

@@ -62,6 +62,7 @@ from agbox.services.http1 import (
     HeadTooLarge,
     Incomplete,
     ProtocolError,
+    UpstreamClosed,
     body_kind,
     parse_head,
     text_response,
@@ -79,6 +80,11 @@ PROTOCOLS = ("http", "https", "ws", "wss")
 HEAD_LIMIT = 256 * 1024  # request and response heads, and chunk-size lines
 CONNECT_TIMEOUT_S = 10.0
 TOUCH_INTERVAL_S = 1.0
+# Upstream connections kept open between client connections of one link (a browser or a client that
+# opens a connection per request then skips the connect inside the sandbox, and the app its accept).
+# Shorter than the shortest common keep-alive timeout of app servers (gunicorn: 2 s).
+IDLE_UPSTREAMS = 4
+IDLE_S = 1.5
 
 
 def link_secret(token: str, session_id: str, port: int, purpose: str = "link") -> str:
@@ -161,6 +167,7 @@ class Link:
     listen_port: int = 0
     closed: bool = False
     connections: set[Connection] = field(default_factory=set)
+    idle: list[tuple[Channel, float]] = field(default_factory=list)  # (upstream, idle since), newest last
     last_touch: float = 0.0
 
     @property
@@ -193,6 +200,36 @@ class Link:
         for conn in list(self.connections):
             conn.abort()
         self.connections.clear()
+        for channel, _ in self.idle:
+            channel.close()
+        self.idle.clear()
+
+    # ---- idle upstream connections -------------------------------------------------------------
+
+    def _take_idle(self) -> Channel | None:
+        now = time.monotonic()
+        while self.idle:
+            channel, since = self.idle.pop()
+            if now - since < IDLE_S and channel.idle_alive():
+                return channel
+            channel.close()
+        return None
+
+    def _keep_idle(self, channel: Channel) -> None:
+        """Keep an upstream connection whose last answer ended cleanly for the link's next client."""
+        if self.closed or channel.buf or self.loop is None:
+            channel.close()
+            return
+        self.idle.append((channel, time.monotonic()))
+        while len(self.idle) > IDLE_UPSTREAMS:
+            self.idle.pop(0)[0].close()
+        self.loop.call_later(IDLE_S, self._prune_idle)
+
+    def _prune_idle(self) -> None:
+        now = time.monotonic()
+        for channel, since in [entry for entry in self.idle if now - entry[1] >= IDLE_S]:
+            self.idle.remove((channel, since))
+            channel.close()
 
     def _accept(self) -> None:
         """Readiness callback of the listener: start serving every connection waiting in the backlog."""
@@ -334,6 +371,8 @@ class Link:
             except Incomplete as exc:
                 if exc.partial.strip():
                     await client.send(text_response(400, "Bad Request", "Bad Request: incomplete request head."))
+                elif conn.upstream is not None:  # the client left between requests: the upstream is clean
+                    self._release_upstream(conn)
                 return
             except HeadTooLarge:
                 await client.send(text_response(431, "Request Header Fields Too Large",
@@ -362,24 +401,47 @@ class Link:
                 await client.send(text_response(405, "Method Not Allowed", "CONNECT is not supported on links."))
                 return
             if conn.upstream is None:
-                got = await self._connect()
-                if isinstance(got, str):
-                    code, reason = (410, "Gone") if got.startswith("Session") else (502, "Bad Gateway")
-                    await client.send(text_response(code, reason, got))
-                    return
-                if self.closed:  # released while connecting
-                    got.close()
-                    return
-                conn.upstream = Channel(got)
+                conn.upstream = self._take_idle()
+                conn.counted_in = conn.upstream.sent if conn.upstream is not None else 0
+            if conn.upstream is None and not await self._open_upstream(conn):
+                return
+            assert conn.upstream is not None
             upstream = conn.upstream
             connection = head.tokens(b"connection")
-            req_close = b"close" in connection or (
-                head.first[2].upper() == b"HTTP/1.0" and b"keep-alive" not in connection)
+            http11 = head.first[2].upper() == b"HTTP/1.1"
+            req_close = b"close" in connection or (not http11 and b"keep-alive" not in connection)
             upgrade = b"upgrade" in connection and head.get(b"upgrade") is not None
-            await upstream.send(head.encode())
+            if b"close" in connection and http11 and not upgrade:
+                # Connection is hop-by-hop: the client's connection ends after this answer, the
+                # upstream one may serve the link's next client.
+                head.headers = [(k, v) for k, v in head.headers if k.lower() != b"connection"]
+                if connection - {b"close"}:
+                    head.headers.append((b"Connection", b", ".join(sorted(connection - {b"close"}))))
+            encoded = head.encode()
             if req_body == "none":  # the common case: no second task
-                resp_status, resp_close = await self._response(upstream, client, method, in_path)
+                try:
+                    try:
+                        await upstream.send(encoded)
+                    except ConnectionError:
+                        if not upstream.answers:
+                            raise
+                        raise UpstreamClosed("the kept-alive upstream connection was closed") from None
+                    resp_status, resp_close = await self._response(upstream, client, method, in_path,
+                                                                   quiet_close=upstream.answers > 0)
+                except UpstreamClosed:
+                    # A kept-alive upstream the app had closed meanwhile: once more on a new one
+                    # (safe: nothing of the answer was relayed, and the request has no body).
+                    self.service.count(conn)
+                    upstream.close()
+                    conn.upstream = None
+                    if not await self._open_upstream(conn):
+                        return
+                    assert conn.upstream is not None
+                    upstream = conn.upstream
+                    await upstream.send(encoded)
+                    resp_status, resp_close = await self._response(upstream, client, method, in_path)
             else:
+                await upstream.send(encoded)
                 body_task = asyncio.create_task(self._request_body(client, upstream, req_body, req_length))
                 resp_task = asyncio.create_task(self._response(upstream, client, method, in_path))
                 try:
@@ -401,9 +463,34 @@ class Link:
             if resp_status == 101 and upgrade:
                 await asyncio.gather(client.pipe_to(upstream), upstream.pipe_to(client))
                 return
-            if resp_status == 101 or req_close or resp_close:
+            if resp_status == 101 or resp_close or not http11:
                 # The client was told (or will see) the end of the connection: end both sides.
                 return
+            if req_close:
+                self._release_upstream(conn)
+                return
+
+    def _release_upstream(self, conn: Connection) -> None:
+        """The client connection ends after a clean answer: its upstream goes to the idle pool."""
+        upstream = conn.upstream
+        if upstream is not None:
+            self.service.count(conn)
+            conn.upstream = None
+            self._keep_idle(upstream)
+
+    async def _open_upstream(self, conn: Connection) -> bool:
+        """Connect conn.upstream to the app; False (after answering the client) when that fails."""
+        got = await self._connect()
+        if isinstance(got, str):
+            code, reason = (410, "Gone") if got.startswith("Session") else (502, "Bad Gateway")
+            await conn.client.send(text_response(code, reason, got))
+            return False
+        if self.closed:  # released while connecting
+            got.close()
+            return False
+        conn.upstream = Channel(got)
+        conn.counted_in = 0
+        return True
 
     async def _request_body(self, client: Channel, upstream: Channel, kind: str, length: int) -> None:
         if kind == "length":
@@ -412,12 +499,18 @@ class Link:
             await client.copy_chunked_to(upstream, HEAD_LIMIT)
 
     async def _response(self, upstream: Channel, client: Channel, method: bytes,
-                        in_path: bool) -> tuple[int, bool]:
-        """Relay one response (after any 1xx interim answers); (status, close the connection after)."""
+                        in_path: bool, quiet_close: bool = False) -> tuple[int, bool]:
+        """Relay one response (after any 1xx interim answers); (status, close the connection after).
+        ``quiet_close``: an upstream that ends before its first byte raises UpstreamClosed (no 502)."""
+        upstream.answers += 1
         while True:
             try:
                 raw = await upstream.read_until(b"\r\n\r\n", HEAD_LIMIT)
-            except Incomplete:
+            except (Incomplete, ConnectionError) as exc:
+                if quiet_close and not (exc.partial if isinstance(exc, Incomplete) else upstream.buf):
+                    raise UpstreamClosed("the kept-alive upstream connection was closed") from None
+                if isinstance(exc, ConnectionError):
+                    raise
                 await client.send(text_response(502, "Bad Gateway", f"Bad Gateway: the server on port {self.port} "
                                                 "closed the connection without a complete answer."))
                 raise ProtocolError("upstream closed") from None
