@@ -61,8 +61,18 @@ class Channel:
         self.sent = 0
         self.answers = 0  # HTTP answers read from this socket (a reused connection may be stale)
         self._pipe: tuple[int, int] | None = None  # for bodies read from this socket
+        # The read callback stays registered between waits (a request/answer exchange then costs no
+        # epoll_ctl); readiness with nobody waiting unregisters it.
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._reading = False
+        # The last read took less than it could: the socket was empty then, so the next read waits
+        # for readiness first instead of failing with EAGAIN (a syscall and an exception saved).
+        self._drained = False
 
     def close(self) -> None:
+        if self._reading and not self.loop.is_closed():
+            self.loop.remove_reader(self.fd)
+        self._reading = False
         if self._pipe is not None:
             for end in self._pipe:
                 os.close(end)
@@ -84,13 +94,25 @@ class Channel:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
 
+    def _on_readable(self) -> None:
+        waiter, self._read_waiter = self._read_waiter, None
+        if waiter is None:
+            self.loop.remove_reader(self.fd)
+            self._reading = False
+        elif not waiter.done():
+            waiter.set_result(None)
+
     async def readable(self) -> None:
         future = self.loop.create_future()
-        self.loop.add_reader(self.fd, _wake, future)
+        self._read_waiter = future
+        if not self._reading:
+            self.loop.add_reader(self.fd, self._on_readable)
+            self._reading = True
         try:
             await future
         finally:
-            self.loop.remove_reader(self.fd)
+            if self._read_waiter is future:
+                self._read_waiter = None
 
     async def writable(self) -> None:
         future = self.loop.create_future()
@@ -100,18 +122,27 @@ class Channel:
         finally:
             self.loop.remove_writer(self.fd)
 
-    async def fill(self) -> bool:
-        """Read what has arrived (waiting for something) into the buffer; False at the end."""
+    async def recv(self) -> bytes:
+        """What has arrived (waiting for something), up to RECV_SIZE; b"" at the end."""
+        if self._drained:
+            self._drained = False
+            await self.readable()
         while True:
             try:
                 data = self.sock.recv(RECV_SIZE)
             except BlockingIOError:
                 await self.readable()
                 continue
-            if not data:
-                return False
-            self.buf += data
-            return True
+            self._drained = len(data) < RECV_SIZE
+            return data
+
+    async def fill(self) -> bool:
+        """Read what has arrived (waiting for something) into the buffer; False at the end."""
+        data = await self.recv()
+        if not data:
+            return False
+        self.buf += data
+        return True
 
     async def read_until(self, separator: bytes, limit: int) -> bytes:
         """Bytes up to and including ``separator``; HeadTooLarge past ``limit``, Incomplete at the end."""
@@ -158,7 +189,10 @@ class Channel:
             del self.buf[:take]
             if length is not None:
                 length -= take
-        if length is not None and length <= SMALL_BODY:
+        if length is None:
+            await self._copy_until_end(sink)
+            return
+        if length <= SMALL_BODY:
             while length > 0:
                 if not await self.fill():
                     raise ProtocolError("connection closed in the middle of a body")
@@ -167,34 +201,51 @@ class Channel:
                 del self.buf[:take]
                 length -= take
             return
-        await self._splice_to(sink, length)
+        while length > 0:
+            moved = await self._splice_once(sink, length)
+            if not moved:
+                raise ProtocolError("connection closed in the middle of a body")
+            length -= moved
 
-    async def _splice_to(self, sink: Channel, length: int | None) -> None:
-        read_end, write_end = self._pipe_ends()
-        in_pipe = 0
+    async def _copy_until_end(self, sink: Channel) -> None:
+        """Small pieces (a WebSocket message, an event) go through recv + send, which costs less than
+        splice for them; once a read fills the whole buffer the stream is bulk, and splice takes it
+        until a pipe-load comes back small again."""
+        bulk = False
         while True:
-            if in_pipe == 0:
-                if length == 0:
+            if bulk:
+                moved = await self._splice_once(sink, PIPE_SIZE)
+                if not moved:
                     return
-                want = PIPE_SIZE if length is None else min(length, PIPE_SIZE)
-                try:
-                    in_pipe = os.splice(self.fd, write_end, want, flags=SPLICE_FLAGS)
-                except BlockingIOError:
-                    await self.readable()
-                    continue
-                if in_pipe == 0:
-                    if length is None:
-                        return
-                    raise ProtocolError("connection closed in the middle of a body")
-                if length is not None:
-                    length -= in_pipe
+                bulk = moved >= RECV_SIZE
+                continue
+            data = await self.recv()
+            if not data:
+                return
+            await sink.send(data)
+            bulk = len(data) == RECV_SIZE
+
+    async def _splice_once(self, sink: Channel, most: int) -> int:
+        """Move what has arrived (waiting for something), up to ``most`` and a pipe-load, through the
+        pipe to ``sink``; the bytes moved, 0 at the end of this side."""
+        read_end, write_end = self._pipe_ends()
+        self._drained = False
+        while True:
             try:
-                out = os.splice(read_end, sink.fd, in_pipe, flags=SPLICE_FLAGS)
+                moved = os.splice(self.fd, write_end, min(most, PIPE_SIZE), flags=SPLICE_FLAGS)
+                break
+            except BlockingIOError:
+                await self.readable()
+        left = moved
+        while left:
+            try:
+                out = os.splice(read_end, sink.fd, left, flags=SPLICE_FLAGS)
             except BlockingIOError:
                 await sink.writable()
                 continue
-            in_pipe -= out
+            left -= out
             sink.sent += out
+        return moved
 
     async def pipe_to(self, sink: Channel) -> None:
         """One direction of a raw two-way relay: copy until the end, then half-close the sink."""
