@@ -20,6 +20,9 @@ from dataclasses import dataclass
 RECV_SIZE = 64 * 1024
 PIPE_SIZE = 1024 * 1024  # the default pipe-max-size; a bigger pipe means fewer splice calls per MB
 SMALL_BODY = 16 * 1024   # below this a recv + send costs less than setting a pipe up
+# While a body of known length streams, the socket counts as readable only once this much (or the
+# rest of the body) has arrived: fewer, larger splices instead of a wake-up per few KiB.
+BATCH = 128 * 1024
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 
 
@@ -68,6 +71,7 @@ class Channel:
         # The last read took less than it could: the socket was empty then, so the next read waits
         # for readiness first instead of failing with EAGAIN (a syscall and an exception saved).
         self._drained = False
+        self._lowat = 1
 
     def close(self) -> None:
         if self._reading and not self.loop.is_closed():
@@ -201,11 +205,21 @@ class Channel:
                 del self.buf[:take]
                 length -= take
             return
-        while length > 0:
-            moved = await self._splice_once(sink, length)
-            if not moved:
-                raise ProtocolError("connection closed in the middle of a body")
-            length -= moved
+        try:
+            while length > 0:
+                self._low_water(min(length, BATCH))
+                moved = await self._splice_once(sink, length)
+                if not moved:
+                    raise ProtocolError("connection closed in the middle of a body")
+                length -= moved
+        finally:
+            self._low_water(1)
+
+    def _low_water(self, size: int) -> None:
+        if size != self._lowat:
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, size)
+                self._lowat = size
 
     async def _copy_until_end(self, sink: Channel) -> None:
         """Small pieces (a WebSocket message, an event) go through recv + send, which costs less than
@@ -229,13 +243,17 @@ class Channel:
         """Move what has arrived (waiting for something), up to ``most`` and a pipe-load, through the
         pipe to ``sink``; the bytes moved, 0 at the end of this side."""
         read_end, write_end = self._pipe_ends()
-        self._drained = False
+        if self._drained:  # the last splice emptied the socket: no point trying before it is readable
+            self._drained = False
+            await self.readable()
+        want = min(most, PIPE_SIZE)
         while True:
             try:
-                moved = os.splice(self.fd, write_end, min(most, PIPE_SIZE), flags=SPLICE_FLAGS)
+                moved = os.splice(self.fd, write_end, want, flags=SPLICE_FLAGS)
                 break
             except BlockingIOError:
                 await self.readable()
+        self._drained = 0 < moved < want
         left = moved
         while left:
             try:
