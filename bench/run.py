@@ -39,7 +39,7 @@ import benchlib as B  # noqa: E402
 
 # Families run in this order; any other bench_*.py follows alphabetically.
 ORDER = ["create", "tti", "tool", "mcp", "links", "files", "disk", "code", "browser", "network", "startup", "density",
-         "load", "peer"]
+         "load", "console", "terminal", "async", "peer"]
 
 # (label, row key, field, comparison, threshold, unit). "field" may be p50_ms, value or delta_ms.
 TARGETS: list[tuple[str, str, str, str, float, str]] = [
@@ -70,6 +70,12 @@ TARGETS: list[tuple[str, str, str, str, float, str]] = [
     ("networking adds nothing to a pooled create (<= 0.1 ms)", "network.create_pooled", "delta_ms", "<=", 0.1, "ms"),
     ("session TCP download >= 0.7x the host's", "network.throughput_down", "ratio", ">=", 0.7, "x"),
     ("session TCP upload >= 0.7x the host's", "network.throughput_up", "ratio", ">=", 0.7, "x"),
+    ("console sessions page first contentful paint p50 <= 1800 ms (web.dev's 'good')", "console.fcp_sessions",
+     "p50_ms", "<=", 1800, "ms"),
+    ("terminal keystroke echo p99 <= 50 ms (typing feels immediate)", "terminal.echo", "p99_ms", "<=", 50, "ms"),
+    ("terminal keystroke echo p50 <= the shell tool's round trip p50", "terminal.echo", "ratio", "<=", 1.0, "x"),
+    ("AsyncAGB: 100 concurrent calls >= 2x the calls/s of 100 sequential sync calls", "async.rate", "ratio", ">=", 2,
+     "x"),
 ]
 
 

@@ -17,6 +17,8 @@ command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v java >/dev/null 2>&1 || need+=(default-jdk-headless)
 command -v Rscript >/dev/null 2>&1 || need+=(r-base-core)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# The web console is tested in Firefox too (driven over Marionette, tests/firefox.py).
+command -v firefox-esr >/dev/null 2>&1 || need+=(firefox-esr)
 # PostgreSQL server binaries: the test suite runs the store against a throwaway cluster (initdb + pg_ctl).
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 # The computer-use desktop: X server, window manager, input/window tools, VNC + noVNC for the live view,

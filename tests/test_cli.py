@@ -135,3 +135,80 @@ def test_shell_is_an_interactive_terminal(server: ServerProcess) -> None:
             process.wait(10)
         os.close(master)
         agbox("rm", session_id, env=env)
+
+
+def test_logs_shows_a_sessions_calls_to_its_owner_only(server: ServerProcess) -> None:
+    import json
+    import select
+    import time
+
+    import httpx
+
+    env = {"AGB_ENDPOINT": server.endpoint, "AGB_API_KEY": server.api_key}
+    session_id = agbox("create", env=env).stdout.strip()
+    follower: subprocess.Popen[str] | None = None
+    try:
+        assert agbox("exec", session_id, "--", "echo", "first", env=env).returncode == 0
+        with httpx.Client(base_url=server.endpoint, headers={"authorization": f"Bearer {server.api_key}"}) as http:
+            for command in ("sh -c 'exit 3'", "true", "true", "true"):
+                http.post("/mcp", json={"sessionId": session_id, "name": "shell",
+                                        "args": json.dumps({"command": command})}).raise_for_status()
+            # Secrets the caller sent as payloads: file contents and environment values are not kept.
+            wrote = http.post("/mcp", json={"sessionId": session_id, "name": "write_file", "args": json.dumps(
+                {"path": "/tmp/k.txt", "content": "content-secret-123"})}).json()
+            assert wrote["success"] and not wrote["data"]["isError"], wrote
+            ran = http.post("/mcp", json={"sessionId": session_id, "name": "shell", "args": json.dumps(
+                {"command": "test -n \"$TOKEN\"", "envs": {"TOKEN": "env-secret-456"}})}).json()
+            assert ran["success"] and not ran["data"]["isError"], ran
+
+        shown = agbox("logs", session_id, env=env)
+        assert shown.returncode == 0, shown.stderr
+        lines = shown.stdout.splitlines()
+        assert len(lines) == 5, shown.stdout  # the three `true` calls fold into one line
+        assert "shell" in lines[0] and "exit 0" in lines[0] and lines[0].endswith("echo first")
+        assert "exit 3" in lines[1] and "sh -c 'exit 3'" in lines[1]
+        assert lines[2].endswith("true (x3)")
+        assert "write_file" in lines[3] and "path=/tmp/k.txt" in lines[3] and "<18 chars>" in lines[3]
+        assert "envs={TOKEN}" in lines[4]
+        assert "secret" not in shown.stdout
+
+        # Another key's session is "not found", and so is its log.
+        made = agbox("keys", "create", "--name", "other", "--data-dir", str(server.data_dir))
+        other_key = made.stdout.split("\t")[1].strip()
+        refused = agbox("logs", session_id, env={**env, "AGB_API_KEY": other_key})
+        assert refused.returncode == 2 and session_id in refused.stderr and "first" not in refused.stdout
+
+        # --follow prints new calls as they come, and ends with the session.
+        environ = {k: v for k, v in os.environ.items() if not k.startswith(("AGB_", "AGBOX_"))}
+        follower = subprocess.Popen([sys.executable, "-m", "agbox", "logs", "-f", "-n", "1", session_id,
+                                     "--interval", "0.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    env={**environ, **env})
+        stream = follower.stdout
+        assert stream is not None
+
+        def wait_line(needle: str) -> None:
+            deadline = time.monotonic() + 30
+            while True:
+                assert time.monotonic() < deadline, f"{needle!r} never appeared in the followed log"
+                if select.select([stream], [], [], 0.5)[0]:
+                    line = stream.readline()
+                    assert line, f"agbox logs -f ended early: {follower.stderr.read() if follower.stderr else ''}"
+                    if needle in line:
+                        return
+
+        wait_line("envs={TOKEN}")  # -n 1: the newest entry first
+        assert agbox("exec", session_id, "--", "echo", "while-following", env=env).returncode == 0
+        wait_line("while-following")
+    finally:
+        removed = agbox("rm", session_id, env=env)
+        if follower is not None:
+            try:
+                follower.wait(30)
+            finally:
+                if follower.poll() is None:
+                    follower.kill()
+                    follower.wait(10)
+    assert removed.returncode == 0 and follower.returncode == 0
+    # The log of an ended session stays readable for a while.
+    after = agbox("logs", session_id, env=env)
+    assert after.returncode == 0 and "while-following" in after.stdout

@@ -1,7 +1,7 @@
 """``agbox`` command line.
 
 Operator commands work on a data dir (``serve``, ``keys``, ``sessions``); user commands (``create``,
-``exec``, ``ls``, ``rm``) talk to a running server through the SDK, like any other client.
+``exec``, ``shell``, ``ls``, ``logs``, ``rm``) talk to a running server through the SDK, like any other client.
 """
 
 from __future__ import annotations
@@ -311,6 +311,45 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _log_line(entry, with_date: bool) -> str:  # type: ignore[no-untyped-def]
+    moment = datetime.datetime.fromtimestamp(entry.time)
+    when = moment.strftime("%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S") + f".{moment.microsecond // 1000:03d}"
+    if entry.exit_code is not None:
+        outcome = f"exit {entry.exit_code}"
+    else:
+        outcome = "ok" if entry.ok else "error"
+    repeat = f" (x{entry.repeat})" if entry.repeat > 1 else ""
+    error = f"  [{entry.error}]" if entry.error else ""
+    return (f"{when}  {entry.tool:<14} {outcome:<8} {entry.duration_ms:>9.1f} ms  {entry.summary}{repeat}"
+            f"{error}")
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    import time
+
+    if args.lines < 1:
+        raise CliError("--lines must be at least 1")
+    with _client(args) as agb:
+        result = agb.get_session_logs(args.session_id, limit=min(args.lines, 1000))
+        if not result.success:
+            raise CliError(result.error_message)
+        shown = 0
+        while True:
+            for entry in result.entries:
+                print(_log_line(entry, not args.follow), flush=args.follow)
+                shown += 1
+            if not args.follow or result.status == "FINISH":
+                break
+            # --follow: poll for what came since (a repeat of the last call comes back with a new seq).
+            time.sleep(args.interval)
+            result = agb.get_session_logs(args.session_id, after_seq=result.last_seq)
+            if not result.success:
+                raise CliError(result.error_message)
+        if not shown and not args.follow:
+            print(f"agbox: no tool calls recorded for {args.session_id} yet", file=sys.stderr)
+        return 0
+
+
 def cmd_shell(args: argparse.Namespace) -> int:
     import select
     import shutil
@@ -472,6 +511,14 @@ def build_parser() -> argparse.ArgumentParser:
     shell.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
     client_options(shell)
     shell.set_defaults(func=cmd_shell)
+
+    logs = sub.add_parser("logs", help="a session's recent commands and tool calls (newest last)")
+    logs.add_argument("session_id")
+    logs.add_argument("-n", "--lines", type=int, default=200, help="show at most this many (default 200)")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new calls until the session ends")
+    logs.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
+    client_options(logs)
+    logs.set_defaults(func=cmd_logs)
 
     rm = sub.add_parser("rm", help="delete sessions")
     rm.add_argument("session_ids", nargs="+")

@@ -175,3 +175,19 @@ def test_hundred_concurrent_tool_calls_from_one_loop(async_agb: AsyncAGB) -> Non
     for i, result in enumerate(results):
         assert result.success, result.error_message
         assert result.stdout == f"call-{i}\n"
+
+
+def test_the_typed_stub_is_generated_from_the_sync_classes() -> None:
+    """aio_types.pyi (what type checkers see of the twins) is the generator's output for today's sync classes."""
+    from pathlib import Path
+
+    from agbox.client import aio_stubgen
+
+    stub = Path(aio_stubgen.__file__).with_name("aio_types.pyi")
+    assert stub.read_text() == aio_stubgen.Stub().render(), \
+        "stale: python -m agbox.client.aio_stubgen > src/agbox/client/aio_types.pyi"
+    text = stub.read_text()
+    for sync_class, twin in aio._TWINS.items():
+        for name in aio.public_methods(sync_class):
+            assert f"async def {name}(" in text.split(f"class {twin.__name__}(AsyncTwin):")[1].split("\nclass ")[0]
+    assert "async def create(self, params: CreateSessionParams | None = ...) -> AsyncSessionResult" in text

@@ -1,7 +1,13 @@
 """The agbox SDK, with the AGB SDK's names: ``AGB``, ``Session``, ``CreateSessionParams`` and results."""
 
+from typing import TYPE_CHECKING
+
 from agbox.client.agb import AGB, Config, CreateSessionParams, NetworkPolicy
-from agbox.client.aio import AsyncAGB, AsyncSession
+
+if TYPE_CHECKING:  # the twins' precise types (generated from the sync classes; see client/aio_stubgen.py)
+    from agbox.client.aio_types import AsyncAGB, AsyncSession
+else:
+    from agbox.client.aio import AsyncAGB, AsyncSession
 from agbox.client.results import (
     CommandResult,
     DeleteResult,
@@ -11,6 +17,8 @@ from agbox.client.results import (
     McpToolsResult,
     OperationResult,
     SessionListResult,
+    SessionLogEntry,
+    SessionLogsResult,
     SessionMetrics,
     SessionMetricsResult,
     SessionResult,
@@ -34,6 +42,8 @@ __all__ = [
     "OperationResult",
     "Session",
     "SessionListResult",
+    "SessionLogEntry",
+    "SessionLogsResult",
     "SessionMetrics",
     "SessionMetricsResult",
     "SessionResult",

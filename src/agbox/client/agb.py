@@ -11,7 +11,15 @@ from typing import Any
 
 from agbox.client.backend import Backend, EmbeddedBackend, HttpBackend
 from agbox.client.context import ContextService
-from agbox.client.results import DeleteResult, GetSessionData, GetSessionResult, SessionListResult, SessionResult
+from agbox.client.results import (
+    DeleteResult,
+    GetSessionData,
+    GetSessionResult,
+    SessionListResult,
+    SessionLogEntry,
+    SessionLogsResult,
+    SessionResult,
+)
 from agbox.client.session import Session, data_of, envelope_error
 from agbox.settings import default_data_dir
 
@@ -188,3 +196,24 @@ class AGB:
 
     def delete(self, session: Session, sync_context: bool = False) -> DeleteResult:
         return session.delete(sync_context)
+
+    def get_session_logs(self, session_id: str, after_seq: int = 0, limit: int = 200) -> SessionLogsResult:
+        """A session's recent tool calls and terminals, oldest first (agbox's own): also of a session
+        that has ended, while the server still keeps its log. ``after_seq`` = a previous ``last_seq``
+        gives only what came since."""
+        if not session_id or not str(session_id).strip():
+            return SessionLogsResult(success=False, error_message="session_id is required")
+        response = self._backend.call("getSessionLogs", {"sessionId": session_id, "afterSeq": str(after_seq),
+                                                         "maxResults": str(limit)})
+        data = data_of(response)
+        if not response.get("success"):
+            return SessionLogsResult(request_id=response.get("requestId", ""), success=False,
+                                     error_message=envelope_error(response, "Failed to get the session's logs"))
+        entries = [SessionLogEntry(seq=int(e.get("seq") or 0), time=float(e.get("time") or 0),
+                                   tool=str(e.get("tool") or ""), summary=str(e.get("summary") or ""),
+                                   ok=bool(e.get("ok")), exit_code=e.get("exitCode"), error=str(e.get("error") or ""),
+                                   duration_ms=float(e.get("durationMs") or 0), repeat=int(e.get("repeat") or 1))
+                   for e in data.get("entries") or [] if isinstance(e, dict)]
+        return SessionLogsResult(request_id=response.get("requestId", ""), success=True,
+                                 status=str(data.get("status") or ""), entries=entries,
+                                 last_seq=int(data.get("lastSeq") or after_seq))

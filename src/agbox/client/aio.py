@@ -19,7 +19,9 @@ Costs, said plainly:
   second, once per data dir), so build it before the event loop gets busy, or in a thread;
 - after ``await agb.close()`` every call raises ``RuntimeError("this AsyncAGB client is closed")``
   (its pool is gone), where the closed sync client answers with a failed result;
-- static typing sees the twins' methods as ``Any`` (they are made at import time); plain attributes
+- the twins are made at import time, so their precise static types live in ``aio_types.pyi``, generated
+  from the same sync classes (``python -m agbox.client.aio_stubgen``); ``agbox`` and ``agbox.client`` hand
+  type checkers those (importing from this module directly gives ``Any``). Plain attributes
   (``session_id``, ``link_url``, ``pty_id``, ...) read through to the sync object.
 
 Methods that are already coroutines in the sync classes (``browser.initialize_async``,

@@ -138,3 +138,27 @@ class CommandResult(ApiResponse):
     stdout: str = ""
     stderr: str = ""
     trace_id: str = ""
+
+
+@dataclasses.dataclass
+class SessionLogEntry:
+    """One tool call (or terminal) of a session, as ``session.logs()`` reports it (agbox's own)."""
+
+    seq: int = 0
+    time: float = 0.0  # seconds since the epoch, when the (last) call started
+    tool: str = ""  # the tool's name, or "terminal"
+    summary: str = ""  # the command line, path ... (clipped; payloads and environment values are not kept)
+    ok: bool = False
+    exit_code: int | None = None
+    error: str = ""
+    duration_ms: float = 0.0
+    repeat: int = 1  # identical consecutive calls folded into this entry
+
+
+@dataclasses.dataclass
+class SessionLogsResult(ApiResponse):
+    success: bool = False
+    error_message: str = ""
+    status: str = ""  # the session's status (RUNNING, ..., FINISH)
+    entries: list[SessionLogEntry] = dataclasses.field(default_factory=list)
+    last_seq: int = 0  # pass it as after_seq to get only what came later

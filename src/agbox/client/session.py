@@ -22,6 +22,7 @@ from agbox.client.results import (
     McpToolResult,
     McpToolsResult,
     OperationResult,
+    SessionLogsResult,
     SessionMetrics,
     SessionMetricsResult,
     SessionStatusResult,
@@ -198,6 +199,10 @@ class Session:
         response = self._call("refreshSessionIdleTime", {"sessionId": self.session_id}, {})
         return OperationResult(request_id=response.get("requestId", ""), success=bool(response.get("success")),
                                error_message="" if response.get("success") else envelope_error(response, "keep_alive failed"))
+
+    def logs(self, after_seq: int = 0, limit: int = 200) -> SessionLogsResult:
+        """This session's recent tool calls and terminals, oldest first (see ``AGB.get_session_logs``)."""
+        return self.agb.get_session_logs(self.session_id, after_seq, limit)
 
     # ---- delete
     def delete(self, sync_context: bool = False) -> DeleteResult:

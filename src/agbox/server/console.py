@@ -28,7 +28,9 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Redire
 from starlette.routing import BaseRoute, Route
 
 from agbox.errors import AgboxError, AuthenticationError, InvalidRequestError, LimitExceededError
-from agbox.models import SessionRecord
+from agbox.models import SessionRecord, SessionStatus
+from agbox.server import console_contexts, console_files
+from agbox.server.desktop import is_desktop, live_urls
 from agbox.server.wire import WireApi
 from agbox.services.url_signing import load_secret, sign, verify
 
@@ -40,10 +42,11 @@ ASSET_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "tex
 
 # Scripts only from this server (files, never inline). xterm.js writes <style> elements and style
 # attributes for its renderer, hence 'unsafe-inline' for styles only. WebSockets go to this host.
+# Frames: the live view of a desktop or browser session (this server's own pages).
 PAGE_HEADERS = {
     "Content-Security-Policy": ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-                                "connect-src 'self'; img-src 'self' data:; font-src 'self'; form-action 'self'; "
-                                "base-uri 'none'; frame-ancestors 'none'"),
+                                "connect-src 'self'; img-src 'self' data:; font-src 'self'; frame-src 'self'; "
+                                "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"),
     "Cache-Control": "no-store",
     # Not no-referrer: under it Chromium sends "Origin: null" on same-origin form posts, which the
     # Origin check must refuse. Console URLs carry no secret, and nothing leaves for other sites.
@@ -88,7 +91,7 @@ def parse_labels(text: str) -> dict[str, str]:
 
 def _page(title: str, body: str, *, signed_in: bool = True, script: bool = False) -> str:
     esc = html.escape
-    nav = ("<nav><a href=\"/console/sessions\">Sessions</a>"
+    nav = ("<nav><a href=\"/console/sessions\">Sessions</a><a href=\"/console/contexts\">Contexts</a>"
            "<form method=\"post\" action=\"/console/logout\"><button type=\"submit\">Sign out</button></form></nav>"
            if signed_in else "")
     scripts = "<script type=\"module\" src=\"/console/assets/console.js\"></script>" if script else ""
@@ -100,12 +103,29 @@ def _page(title: str, body: str, *, signed_in: bool = True, script: bool = False
             f"<body><header><span class=\"brand\">agbox console</span>{nav}</header><main>{body}</main></body></html>")
 
 
+# The file browser; console.js fills it from /console/api/sessions/{id}/files.
+FILES_HTML = (
+    "<h2>Files</h2><div id=\"files\"><form class=\"files-nav\"><label>Folder "
+    "<input name=\"path\" value=\"/home/user\" spellcheck=\"false\"></label><button type=\"submit\">Open</button>"
+    "</form><p class=\"files-error error\" role=\"alert\" hidden></p>"
+    "<table class=\"files\"><thead><tr><th>Name</th><th>Size</th><th></th></tr></thead><tbody></tbody></table>"
+    "<form class=\"upload\"><label>Upload into this folder <input type=\"file\" name=\"file\" required></label>"
+    "<button type=\"submit\">Upload</button></form><p class=\"upload-status\"></p>"
+    "<section class=\"viewer\" hidden><h3><code class=\"viewer-path\"></code> <small class=\"viewer-note\"></small>"
+    "</h3><pre class=\"viewer-text\"></pre></section></div>")
+
+
 def _labels_html(labels: dict[str, str]) -> str:
     esc = html.escape
     return "".join(f"<span class=\"label\">{esc(k)}={esc(v)}</span>" for k, v in sorted(labels.items())) or "-"
 
 
 class Console:
+    # For the other console modules (console_files, console_contexts): one look, one set of headers.
+    page = staticmethod(_page)
+    time_text = staticmethod(_time)
+    page_headers = PAGE_HEADERS
+
     def __init__(self, wire: WireApi) -> None:
         self.wire = wire
         self.platform = wire.platform
@@ -276,11 +296,49 @@ class Console:
         body = (f"<h1>Session <code>{esc(record.id)}</code></h1>{error}<table class=\"info\">{table}</table>"
                 f"{labels_form}<form method=\"post\" action=\"/console/sessions/{esc(record.id)}/delete\">"
                 f"<button type=\"submit\" class=\"danger\">Delete this session</button></form>"
+                f"{self.live_view_html(record)}"
                 f"<h2>Resources <small class=\"updated\"></small></h2><div id=\"metrics\">{meters}</div>"
                 f"<h2>Terminal</h2><div id=\"terminal\" data-session=\"{esc(record.id)}\"></div>"
-                f"<p class=\"terminal-status\"></p>")
+                f"<p class=\"terminal-status\"></p>{FILES_HTML}{self.links_html(record)}")
         return HTMLResponse(_page(f"Session {record.id}", body, script=True), status_code=status_code,
                             headers=PAGE_HEADERS)
+
+    def live_view_html(self, record: SessionRecord) -> str:
+        """The live view of a desktop (noVNC, with mouse and keyboard) or browser session (the browser's
+        screencast), framed by path so it is this page's own origin whatever ``base_url`` says."""
+        image = self.platform.images.get(record.image_id)
+        if record.status is not SessionStatus.RUNNING:
+            return ""
+        if is_desktop(self.wire, record):
+            url, what = urllib.parse.urlsplit(live_urls(self.wire, record)["control"]).path, "desktop"
+        elif "browser" in image.tool_sets:
+            try:
+                split = urllib.parse.urlsplit(self.platform.browser.live_url(record.owner, record.id))
+            except AgboxError:  # the session ended since it was read: no live view then
+                return ""
+            url, what = f"{split.path}?{split.query}", "browser"
+        else:
+            return ""
+        esc = html.escape
+        return (f"<h2>Live view <small>the session's {what}</small></h2>"
+                f"<p><a class=\"live-open\" href=\"{esc(url)}\" target=\"_blank\" rel=\"noopener\">"
+                f"Open the live view in its own tab</a></p>"
+                f"<iframe class=\"live-view {what}\" src=\"{esc(url)}\" title=\"Live view of the {what}\"></iframe>")
+
+    def links_html(self, record: SessionRecord) -> str:
+        esc = html.escape
+        settings = self.platform.settings
+        known = "".join(f"<li data-port=\"{port}\"><span class=\"port\">{port}</span> <a href=\"{esc(url)}\" "
+                        f"target=\"_blank\" rel=\"noopener\">{esc(url)}</a></li>"
+                        for port, url in self.platform.links.session_links(record.id))
+        return (f"<section id=\"links\"><h2>Links</h2><p class=\"hint\">A URL that reaches a server listening "
+                f"on a port inside the session ({settings.link_port_min}-{settings.link_port_max}), as "
+                f"<code>session.get_link()</code> gives it.</p><form class=\"link-form\"><label>Port "
+                f"<input name=\"port\" type=\"number\" min=\"{settings.link_port_min}\" max=\"{settings.link_port_max}\" "
+                f"placeholder=\"{settings.link_port_min}\" required></label><button type=\"submit\">Get link</button>"
+                f"</form><p class=\"link-error error\" role=\"alert\" hidden></p><ul class=\"links\">{known}</ul>"
+                f"<p class=\"listening\">Listening inside: <span class=\"ports\">…</span> "
+                f"<button type=\"button\" class=\"refresh-ports\">Refresh</button></p></section>")
 
     def _page_record(self, request: Request) -> tuple[str, SessionRecord] | Response:
         """The signed-in owner and the session of the path, or the page to answer instead."""
@@ -316,7 +374,7 @@ class Console:
 
     # ---- JSON API for the script -----------------------------------------------------------------
 
-    def _api_record(self, request: Request) -> SessionRecord | JSONResponse:
+    def api_record(self, request: Request) -> SessionRecord | JSONResponse:
         owner = self.signed_in_key(request)
         if owner is None:
             return JSONResponse({"error": "not signed in"}, status_code=401, headers={"Cache-Control": "no-store"})
@@ -327,7 +385,7 @@ class Console:
                                 headers={"Cache-Control": "no-store"})
 
     async def api_metrics(self, request: Request) -> Response:
-        record = self._api_record(request)
+        record = self.api_record(request)
         if isinstance(record, JSONResponse):
             return record
         # The same tool as the SDK's get_metrics, so the figures (and rates) are the same.
@@ -341,7 +399,7 @@ class Console:
         return JSONResponse(json.loads(output.text), headers={"Cache-Control": "no-store"})
 
     async def api_terminal(self, request: Request) -> Response:
-        record = self._api_record(request)
+        record = self.api_record(request)
         if isinstance(record, JSONResponse):
             return record
         return JSONResponse({"path": f"/pty/{record.id}", "token": record.token},
@@ -353,7 +411,12 @@ class Console:
         media_type = ASSET_TYPES.get(path.suffix)
         if "/" in name or name.startswith(".") or media_type is None or not path.is_file():
             return Response("no such asset", status_code=404, media_type="text/plain")
-        return FileResponse(path, media_type=media_type, headers=ASSET_HEADERS)
+        response = FileResponse(path, media_type=media_type, headers=ASSET_HEADERS, stat_result=path.stat())
+        # Revalidation after max-age: an unchanged file is answered 304 without its body.
+        tags = {tag.strip() for tag in request.headers.get("if-none-match", "").split(",")}
+        if response.headers["etag"] in tags:
+            return Response(status_code=304, headers={**ASSET_HEADERS, "ETag": response.headers["etag"]})
+        return response
 
 
 def routes(wire: WireApi) -> list[BaseRoute]:
@@ -370,4 +433,6 @@ def routes(wire: WireApi) -> list[BaseRoute]:
         Route("/console/api/sessions/{session_id}/metrics", console.api_metrics, methods=["GET"]),
         Route("/console/api/sessions/{session_id}/terminal", console.api_terminal, methods=["GET"]),
         Route("/console/assets/{name}", console.asset, methods=["GET"]),
+        *console_files.routes(console),
+        *console_contexts.routes(console),
     ]

@@ -33,7 +33,7 @@ from agbox.tools.computer import screenshot_store
 from agbox.wirejson import same_secret
 
 if TYPE_CHECKING:
-    from agbox.server.wire import Params, WireApi
+    from agbox.server.wire import WireApi
 
 log = logging.getLogger(__name__)
 
@@ -226,15 +226,8 @@ def routes(wire: WireApi) -> list[BaseRoute]:
 
 def register_ops(wire: WireApi) -> None:
     """Desktop sessions answer getMcpResource with the live view (resourceUrl) and desktopInfo."""
-    original = wire._ops["getMcpResource"]
 
-    async def get_mcp_resource(owner: str, p: Params, rid: str) -> dict[str, Any]:
-        response = await original(owner, p, rid)
-        data = response.get("data")
-        if response.get("success") and isinstance(data, dict):
-            record = wire.sessions.get(owner, p.get("sessionId"))
-            if is_desktop(wire, record):
-                data.update(desktop_info(wire, record))
-        return response
+    def live_view(record: SessionRecord) -> dict[str, Any]:
+        return desktop_info(wire, record) if is_desktop(wire, record) else {}
 
-    wire._ops["getMcpResource"] = get_mcp_resource
+    wire.resource_info.append(live_view)

@@ -112,6 +112,22 @@ OPERATIONS: dict[str, Operation] = {o.op: o for o in (
     ), OBJECT),
     Operation("setNetworkPolicy", "POST", "/mcp/setNetworkPolicy", "Replace a running session's network policy (ours)",
               (SESSION_ID_BODY, _b("networkPolicy", NETWORK_POLICY, "the new policy", required=True)), OBJECT),
+    Operation("getSessionLogs", "GET", "/sdk/GetSessionLogs",
+              "A session's recent tool calls and terminals, oldest first (ours; also after it ended, while kept)", (
+                  SESSION_ID_QUERY,
+                  _q("afterSeq", integer(0, 2**53), "only entries with a larger seq (to follow the log)"),
+                  _q("maxResults", integer(1, 1000), "at most this many, the newest (default 200)"),
+              ), {"type": "object", "properties": {
+                  "sessionId": ID, "status": {"type": "string"}, "lastSeq": {"type": "integer"},
+                  "entries": {"type": "array", "items": {"type": "object", "properties": {
+                      "seq": {"type": "integer"}, "time": {"type": "number", "description": "epoch seconds"},
+                      "tool": {"type": "string", "description": "tool name, or terminal"},
+                      "summary": {"type": "string", "description": "command line, path ... (clipped; payloads "
+                                                                      "and environment values are never kept)"},
+                      "ok": {"type": "boolean"}, "exitCode": {"type": ["integer", "null"]},
+                      "error": {"type": "string"}, "durationMs": {"type": "number"},
+                      "repeat": {"type": "integer", "description": "identical consecutive calls folded into this one"},
+                  }}}}}),
     Operation("getSession", "POST", "/mcp/getSession", "Session details and URLs", (SESSION_ID_BODY,), OBJECT),
     Operation("getSessionInfo", "POST", "/mcp/getSessionInfo", "Session status (does not count as activity)",
               (SESSION_ID_BODY,), OBJECT),

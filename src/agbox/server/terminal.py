@@ -128,7 +128,7 @@ class TerminalConnection:
 
 
 def routes(wire: WireApi) -> list[BaseRoute]:
-    terminals = TerminalService(wire.sessions)
+    terminals = TerminalService(wire.sessions, wire.tools.activity)
 
     async def endpoint(websocket: WebSocket) -> None:
         session_id = str(websocket.path_params["session_id"])

@@ -43,6 +43,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "listTools": ("POST", "/mcp/listTools"),
     "callMcpTool": ("POST", "/mcp"),
     "setNetworkPolicy": ("POST", "/mcp/setNetworkPolicy"),  # ours: change a running session's policy
+    "getSessionLogs": ("GET", "/sdk/GetSessionLogs"),  # ours: a session's recent tool calls (agbox logs)
     # Handled by the links feature module; listed here so SDK clients know the route without a platform.
     "getLink": ("GET", "/internet/getLink"),
     # Handled by the browser feature module (server/browser.py).
@@ -100,9 +101,13 @@ class WireApi:
             "listTools": self._list_tools,
             "callMcpTool": self._call_tool,
             "setNetworkPolicy": self._set_network_policy,
+            "getSessionLogs": self._get_session_logs,
         }
         # The feature modules of the edge (links, contexts) add theirs through register() (server/app.py).
         self.extra_ops: dict[str, Callable[[str, Params, str], Awaitable[dict[str, Any]]]] = {}
+        # Feature modules that describe a session's resource further (the desktop's live view) add a
+        # provider here; getMcpResource merges what each returns for the session.
+        self.resource_info: list[Callable[[SessionRecord], dict[str, Any]]] = []
 
     def register(self, op: str, method: str, path: str,
                  handler: Callable[[str, Params, str], Awaitable[dict[str, Any]]]) -> None:
@@ -215,8 +220,11 @@ class WireApi:
         urls = self.session_urls(record)
         # node and network: where the session runs and what it may reach (ours; the official SDK
         # ignores unknown fields).
-        return envelope(rid, {"sessionId": record.id, "resourceUrl": urls["resourceUrl"], "node": record.node,
-                              "network": self.sessions.network_info(record)})
+        data: dict[str, Any] = {"sessionId": record.id, "resourceUrl": urls["resourceUrl"], "node": record.node,
+                                "network": self.sessions.network_info(record)}
+        for provide in self.resource_info:
+            data.update(provide(record))
+        return envelope(rid, data)
 
     async def _set_network_policy(self, owner: str, p: Params, rid: str) -> dict[str, Any]:
         network = await self.sessions.set_network_policy(owner, p.get("sessionId"), p.get("networkPolicy"))
@@ -232,3 +240,10 @@ class WireApi:
         # Tool errors keep success=true and an empty message, so the SDK hands the tool's own
         # JSON payload (stdout, stderr, exit code) to the module that asked.
         return envelope(rid, {"content": output.content(), "isError": output.is_error})
+
+    async def _get_session_logs(self, owner: str, p: Params, rid: str) -> dict[str, Any]:
+        status, entries = self.tools.activity_of(owner, p.get("sessionId"), p.get("afterSeq") or 0,
+                                                 p.get("maxResults") or 200)
+        last = entries[-1].seq if entries else int(p.get("afterSeq") or 0)
+        return envelope(rid, {"sessionId": p.get("sessionId"), "status": status, "lastSeq": last,
+                              "entries": [e.to_wire() for e in entries]})

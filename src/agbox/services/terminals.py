@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import shlex
+import time
 from collections.abc import Callable
 from typing import Any
 
 from agbox.errors import InvalidRequestError
 from agbox.runtime.channel import AgentError
+from agbox.services.activity import ActivityLog, clip
 from agbox.services.sessions import SessionService
 
 # A terminal can stay open for the whole life of its session.
@@ -59,8 +62,10 @@ class TerminalExit:
 
 
 class TerminalService:
-    def __init__(self, sessions: SessionService) -> None:
+    def __init__(self, sessions: SessionService, activity: ActivityLog | None = None) -> None:
         self.sessions = sessions
+        # Where a terminal's program goes when it ends (its command line and exit; never what was typed).
+        self.activity = activity
 
     async def run(self, owner: str, session_id: str, request: TerminalRequest,
                   on_started: Callable[[int], None], on_output: Callable[[bytes], None]) -> TerminalExit:
@@ -76,14 +81,27 @@ class TerminalService:
 
         args: dict[str, Any] = {"argv": request.argv, "cols": request.cols, "rows": request.rows,
                                 "cwd": request.cwd, "envs": request.envs}
-        with self.sessions.in_use(record.id):
-            try:
-                result = await self.sessions.runtime.call(
-                    handle, "pty_open", args, on_event=on_event,
-                    timeout_s=self.sessions.settings.max_lifetime_s + TERMINAL_CALL_SLACK_S)
-            except AgentError as exc:
-                raise InvalidRequestError(exc.message) from None
-        return TerminalExit(int(result["exit_code"]), result.get("signal"))
+        started_at, started = time.time(), time.perf_counter()
+        ended: TerminalExit | None = None
+        error = "stopped: its connection closed"
+        try:
+            with self.sessions.in_use(record.id):
+                try:
+                    result = await self.sessions.runtime.call(
+                        handle, "pty_open", args, on_event=on_event,
+                        timeout_s=self.sessions.settings.max_lifetime_s + TERMINAL_CALL_SLACK_S)
+                except AgentError as exc:
+                    error = exc.message
+                    raise InvalidRequestError(exc.message) from None
+            ended = TerminalExit(int(result["exit_code"]), result.get("signal"))
+            error = f"killed by {ended.signal}" if ended.signal else ""
+            return ended
+        finally:
+            if self.activity is not None:
+                shown = shlex.join(request.argv) if request.argv else "(login shell)"
+                self.activity.add(record.id, "terminal", clip(shown, 200), started_at, time.perf_counter() - started,
+                                  ended is not None and ended.exit_code == 0 and not ended.signal,
+                                  ended.exit_code if ended is not None else None, clip(error, 160))
 
     async def _control(self, owner: str, session_id: str, op: str, args: dict[str, Any]) -> Any:
         record = self.sessions.get(owner, session_id)

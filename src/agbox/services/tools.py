@@ -7,10 +7,12 @@ import logging
 import time
 from typing import Any
 
-from agbox.errors import AgboxError, InvalidRequestError, SandboxError, ToolTimeoutError
+from agbox.errors import AgboxError, InvalidRequestError, SandboxError, SessionNotFoundError, ToolTimeoutError
 from agbox.images import ImageCatalog
+from agbox.models import SessionRecord
 from agbox.runtime.base import EventCallback
 from agbox.runtime.channel import AgentError
+from agbox.services.activity import ActivityEntry, ActivityLog, clip, outcome_of, summarize
 from agbox.services.sessions import SessionService
 from agbox.services.telemetry import Telemetry
 from agbox.tools.base import ToolContext, ToolDef, ToolOutput
@@ -40,6 +42,22 @@ class ToolService:
         self.images = images
         self.registry = registry
         self.telemetry = telemetry
+        # Each session's recent calls (agbox logs); a session's log is retired when it is released.
+        self.activity = ActivityLog()
+        sessions.before_release.append(self._retire_activity)
+
+    async def _retire_activity(self, record: SessionRecord) -> None:
+        self.activity.finish(record.id)
+
+    def activity_of(self, owner: str, session_id: Any, after_seq: int = 0,
+                    limit: int = 200) -> tuple[str, list[ActivityEntry]]:
+        """(status, recent entries) of one of ``owner``'s sessions, finished ones included (while kept)."""
+        if not isinstance(session_id, str) or not session_id:
+            raise InvalidRequestError("sessionId is required")
+        record = self.sessions.store.get_session(session_id)
+        if record is None or record.owner != owner:
+            raise SessionNotFoundError(session_id)
+        return record.status.value, self.activity.entries(record.id, after_seq, limit)
 
     def list_tools(self, image_id: str | None) -> list[ToolDef]:
         return self.registry.tools_for(self.images.get(image_id))
@@ -73,8 +91,29 @@ class ToolService:
         if not isinstance(name, str) or not name:
             raise InvalidRequestError("tool name is required")
         ctx = self.context(owner, session_id, on_event)
+        # From here on the session is the caller's own: the call goes into its log, whatever its end.
+        started_at, started = time.time(), time.perf_counter()
+        summary = "(arguments not valid)"
+        output: ToolOutput | None = None
+        error = ""
+        try:
+            args = parse_args(raw_args)
+            summary = summarize(name, args)
+            output = await self._run(ctx, name, args)
+            return output
+        except AgboxError as exc:
+            error = exc.code
+            raise
+        finally:
+            exit_code, message = outcome_of(output.text, output.is_error) if output is not None else (None, error)
+            ok = output is not None and not output.is_error
+            if not ok and not message and exit_code is None:
+                message = "failed"
+            self.activity.add(ctx.session_id, clip(name, 64), summary, started_at, time.perf_counter() - started, ok,
+                              exit_code, message)
+
+    async def _run(self, ctx: ToolContext, name: str, args: dict[str, Any]) -> ToolOutput:
         tool = self.registry.find(self.images.get(ctx.image_id), name)
-        args = parse_args(raw_args)
         runtime = self.sessions.runtime
         before = runtime.limit_events(ctx.handle)
         try:

@@ -12,14 +12,14 @@ that kept keys relative to the mount; ``migrate_key_space`` rewrites them once, 
 from __future__ import annotations
 
 import abc
-import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from agbox.store.base import SqlDatabase, placeholders
 from agbox.store.sqlite import SqliteDatabase
 
 log = logging.getLogger(__name__)
@@ -180,28 +180,89 @@ class ContextStore(abc.ABC):
     def tasks(self, session_id: str) -> list[TaskRecord]: ...
 
 
-_CTX_COLUMNS = "id, owner, name, state, kind, created_at, last_used_at, expires_at, version"
-_FILE_COLUMNS = "path, blob, size, created_at, modified_at, expires_at"
+CONTEXT_COLUMNS = "id, owner, name, state, kind, created_at, last_used_at, expires_at, version"
+FILE_COLUMNS = "path, blob, size, created_at, modified_at, expires_at"
+BINDING_COLUMNS = "session_id, context_id, path, policy, internal, base"
+TASK_COLUMNS = "session_id, context_id, path, task_type, status, error, start_time, finish_time"
 
 
-class SqliteContextStore(SqliteDatabase, ContextStore):
+class SqlContextStore(SqlDatabase, ContextStore):
+    """Contexts in SQL. Backends add manifest queries and commits (prefix matching, row locks) and
+    upserts; ``ROW_ORDER`` is the column that orders bindings and tasks as they were last written."""
+
+    ROW_ORDER = "rowid"
+
+    # ---- contexts
+
+    def add_context(self, record: ContextRecord) -> None:
+        self._query(f"INSERT INTO contexts ({CONTEXT_COLUMNS}) VALUES ({placeholders(9)})",
+                    tuple(dataclasses.astuple(record)))
+
+    def get_context(self, context_id: str) -> ContextRecord | None:
+        rows = self._query(f"SELECT {CONTEXT_COLUMNS} FROM contexts WHERE id = ?", (context_id,))
+        return ContextRecord(*rows[0]) if rows else None
+
+    def context_by_name(self, owner: str, name: str) -> ContextRecord | None:
+        rows = self._query(f"SELECT {CONTEXT_COLUMNS} FROM contexts WHERE owner = ? AND name = ?", (owner, name))
+        return ContextRecord(*rows[0]) if rows else None
+
+    def contexts(self, owner: str | None = None, kind: str | None = "") -> list[ContextRecord]:
+        sql = f"SELECT {CONTEXT_COLUMNS} FROM contexts WHERE 1=1"
+        params: list[Any] = []
+        if owner is not None:
+            sql += " AND owner = ?"
+            params.append(owner)
+        if kind is not None:
+            sql += " AND kind = ?"
+            params.append(kind)
+        sql += " ORDER BY created_at, id"
+        return [ContextRecord(*row) for row in self._query(sql, tuple(params))]
+
+    def update_context(self, context_id: str, **fields: Any) -> None:
+        allowed = {"name", "state", "last_used_at", "expires_at"}
+        if not fields or set(fields) - allowed:
+            raise ValueError(f"cannot update {sorted(set(fields) - allowed)}")
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        self._query(f"UPDATE contexts SET {assignments} WHERE id = ?", (*fields.values(), context_id))
+
+    def delete_context(self, context_id: str) -> None:
+        self._batch([(f"DELETE FROM {table} WHERE {column} = ?", (context_id,))
+                     for table, column in (("context_files", "context_id"), ("context_bindings", "context_id"),
+                                           ("context_tasks", "context_id"), ("contexts", "id"))])
+
+    # ---- manifests
+
+    def referenced_blobs(self) -> set[str]:
+        return {row[0] for row in self._query("SELECT DISTINCT blob FROM context_files")}
+
+    def expire_files(self, now: float) -> int:
+        return self._count("DELETE FROM context_files WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,))
+
+    # ---- bindings and tasks
+
+    def bindings(self, session_id: str) -> list[Binding]:
+        rows = self._query(f"SELECT {BINDING_COLUMNS} FROM context_bindings WHERE session_id = ? "
+                           f"ORDER BY {self.ROW_ORDER}", (session_id,))
+        return [Binding(sid, cid, path, json.loads(policy), bool(internal), json.loads(base))
+                for sid, cid, path, policy, internal, base in rows]
+
+    def delete_bindings(self, session_id: str) -> None:
+        self._batch([("DELETE FROM context_bindings WHERE session_id = ?", (session_id,)),
+                     ("DELETE FROM context_tasks WHERE session_id = ?", (session_id,))])
+
+    def tasks(self, session_id: str) -> list[TaskRecord]:
+        rows = self._query(f"SELECT {TASK_COLUMNS} FROM context_tasks WHERE session_id = ? "
+                           f"ORDER BY start_time, {self.ROW_ORDER}", (session_id,))
+        return [TaskRecord(*row) for row in rows]
+
+
+class SqliteContextStore(SqliteDatabase, SqlContextStore):
     """Uses the platform's SQLite file (its own connection; WAL lets both share it)."""
 
     def __init__(self, path: Path) -> None:
         # FULL: a committed manifest survives power loss as well as a killed process.
         super().__init__(path, SCHEMA, synchronous="FULL")
         self.migrate_key_space()
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
 
     def migrate_key_space(self) -> None:
         """Turn mount-relative keys (``a/b.txt``) into absolute sandbox paths, in one transaction.
@@ -242,55 +303,16 @@ class SqliteContextStore(SqliteDatabase, ContextStore):
             log.warning("context %s: the mount its files came from is unknown; they are now under / "
                         "(a mapping policy with path / shows them at any mount)", context_id)
 
-    # ---- contexts
-
-    def add_context(self, record: ContextRecord) -> None:
-        self._exec(f"INSERT INTO contexts ({_CTX_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                   tuple(dataclasses.astuple(record)))
-
-    def get_context(self, context_id: str) -> ContextRecord | None:
-        rows = self._exec(f"SELECT {_CTX_COLUMNS} FROM contexts WHERE id = ?", (context_id,))
-        return ContextRecord(*rows[0]) if rows else None
-
-    def context_by_name(self, owner: str, name: str) -> ContextRecord | None:
-        rows = self._exec(f"SELECT {_CTX_COLUMNS} FROM contexts WHERE owner = ? AND name = ?", (owner, name))
-        return ContextRecord(*rows[0]) if rows else None
-
-    def contexts(self, owner: str | None = None, kind: str | None = "") -> list[ContextRecord]:
-        sql = f"SELECT {_CTX_COLUMNS} FROM contexts WHERE 1=1"
-        params: list[Any] = []
-        if owner is not None:
-            sql += " AND owner = ?"
-            params.append(owner)
-        if kind is not None:
-            sql += " AND kind = ?"
-            params.append(kind)
-        sql += " ORDER BY created_at, id"
-        return [ContextRecord(*row) for row in self._exec(sql, tuple(params))]
-
-    def update_context(self, context_id: str, **fields: Any) -> None:
-        allowed = {"name", "state", "last_used_at", "expires_at"}
-        if not fields or set(fields) - allowed:
-            raise ValueError(f"cannot update {sorted(set(fields) - allowed)}")
-        assignments = ", ".join(f"{name} = ?" for name in fields)
-        self._exec(f"UPDATE contexts SET {assignments} WHERE id = ?", (*fields.values(), context_id))
-
-    def delete_context(self, context_id: str) -> None:
-        with self._transaction():
-            for table, column in (("context_files", "context_id"), ("context_bindings", "context_id"),
-                                  ("context_tasks", "context_id"), ("contexts", "id")):
-                self._db.execute(f"DELETE FROM {table} WHERE {column} = ?", (context_id,))
-
     # ---- manifests
 
     def files(self, context_id: str, prefix: str = "") -> list[FileRecord]:
         if prefix.rstrip("/"):
-            rows = self._exec(f"SELECT {_FILE_COLUMNS} FROM context_files WHERE context_id = ? AND "
+            rows = self._query(f"SELECT {FILE_COLUMNS} FROM context_files WHERE context_id = ? AND "
                               "(path = ? OR substr(path, 1, ?) = ?) ORDER BY path",
                               (context_id, prefix.rstrip("/"), len(prefix.rstrip("/")) + 1,
                                prefix.rstrip("/") + "/"))
         else:
-            rows = self._exec(f"SELECT {_FILE_COLUMNS} FROM context_files WHERE context_id = ? ORDER BY path",
+            rows = self._query(f"SELECT {FILE_COLUMNS} FROM context_files WHERE context_id = ? ORDER BY path",
                               (context_id,))
         return [FileRecord(*row) for row in rows]
 
@@ -315,41 +337,17 @@ class SqliteContextStore(SqliteDatabase, ContextStore):
             rows = self._db.execute("SELECT version FROM contexts WHERE id = ?", (context_id,)).fetchall()
         return int(rows[0][0]) if rows else 0
 
-    def referenced_blobs(self) -> set[str]:
-        return {row[0] for row in self._exec("SELECT DISTINCT blob FROM context_files")}
-
-    def expire_files(self, now: float) -> int:
-        with self._lock:
-            cursor = self._db.execute("DELETE FROM context_files WHERE expires_at IS NOT NULL AND expires_at <= ?",
-                                      (now,))
-            return cursor.rowcount
-
     # ---- bindings and tasks
 
     def put_binding(self, binding: Binding) -> None:
-        self._exec("INSERT OR REPLACE INTO context_bindings (session_id, context_id, path, policy, internal, base) "
+        self._query("INSERT OR REPLACE INTO context_bindings (session_id, context_id, path, policy, internal, base) "
                    "VALUES (?, ?, ?, ?, ?, ?)",
                    (binding.session_id, binding.context_id, binding.path, json.dumps(binding.policy),
                     int(binding.internal), json.dumps(binding.base)))
 
-    def bindings(self, session_id: str) -> list[Binding]:
-        rows = self._exec("SELECT session_id, context_id, path, policy, internal, base FROM context_bindings "
-                          "WHERE session_id = ? ORDER BY rowid", (session_id,))
-        return [Binding(sid, cid, path, json.loads(policy), bool(internal), json.loads(base))
-                for sid, cid, path, policy, internal, base in rows]
-
-    def delete_bindings(self, session_id: str) -> None:
-        self._exec("DELETE FROM context_bindings WHERE session_id = ?", (session_id,))
-        self._exec("DELETE FROM context_tasks WHERE session_id = ?", (session_id,))
-
     def put_task(self, task: TaskRecord) -> None:
-        self._exec("INSERT OR REPLACE INTO context_tasks (session_id, context_id, path, task_type, status, error, "
+        self._query("INSERT OR REPLACE INTO context_tasks (session_id, context_id, path, task_type, status, error, "
                    "start_time, finish_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", tuple(dataclasses.astuple(task)))
-
-    def tasks(self, session_id: str) -> list[TaskRecord]:
-        rows = self._exec("SELECT session_id, context_id, path, task_type, status, error, start_time, finish_time "
-                          "FROM context_tasks WHERE session_id = ? ORDER BY start_time, rowid", (session_id,))
-        return [TaskRecord(*row) for row in rows]
 
 
 def _absolute(root: str, relative: str) -> str:

@@ -25,9 +25,9 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from agbox.errors import AgboxError
-from agbox.models import ACTIVE_STATUSES, ApiKeyRecord, SessionRecord, SessionStatus
-from agbox.store.base import Store
-from agbox.store.contexts import Binding, ContextRecord, ContextStore, FileRecord, TaskRecord
+from agbox.models import ACTIVE_STATUSES, SessionStatus
+from agbox.store.base import SqlDatabase, SqlStore
+from agbox.store.contexts import FILE_COLUMNS, Binding, FileRecord, SqlContextStore, TaskRecord
 
 # Any fixed 64-bit number: the advisory lock that serialises schema migrations across replicas.
 _MIGRATION_LOCK = 0x616762_6F78_0001
@@ -210,20 +210,31 @@ def _redacted(url: str) -> str:
     return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
 
 
-_SESSION_COLUMNS = ("id, owner, image_id, status, labels, created_at, last_active_at, idle_timeout_s, expires_at, "
-                    "token, node, handle, policy_id, finished_at, finish_reason")
-_KEY_COLUMNS = "id, name, key_hash, prefix, created_at, revoked_at, limits"
+def _dialect(sql: str) -> str:
+    """The shared statements' ``?`` placeholders as psycopg's ``%s`` (no shared statement has a
+    literal ``?`` or ``%``)."""
+    return sql.replace("?", "%s")
 
 
-def _key(row: tuple[Any, ...]) -> ApiKeyRecord:
-    key_id, name, key_hash, prefix, created, revoked, limits = row
-    return ApiKeyRecord(key_id, name, key_hash, prefix, created, revoked, json.loads(limits or "{}"))
+class PostgresStatements(SqlDatabase):
+    """The shared statements (store/base.py, store/contexts.py) run on the process's pool."""
 
-
-class PostgresStore(Store):
     def __init__(self, db: PostgresDatabase) -> None:
         self.db = db
 
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return self.db.exec(_dialect(sql), params)
+
+    def _count(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        return self.db.exec_count(_dialect(sql), params)
+
+    def _batch(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        with self.db.transaction() as cur:
+            for sql, params in statements:
+                cur.execute(_dialect(sql), params)  # type: ignore[arg-type]
+
+
+class PostgresStore(PostgresStatements, SqlStore):
     @classmethod
     def connect(cls, url: str) -> PostgresStore:
         return cls(PostgresDatabase(url))
@@ -231,80 +242,10 @@ class PostgresStore(Store):
     def close(self) -> None:
         self.db.close()
 
-    # ---- API keys
-
-    def add_key(self, record: ApiKeyRecord) -> None:
-        self.db.exec(f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                     (record.id, record.name, record.key_hash, record.prefix, record.created_at, record.revoked_at,
-                      json.dumps(record.limits)))
-
-    def key_by_hash(self, key_hash: str) -> ApiKeyRecord | None:
-        rows = self.db.exec(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = %s", (key_hash,))
-        return _key(rows[0]) if rows else None
-
-    def key_by_id(self, key_id: str) -> ApiKeyRecord | None:
-        rows = self.db.exec(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = %s", (key_id,))
-        return _key(rows[0]) if rows else None
-
-    def list_keys(self) -> list[ApiKeyRecord]:
-        return [_key(row) for row in self.db.exec(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at")]
-
-    def set_key_limits(self, key_id: str, limits: dict[str, float]) -> bool:
-        return self.db.exec_count("UPDATE api_keys SET limits = %s WHERE id = %s", (json.dumps(limits), key_id)) > 0
-
-    def revoke_key(self, key_id: str, when: float) -> bool:
-        return self.db.exec_count("UPDATE api_keys SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL",
-                                  (when, key_id)) > 0
-
-    # ---- sessions
-
-    @staticmethod
-    def _row(row: tuple[Any, ...]) -> SessionRecord:
-        (sid, owner, image_id, status, labels, created, active, idle, expires, token, node, handle, policy,
-         finished, reason) = row
-        return SessionRecord(sid, owner, image_id, SessionStatus(status), json.loads(labels), created, active, idle,
-                             expires, token, node, json.loads(handle), policy, finished, reason)
-
-    def put_session(self, record: SessionRecord) -> None:
-        columns = [c.strip() for c in _SESSION_COLUMNS.split(",")]
-        updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
-        self.db.exec(f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES ({', '.join(['%s'] * 15)}) "
-                     f"ON CONFLICT (id) DO UPDATE SET {updates}", (
-                         record.id, record.owner, record.image_id, record.status.value, json.dumps(record.labels),
-                         record.created_at, record.last_active_at, record.idle_timeout_s, record.expires_at,
-                         record.token, record.node, json.dumps(record.handle), record.policy_id, record.finished_at,
-                         record.finish_reason))
-
-    def get_session(self, session_id: str) -> SessionRecord | None:
-        rows = self.db.exec(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = %s", (session_id,))
-        return self._row(rows[0]) if rows else None
-
-    def sessions(self, owner: str | None = None, statuses: Iterable[SessionStatus] | None = None) -> list[SessionRecord]:
-        sql = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE true"
-        params: list[Any] = []
-        if owner is not None:
-            sql += " AND owner = %s"
-            params.append(owner)
-        if statuses is not None:
-            sql += " AND status = ANY(%s)"
-            params.append([s.value for s in statuses])
-        sql += " ORDER BY created_at, id"
-        return [self._row(row) for row in self.db.exec(sql, tuple(params))]
-
     def touch_session(self, session_id: str, when: float) -> None:
         # GREATEST: replicas' clocks and calls interleave; activity never moves backwards.
         self.db.exec("UPDATE sessions SET last_active_at = GREATEST(last_active_at, %s) WHERE id = %s",
                      (when, session_id))
-
-    def set_status(self, session_id: str, status: SessionStatus, when: float | None = None, reason: str = "") -> None:
-        if status is SessionStatus.FINISH:
-            self.db.exec("UPDATE sessions SET status = %s, finished_at = %s, finish_reason = %s WHERE id = %s",
-                         (status.value, when, reason, session_id))
-        else:
-            self.db.exec("UPDATE sessions SET status = %s WHERE id = %s", (status.value, session_id))
-
-    def set_labels(self, session_id: str, labels: dict[str, str]) -> None:
-        self.db.exec("UPDATE sessions SET labels = %s WHERE id = %s", (json.dumps(labels), session_id))
 
     def claim_release(self, session_id: str, reason: str = "") -> bool:
         # SKIP LOCKED: a replica claiming the same session right now holds the row; this one backs off
@@ -317,68 +258,24 @@ class PostgresStore(Store):
         return bool(rows)
 
 
-_CTX_COLUMNS = "id, owner, name, state, kind, created_at, last_used_at, expires_at, version"
-_FILE_COLUMNS = "path, blob, size, created_at, modified_at, expires_at"
-
-
-class PostgresContextStore(ContextStore):
+class PostgresContextStore(PostgresStatements, SqlContextStore):
     """Context manifests in the same database (and pool) as the sessions."""
 
-    def __init__(self, db: PostgresDatabase) -> None:
-        self.db = db
+    ROW_ORDER = "seq"
 
     def close(self) -> None:
         """The pool belongs to the session store, which closes it."""
-
-    # ---- contexts
-
-    def add_context(self, record: ContextRecord) -> None:
-        self.db.exec(f"INSERT INTO contexts ({_CTX_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                     tuple(dataclasses.astuple(record)))
-
-    def get_context(self, context_id: str) -> ContextRecord | None:
-        rows = self.db.exec(f"SELECT {_CTX_COLUMNS} FROM contexts WHERE id = %s", (context_id,))
-        return ContextRecord(*rows[0]) if rows else None
-
-    def context_by_name(self, owner: str, name: str) -> ContextRecord | None:
-        rows = self.db.exec(f"SELECT {_CTX_COLUMNS} FROM contexts WHERE owner = %s AND name = %s", (owner, name))
-        return ContextRecord(*rows[0]) if rows else None
-
-    def contexts(self, owner: str | None = None, kind: str | None = "") -> list[ContextRecord]:
-        sql = f"SELECT {_CTX_COLUMNS} FROM contexts WHERE true"
-        params: list[Any] = []
-        if owner is not None:
-            sql += " AND owner = %s"
-            params.append(owner)
-        if kind is not None:
-            sql += " AND kind = %s"
-            params.append(kind)
-        sql += " ORDER BY created_at, id"
-        return [ContextRecord(*row) for row in self.db.exec(sql, tuple(params))]
-
-    def update_context(self, context_id: str, **fields: Any) -> None:
-        allowed = {"name", "state", "last_used_at", "expires_at"}
-        if not fields or set(fields) - allowed:
-            raise ValueError(f"cannot update {sorted(set(fields) - allowed)}")
-        assignments = ", ".join(f"{name} = %s" for name in fields)
-        self.db.exec(f"UPDATE contexts SET {assignments} WHERE id = %s", (*fields.values(), context_id))
-
-    def delete_context(self, context_id: str) -> None:
-        with self.db.transaction() as cur:
-            for table, column in (("context_files", "context_id"), ("context_bindings", "context_id"),
-                                  ("context_tasks", "context_id"), ("contexts", "id")):
-                cur.execute(f"DELETE FROM {table} WHERE {column} = %s", (context_id,))
 
     # ---- manifests
 
     def files(self, context_id: str, prefix: str = "") -> list[FileRecord]:
         scope = prefix.rstrip("/")
         if prefix:
-            rows = self.db.exec(f"SELECT {_FILE_COLUMNS} FROM context_files WHERE context_id = %s AND "
+            rows = self.db.exec(f"SELECT {FILE_COLUMNS} FROM context_files WHERE context_id = %s AND "
                                 "(path = %s OR left(path, %s) = %s) ORDER BY path COLLATE \"C\"",
                                 (context_id, scope, len(scope) + 1, scope + "/"))
         else:
-            rows = self.db.exec(f"SELECT {_FILE_COLUMNS} FROM context_files WHERE context_id = %s "
+            rows = self.db.exec(f"SELECT {FILE_COLUMNS} FROM context_files WHERE context_id = %s "
                                 "ORDER BY path COLLATE \"C\"", (context_id,))
         return [FileRecord(*row) for row in rows]
 
@@ -405,13 +302,6 @@ class PostgresContextStore(ContextStore):
             row = cur.fetchone()
         return int(row[0]) if row else 0
 
-    def referenced_blobs(self) -> set[str]:
-        return {row[0] for row in self.db.exec("SELECT DISTINCT blob FROM context_files")}
-
-    def expire_files(self, now: float) -> int:
-        return self.db.exec_count("DELETE FROM context_files WHERE expires_at IS NOT NULL AND expires_at <= %s",
-                                  (now,))
-
     # ---- bindings and tasks
 
     def put_binding(self, binding: Binding) -> None:
@@ -422,25 +312,9 @@ class PostgresContextStore(ContextStore):
                      (binding.session_id, binding.context_id, binding.path, json.dumps(binding.policy),
                       int(binding.internal), json.dumps(binding.base)))
 
-    def bindings(self, session_id: str) -> list[Binding]:
-        rows = self.db.exec("SELECT session_id, context_id, path, policy, internal, base FROM context_bindings "
-                            "WHERE session_id = %s ORDER BY seq", (session_id,))
-        return [Binding(sid, cid, path, json.loads(policy), bool(internal), json.loads(base))
-                for sid, cid, path, policy, internal, base in rows]
-
-    def delete_bindings(self, session_id: str) -> None:
-        with self.db.transaction() as cur:
-            cur.execute("DELETE FROM context_bindings WHERE session_id = %s", (session_id,))
-            cur.execute("DELETE FROM context_tasks WHERE session_id = %s", (session_id,))
-
     def put_task(self, task: TaskRecord) -> None:
         self.db.exec("INSERT INTO context_tasks (session_id, context_id, path, task_type, status, error, start_time, "
                      "finish_time) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
                      "ON CONFLICT (session_id, context_id, path, task_type) DO UPDATE SET status = excluded.status, "
                      "error = excluded.error, start_time = excluded.start_time, finish_time = excluded.finish_time, "
                      "seq = nextval('agbox_row_seq')", tuple(dataclasses.astuple(task)))
-
-    def tasks(self, session_id: str) -> list[TaskRecord]:
-        rows = self.db.exec("SELECT session_id, context_id, path, task_type, status, error, start_time, finish_time "
-                            "FROM context_tasks WHERE session_id = %s ORDER BY start_time, seq", (session_id,))
-        return [TaskRecord(*row) for row in rows]

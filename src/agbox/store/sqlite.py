@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from agbox.models import ACTIVE_STATUSES, ApiKeyRecord, SessionRecord, SessionStatus
-from agbox.store.base import Store
+from agbox.models import ACTIVE_STATUSES, SessionStatus
+from agbox.store.base import SqlDatabase, SqlStore, placeholders
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -43,11 +43,7 @@ CREATE TABLE IF NOT EXISTS sessions (
 CREATE INDEX IF NOT EXISTS sessions_owner_status ON sessions (owner, status, created_at);
 """
 
-_SESSION_COLUMNS = ("id, owner, image_id, status, labels, created_at, last_active_at, idle_timeout_s, expires_at, "
-                    "token, node, handle, policy_id, finished_at, finish_reason")
-
-
-class SqliteDatabase:
+class SqliteDatabase(SqlDatabase):
     """One locked, autocommit, WAL-mode connection to the data dir's database file (0600), shared by
     the stores that live in it (sessions and keys here; contexts in ``store/contexts.py``)."""
 
@@ -64,106 +60,43 @@ class SqliteDatabase:
         with self._lock:
             self._db.close()
 
-    def _exec(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
 
+    def _count(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        with self._lock:
+            return self._db.execute(sql, params).rowcount
 
-_KEY_COLUMNS = "id, name, key_hash, prefix, created_at, revoked_at, limits"
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _batch(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        with self._transaction():
+            for sql, params in statements:
+                self._db.execute(sql, params)
 
 
-def _key(row: tuple[Any, ...]) -> ApiKeyRecord:
-    key_id, name, key_hash, prefix, created, revoked, limits = row
-    return ApiKeyRecord(key_id, name, key_hash, prefix, created, revoked, json.loads(limits or "{}"))
-
-
-class SqliteStore(SqliteDatabase, Store):
+class SqliteStore(SqliteDatabase, SqlStore):
     def __init__(self, path: Path) -> None:
         super().__init__(path, SCHEMA)
-        columns = {row[1] for row in self._exec("PRAGMA table_info(api_keys)")}
+        columns = {row[1] for row in self._query("PRAGMA table_info(api_keys)")}
         if "limits" not in columns:  # a data dir from before per-key limits
-            self._exec("ALTER TABLE api_keys ADD COLUMN limits TEXT NOT NULL DEFAULT '{}'")
-
-    # ---- API keys
-
-    def add_key(self, record: ApiKeyRecord) -> None:
-        self._exec(f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                   (record.id, record.name, record.key_hash, record.prefix, record.created_at, record.revoked_at,
-                    json.dumps(record.limits)))
-
-    def key_by_hash(self, key_hash: str) -> ApiKeyRecord | None:
-        rows = self._exec(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ?", (key_hash,))
-        return _key(rows[0]) if rows else None
-
-    def key_by_id(self, key_id: str) -> ApiKeyRecord | None:
-        rows = self._exec(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,))
-        return _key(rows[0]) if rows else None
-
-    def list_keys(self) -> list[ApiKeyRecord]:
-        rows = self._exec(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at")
-        return [_key(row) for row in rows]
-
-    def set_key_limits(self, key_id: str, limits: dict[str, float]) -> bool:
-        with self._lock:
-            cursor = self._db.execute("UPDATE api_keys SET limits = ? WHERE id = ?", (json.dumps(limits), key_id))
-            return cursor.rowcount > 0
-
-    def revoke_key(self, key_id: str, when: float) -> bool:
-        with self._lock:
-            cursor = self._db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-                                      (when, key_id))
-            return cursor.rowcount > 0
-
-    # ---- sessions
-
-    @staticmethod
-    def _row(row: tuple[Any, ...]) -> SessionRecord:
-        (sid, owner, image_id, status, labels, created, active, idle, expires, token, node, handle, policy,
-         finished, reason) = row
-        return SessionRecord(sid, owner, image_id, SessionStatus(status), json.loads(labels), created, active, idle,
-                             expires, token, node, json.loads(handle), policy, finished, reason)
-
-    def put_session(self, record: SessionRecord) -> None:
-        self._exec(f"INSERT OR REPLACE INTO sessions ({_SESSION_COLUMNS}) VALUES ({', '.join('?' * 15)})", (
-            record.id, record.owner, record.image_id, record.status.value, json.dumps(record.labels),
-            record.created_at, record.last_active_at, record.idle_timeout_s, record.expires_at, record.token,
-            record.node, json.dumps(record.handle), record.policy_id, record.finished_at, record.finish_reason))
-
-    def get_session(self, session_id: str) -> SessionRecord | None:
-        rows = self._exec(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,))
-        return self._row(rows[0]) if rows else None
-
-    def sessions(self, owner: str | None = None, statuses: Iterable[SessionStatus] | None = None) -> list[SessionRecord]:
-        sql = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE 1=1"
-        params: list[Any] = []
-        if owner is not None:
-            sql += " AND owner = ?"
-            params.append(owner)
-        if statuses is not None:
-            values = [s.value for s in statuses]
-            sql += f" AND status IN ({', '.join('?' * len(values))})"
-            params.extend(values)
-        sql += " ORDER BY created_at, id"
-        return [self._row(row) for row in self._exec(sql, tuple(params))]
+            self._query("ALTER TABLE api_keys ADD COLUMN limits TEXT NOT NULL DEFAULT '{}'")
 
     def touch_session(self, session_id: str, when: float) -> None:
-        self._exec("UPDATE sessions SET last_active_at = ? WHERE id = ?", (when, session_id))
-
-    def set_status(self, session_id: str, status: SessionStatus, when: float | None = None, reason: str = "") -> None:
-        if status is SessionStatus.FINISH:
-            self._exec("UPDATE sessions SET status = ?, finished_at = ?, finish_reason = ? WHERE id = ?",
-                       (status.value, when, reason, session_id))
-        else:
-            self._exec("UPDATE sessions SET status = ? WHERE id = ?", (status.value, session_id))
-
-    def set_labels(self, session_id: str, labels: dict[str, str]) -> None:
-        self._exec("UPDATE sessions SET labels = ? WHERE id = ?", (json.dumps(labels), session_id))
+        self._query("UPDATE sessions SET last_active_at = ? WHERE id = ?", (when, session_id))
 
     def claim_release(self, session_id: str, reason: str = "") -> bool:
         active = [s.value for s in ACTIVE_STATUSES]
-        with self._lock:
-            cursor = self._db.execute(
-                f"UPDATE sessions SET status = ?, finish_reason = ? WHERE id = ? "
-                f"AND status IN ({', '.join('?' * len(active))})",
-                (SessionStatus.DELETING.value, reason, session_id, *active))
-            return cursor.rowcount > 0
+        return self._count(f"UPDATE sessions SET status = ?, finish_reason = ? WHERE id = ? "
+                           f"AND status IN ({placeholders(len(active))})",
+                           (SessionStatus.DELETING.value, reason, session_id, *active)) > 0

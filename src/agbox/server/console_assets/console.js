@@ -1,6 +1,8 @@
 // The session page's script: live resource figures (polled every second from the console API, which
-// runs the same get_metrics tool as the SDK) and a terminal (xterm.js on the /pty/{id} WebSocket).
+// runs the same get_metrics tool as the SDK), a terminal (xterm.js on the /pty/{id} WebSocket), and the
+// file browser and links of console-files.js.
 import { Terminal } from "./xterm.mjs";
+import { fileBrowser, links } from "./console-files.js";
 
 const terminalBox = document.getElementById("terminal");
 const sessionId = terminalBox ? terminalBox.dataset.session : null;
@@ -83,4 +85,6 @@ async function openTerminal() {
 if (sessionId) {
   metricsLoop();
   openTerminal();
+  fileBrowser(document.getElementById("files"), api);
+  links(document.getElementById("links"), api);
 }
