@@ -302,6 +302,20 @@ def test_large_download_and_upload_intact(app_url: str) -> None:
     assert answer == {"sha256": hashlib.sha256(payload[:16 * MB]).hexdigest(), "length": 16 * MB}
 
 
+def test_chunked_and_until_close_answers_intact(app_url: str) -> None:
+    # Both other ways a body can end: chunk framing passed through (and its pieces spliced), and the
+    # end of the connection (recv/send for small reads, splice once reads come back full).
+    size = 8 * MB + 333
+    for route in ("bytes-chunked", "bytes-eof"):
+        digest, total = hashlib.sha256(), 0
+        with httpx.stream("GET", f"{app_url}{route}?n={size}", timeout=60) as response:
+            assert response.status_code == 200
+            for chunk in response.iter_bytes(MB):
+                digest.update(chunk)
+                total += len(chunk)
+        assert (route, total, digest.hexdigest()) == (route, size, sha256_pattern(size))
+
+
 def test_link_json_error_is_not_html(app_url: str) -> None:
     # A refused request is short plain text, readable by people and tools.
     response = httpx.get(base(app_url) + "/ping")
