@@ -4,9 +4,11 @@ sync classes: do not edit by hand (see that module)."""
 from __future__ import annotations
 
 import builtins
+import os
 import threading
-from agbox.client.agb import Config, CreateSessionParams, os
+from agbox.client.agb import Config, CreateSessionParams
 from agbox.client.browser import BrowserOption
+from agbox.client.bulk import Progress
 from agbox.client.code import EnhancedCodeExecutionResult
 from agbox.client.computer import (
     AppOperationResult,
@@ -35,7 +37,6 @@ from agbox.client.file import (
     FileInfoResult,
     FileSearchResult,
     MultipleFileContentResult,
-    Progress,
 )
 from agbox.client.file_transfer import DownloadResult, UploadResult
 from agbox.client.pty import PtyExit
