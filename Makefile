@@ -36,7 +36,15 @@ test: install
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-bench: install
+# The benchmarks also need the bench extra (Docker SDK, llm-sandbox) and, for the peer family, Debian's
+# docker.io and debootstrap (scripts/install-bench.sh); `make install` / `make test` do not install them.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: install $(BENCH_STAMP)
+	@bash scripts/install-bench.sh
 	$(PY) bench/run.py $(ARGS)
 
 # The long schemathesis run (make test runs a bounded one): many cases per operation. The coverage

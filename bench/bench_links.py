@@ -1,16 +1,18 @@
 """Links: a request through ``get_link`` next to the same request on a direct loopback connection.
 
-One embedded platform, one session running ``tests/server/link_app.py`` on port 30101 inside the
-sandbox, and the same app started on the host on a free loopback port (the baseline, measured in the
-same run). Figures:
+One ``agbox serve`` process (the relay runs in its own process, as in a deployment, so it does not
+share this client's interpreter lock), one session running ``tests/server/link_app.py`` on port 30101
+inside the sandbox, and the same app started on the host on a free loopback port (the baseline,
+measured in the same run, interleaved with the link). Figures:
 
 - ``http_keepalive``: GET /ping on one kept-alive connection (raw socket client, so the client adds
   next to nothing);
 - ``http_new_connection``: connect + GET /ping + close (through a link this includes the setns
   connect inside the sandbox's network namespace);
 - ``websocket_echo``: a 32-byte WebSocket message round trip;
-- ``download`` / ``upload``: N MB (200 MB full, 32 MB quick) through the link vs direct, MB/s, with
-  the sha256 of the bytes checked on the far side.
+- ``download`` / ``upload``: N MB (200 MB and 1 GiB full, 32 MB quick) through the link vs direct,
+  MB/s (median of 3 interleaved rounds), with the sha256 of the bytes checked on the far side; the
+  note gives the CPU time the server process spent relaying per GiB (from /proc/PID/stat).
 
 ``def run(quick: bool) -> list[dict]`` is what ``bench/run.py`` calls; ``python bench/bench_links.py
 [--quick]`` prints the rows.
@@ -22,7 +24,10 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
+import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -224,80 +229,182 @@ def host_app() -> Iterator[Target]:
         proc.wait(10)
 
 
+API_KEY = "bench-links-key"
+
+
 @contextlib.contextmanager
-def sandbox_app() -> Iterator[str]:
-    """A session of an embedded platform running the app on 30101; yields its link URL."""
+def agbox_server() -> Iterator[tuple[str, int]]:
+    """``agbox serve`` on a free port; yields (endpoint, server pid)."""
+    import httpx
+
+    root = Path(tempfile.mkdtemp(prefix="agbox-bench-links-"))
+    os.chmod(root, 0o711)  # sandbox uids must traverse to the sandbox roots inside
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "AGBOX_API_KEY": API_KEY}
+    env.pop("AGB_ENDPOINT", None)
+    env.pop("AGBOX_DATA_DIR", None)
+    log_path = root / "server.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "agbox", "serve", "--port", str(port), "--data-dir",
+                                    str(root / "data"), "--log-level", "warning"],
+                                   stdout=log, stderr=subprocess.STDOUT, env=env)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"agbox serve exited early: {log_path.read_text(errors='replace')[-800:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{endpoint}/health", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("agbox serve did not answer /health within 60 s")
+            time.sleep(0.05)
+        yield endpoint, process.pid
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(120)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(30)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process's threads so far, in nanosecond resolution (schedstat; /proc/PID/stat
+    counts 10 ms ticks, too coarse for a hundred requests)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that just ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+@contextlib.contextmanager
+def sandbox_app() -> Iterator[tuple[str, int]]:
+    """A session of an ``agbox serve`` running the app on 30101; yields (its link URL, server pid)."""
     from agbox import AGB, CreateSessionParams
 
-    with tempfile.TemporaryDirectory(prefix="agbox-bench-links-") as tmp:
-        agb = AGB(data_dir=Path(tmp) / "data")
+    with agbox_server() as (endpoint, pid):
+        agb = AGB(api_key=API_KEY, endpoint=endpoint)
+        result = agb.create(CreateSessionParams(image_id="agb-code-space-1"))
+        if not result.success:
+            raise RuntimeError(f"create failed: {result.error_message}")
+        session = result.session
         try:
-            result = agb.create(CreateSessionParams(image_id="agb-code-space-1"))
-            if not result.success:
-                raise RuntimeError(f"create failed: {result.error_message}")
-            session = result.session
-            try:
-                command = ("cat > /tmp/link_app.py <<'AGBOX_EOF'\n" + APP.read_text() + "\nAGBOX_EOF\n"
-                           "nohup python3 /tmp/link_app.py 30101 >/tmp/app.log 2>&1 &\n")
-                started = session.command.execute(command, timeout_ms=10_000)
-                if not started.success:
-                    raise RuntimeError(f"could not start the app: {started.error_message}")
-                got = session.get_link(port=30101)
-                if not got.success:
-                    raise RuntimeError(f"get_link failed: {got.error_message}")
-                wait_ping(Target(got.data))
-                yield got.data
-            finally:
-                session.delete()
+            command = ("cat > /tmp/link_app.py <<'AGBOX_EOF'\n" + APP.read_text() + "\nAGBOX_EOF\n"
+                       "nohup python3 /tmp/link_app.py 30101 >/tmp/app.log 2>&1 &\n")
+            started = session.command.execute(command, timeout_ms=10_000)
+            if not started.success:
+                raise RuntimeError(f"could not start the app: {started.error_message}")
+            got = session.get_link(port=30101)
+            if not got.success:
+                raise RuntimeError(f"get_link failed: {got.error_message}")
+            wait_ping(Target(got.data))
+            yield got.data, pid
         finally:
-            agb.close()
+            session.delete()
+
+
+ROUNDS = 3
+
+
+def transfer_rows(via: Target, direct: Target, server_pid: int, size: int) -> list[dict[str, Any]]:
+    """Download and upload rows for one size: ROUNDS rounds, link and direct interleaved, medians."""
+    label = f"{size // 1024 // MB}GiB" if size >= 1024 * MB else f"{size // MB}MB"
+    expected = pattern_sha(size)
+    link_dl: list[float] = []
+    direct_dl: list[float] = []
+    relay_cpu = 0.0
+    for _ in range(ROUNDS):
+        cpu = cpu_seconds(server_pid)
+        speed, link_sha = download(via, size)
+        relay_cpu += cpu_seconds(server_pid) - cpu
+        link_dl.append(speed)
+        speed, direct_sha = download(direct, size)
+        direct_dl.append(speed)
+        if link_sha != expected or direct_sha != expected:
+            raise RuntimeError("download arrived corrupted")
+    # Each link download moves the body twice (timed, then hashed): CPU per GiB relayed.
+    cpu_per_gib = relay_cpu / (2 * ROUNDS * size / (1024 * MB))
+    rows = [throughput_row(f"download_{label}", statistics.median(link_dl), statistics.median(direct_dl),
+                           f"sha256 checked; median of {ROUNDS} interleaved rounds; server CPU "
+                           f"{cpu_per_gib:.2f} s per GiB relayed")]
+    payload = os.urandom(size)
+    digest = hashlib.sha256(payload).hexdigest()
+    link_ul: list[float] = []
+    direct_ul: list[float] = []
+    relay_cpu = 0.0
+    for _ in range(ROUNDS):
+        cpu = cpu_seconds(server_pid)
+        speed, answer = upload(via, payload)
+        relay_cpu += cpu_seconds(server_pid) - cpu
+        link_ul.append(speed)
+        speed, direct_answer = upload(direct, payload)
+        direct_ul.append(speed)
+        if answer.get("sha256") != digest or direct_answer.get("sha256") != digest:
+            raise RuntimeError("upload arrived corrupted")
+    cpu_per_gib = relay_cpu / (ROUNDS * size / (1024 * MB))
+    rows.append(throughput_row(f"upload_{label}", statistics.median(link_ul), statistics.median(direct_ul),
+                               f"sha256 checked by the app (hashing inside the app bounds both); median of "
+                               f"{ROUNDS} interleaved rounds; server CPU {cpu_per_gib:.2f} s per GiB relayed"))
+    return rows
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
     n = 50 if quick else 500
-    size = (32 if quick else 200) * MB
+    sizes = [32 * MB] if quick else [200 * MB, 1024 * MB]
     rows: list[dict[str, Any]] = []
-    with host_app() as direct, sandbox_app() as url:
+    with host_app() as direct, sandbox_app() as (url, server_pid):
         via = Target(url)
         for name, fn, count in (("http_keepalive", time_keepalive, n),
                                 ("http_new_connection", time_new_connection, n)):
             fn(via, 5)
             fn(direct, 5)
-            link_s, direct_s = fn(via, count), fn(direct, count)
-            rows.append(latency_row(name, link_s, direct_s, "GET /ping, raw socket client"))
+            link_s: list[float] = []
+            direct_s: list[float] = []
+            relay_cpu = 0.0
+            for _ in range(5):  # interleaved in 5 slices, so load changes hit both alike
+                cpu = cpu_seconds(server_pid)
+                link_s += fn(via, count // 5)
+                relay_cpu += cpu_seconds(server_pid) - cpu
+                direct_s += fn(direct, count // 5)
+            rows.append(latency_row(name, link_s, direct_s, f"GET /ping, raw socket client; server CPU "
+                                    f"{relay_cpu / len(link_s) * 1e6:.0f} us per request"))
         ws_link = "ws://" + url.split("://", 1)[1] + "ws"
         ws_direct = f"ws://{direct.host}:{direct.port}/ws"
         time_websocket(ws_link, 5)
-        rows.append(latency_row("websocket_echo", time_websocket(ws_link, n), time_websocket(ws_direct, n),
-                                "32-byte message round trip"))
-
-        expected = pattern_sha(size)
-        link_dl, link_sha = download(via, size)
-        direct_dl, direct_sha = download(direct, size)
-        if link_sha != expected or direct_sha != expected:
-            raise RuntimeError("download through the link arrived corrupted")
-        rows.append(throughput_row(f"download_{size // MB}MB", link_dl, direct_dl, "sha256 checked"))
-
-        payload = os.urandom(size)
-        digest = hashlib.sha256(payload).hexdigest()
-        link_ul, answer = upload(via, payload)
-        direct_ul, direct_answer = upload(direct, payload)
-        if answer.get("sha256") != digest or direct_answer.get("sha256") != digest:
-            raise RuntimeError("upload through the link arrived corrupted")
-        rows.append(throughput_row(f"upload_{size // MB}MB", link_ul, direct_ul,
-                                   "sha256 checked by the app (hashing inside the app bounds both)"))
+        time_websocket(ws_direct, 5)
+        ws_link_s: list[float] = []
+        ws_direct_s: list[float] = []
+        relay_cpu = 0.0
+        for _ in range(5):
+            cpu = cpu_seconds(server_pid)
+            ws_link_s += time_websocket(ws_link, n // 5)
+            relay_cpu += cpu_seconds(server_pid) - cpu
+            ws_direct_s += time_websocket(ws_direct, n // 5)
+        rows.append(latency_row("websocket_echo", ws_link_s, ws_direct_s, f"32-byte message round trip; server "
+                                f"CPU {relay_cpu / len(ws_link_s) * 1e6:.0f} us per message (incl. connect)"))
+        for size in sizes:
+            rows.extend(transfer_rows(via, direct, server_pid, size))
     return rows
 
 
 def main() -> None:
     rows = run("--quick" in sys.argv)
+    print("load average:", os.getloadavg())
     for r in rows:
         if "p50_ms" in r:
             print(f"{r['name']:<22} p50 {r['p50_ms']:.3f} ms  p95 {r['p95_ms']:.3f} ms  "
-                  f"direct p50 {r['baseline_p50_ms']:.3f} ms  ratio {r['ratio']:.2f}x  (+{r['delta_ms']:.3f} ms)")
+                  f"direct p50 {r['baseline_p50_ms']:.3f} ms  ratio {r['ratio']:.2f}x  (+{r['delta_ms']:.3f} ms)  "
+                  f"[{r['note']}]")
         else:
             print(f"{r['name']:<22} {r['value']:.0f} MB/s  direct {r['baseline_value']:.0f} MB/s  "
-                  f"ratio {r['ratio']:.2f}x")
+                  f"ratio {r['ratio']:.2f}x  [{r['note']}]")
 
 
 if __name__ == "__main__":

@@ -72,6 +72,12 @@ TARGETS: list[tuple[str, str, str, str, float, str]] = [
     ("load: create p99 < 1 s at 50 concurrent clients", "load.create", "p99_ms", "<=", 1000, "ms"),
     ("networking adds <= 2 ms to a cold create (warm pool off)", "network.create_cold", "delta_ms", "<=", 2, "ms"),
     ("networking adds nothing to a pooled create (<= 0.1 ms)", "network.create_pooled", "delta_ms", "<=", 0.1, "ms"),
+    ("1 GiB file into a session >= 500 MB/s (our SDK, HTTP)", "files.stream_in_http", "value", ">=", 500, "MB/s"),
+    ("1 GiB file out of a session >= 500 MB/s (our SDK, HTTP)", "files.stream_out_http", "value", ">=", 500, "MB/s"),
+    ("1 GiB file into a session >= 500 MB/s (official SDK, HTTP)", "files.official_in_http", "value", ">=", 500,
+     "MB/s"),
+    ("1 GiB file out of a session >= 500 MB/s (official SDK, HTTP)", "files.official_out_http", "value", ">=", 500,
+     "MB/s"),
     ("session TCP download >= 0.7x the host's", "network.throughput_down", "ratio", ">=", 0.7, "x"),
     ("session TCP upload >= 0.7x the host's", "network.throughput_up", "ratio", ">=", 0.7, "x"),
     ("console sessions page first contentful paint p50 <= 1800 ms (web.dev's 'good')", "console.fcp_sessions",
@@ -379,6 +385,7 @@ def write_report(out_dir: Path, rows: list[dict[str, Any]], targets: list[dict[s
         lines.append(f"| {md_escape(t['target'])} | {md_escape(t['measured'])} | {verdict} |")
     lines += ["", "Ratios: latency rows give p50 / baseline p50, single figures give value / baseline value. "
               "`-` means the figure does not apply.", ""]
+    lines += peer_section(rows)
     for family, family_rows in families.items():
         lines += [f"## {family}", ""]
         lines += md_table(family_rows)
@@ -400,6 +407,59 @@ def write_report(out_dir: Path, rows: list[dict[str, Any]], targets: list[dict[s
     report = out_dir / "benchmarks.md"
     report.write_text("\n".join(lines))
     return report
+
+
+def peer_section(rows: list[dict[str, Any]]) -> list[str]:
+    """The peers summary (bench_peer.py): each peer figure next to the agbox figure it was interleaved with."""
+    peers = [r for r in rows if r.get("family") == "peer"]
+    if not peers:
+        return []
+    lines = ["## agbox next to its peers (same run, interleaved)", ""]
+    missing = [r for r in peers if r.get("p50_ms") is None and r.get("value") is None]
+    compared = [r for r in peers if r.get("who") not in (None, "agbox") and r.get("ratio") is not None]
+    if compared:
+        lines += ["What a user would pick instead, measured on this machine in the same run: Docker (a private daemon, "
+                  "Debian's docker.io, containers without network) through its CLI and its Python SDK, and llm-sandbox "
+                  "(Docker backend) as a code interpreter. Each peer figure was taken interleaved with the agbox figure "
+                  "beside it; the last column is peer / agbox (above 1: agbox is faster or smaller).", "",
+                  "| comparison | agbox | agbox p50 | peer | peer p50 | peer / agbox | CPU per op, agbox / peer |",
+                  "|---|---|---|---|---|---|---|"]
+        agbox_rows = {r["name"]: r for r in peers if r.get("who") == "agbox"}
+        for r in compared:
+            own = agbox_rows.get(str(r["baseline"]).removesuffix(" (interleaved)"), {})
+            cpu = "-"
+            if own.get("cpu_ms") is not None and r.get("cpu_ms") is not None:
+                cpu = f"{fmt(float(own['cpu_ms']))} / {fmt(float(r['cpu_ms']))} ms"
+            if r.get("p50_ms") is not None:
+                agbox = f"{fmt(r['baseline_p50_ms'])} ms"
+                peer = f"{fmt(r['p50_ms'])} ms"
+            else:
+                agbox = f"{fmt(float(r['baseline_value']))} {r.get('unit', '')}"
+                peer = f"{fmt(float(r['value']))} {r.get('unit', '')}"
+            label = str(r["baseline"]).removeprefix("agbox: ").removesuffix(" (interleaved)")
+            lines.append(f"| {md_escape(str(r.get('comparison', '')))} | {md_escape(label)} | {agbox} | "
+                         f"{md_escape(r['name'])} | {peer} | **{r['ratio']:.1f}x** | {cpu} |")
+        lines += ["", "CPU per op: the agbox server's threads and its sandboxes' cgroups, against the Docker daemon's "
+                  "cgroup tree (dockerd, containerd, shims, runc, the containers) and the docker CLI processes, "
+                  "charged to each op from its start to the next op on the same side (teardown and asynchronous "
+                  "tails included; the client libraries' own CPU in the bench process is left out on both sides).",
+                  ""]
+        for r in compared:
+            if r["ratio"] < 1:
+                own = agbox_rows.get(str(r["baseline"]).removesuffix(" (interleaved)"), {})
+                lines.append(f"- **agbox is behind** on {md_escape(str(r.get('comparison', '')))}: "
+                             f"{md_escape(r['name'])} is {1 / r['ratio']:.2f}x lower. agbox: {own.get('note') or '-'}; "
+                             f"peer: {r.get('note') or '-'}.")
+        if any(r["ratio"] < 1 for r in compared):
+            lines.append("")
+        setups = [str(r["setup"]) for r in peers if r.get("setup")]
+        if setups:
+            lines += [f"Set-up: {md_escape(setups[0])}.", ""]
+    for r in missing:
+        lines.append(f"- {md_escape(r['name'])}: {r.get('note', '')}")
+    if missing:
+        lines.append("")
+    return lines
 
 
 # Published figures of hosted sandboxes (shared/reference/field-survey.md §4), for orientation only: other

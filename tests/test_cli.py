@@ -137,6 +137,39 @@ def test_shell_is_an_interactive_terminal(server: ServerProcess) -> None:
         agbox("rm", session_id, env=env)
 
 
+def test_cp_in_and_out_of_a_session_with_progress(server: ServerProcess, tmp_path: Path) -> None:
+    env = {"AGB_ENDPOINT": server.endpoint, "AGB_API_KEY": server.api_key}
+    made = agbox("create", env=env)
+    assert made.returncode == 0, made.stderr
+    session_id = made.stdout.strip()
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    (tmp_path / "in.bin").write_bytes(data)
+    try:
+        up = agbox("cp", "--progress", str(tmp_path / "in.bin"), f"{session_id}:/tmp/d/in.bin", env=env)
+        assert up.returncode == 0, up.stderr
+        # --progress: one line rewritten in place, ending with the full size and a rate.
+        assert "3.0 MiB" in up.stderr and "100.0% of 3.0 MiB" in up.stderr and "MB/s" in up.stderr
+        down = agbox("cp", f"{session_id}:/tmp/d/in.bin", str(tmp_path), env=env)
+        assert down.returncode == 0 and down.stderr == "", down.stderr  # not a tty: quiet
+        assert (tmp_path / "in.bin").read_bytes() == data
+        environ = {k: v for k, v in os.environ.items() if not k.startswith(("AGB_", "AGBOX_"))} | env
+        stdin = subprocess.run([sys.executable, "-m", "agbox", "cp", "-", f"{session_id}:/tmp/d/t.txt"],
+                               input="from a pipe\n", capture_output=True, text=True, timeout=60, env=environ)
+        assert stdin.returncode == 0, stdin.stderr
+        piped = agbox("cp", f"{session_id}:/tmp/d/t.txt", "-", env=env)
+        assert piped.returncode == 0 and piped.stdout == "from a pipe\n", piped.stderr
+
+        missing = agbox("cp", f"{session_id}:/tmp/nope", str(tmp_path / "x"), env=env)
+        assert missing.returncode == 1 and "no such file or directory in the session: /tmp/nope" in missing.stderr
+        assert not (tmp_path / "x").exists() and not (tmp_path / "x.part").exists()
+        both_local = agbox("cp", str(tmp_path / "in.bin"), str(tmp_path / "y"), env=env)
+        assert both_local.returncode == 2 and "between this machine and a session" in both_local.stderr
+        unknown = agbox("cp", str(tmp_path / "in.bin"), "s-nope:/tmp/x", env=env)
+        assert unknown.returncode == 2 and "s-nope" in unknown.stderr
+    finally:
+        agbox("rm", session_id, env=env)
+
+
 def test_logs_shows_a_sessions_calls_to_its_owner_only(server: ServerProcess) -> None:
     import json
     import select

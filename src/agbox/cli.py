@@ -12,6 +12,7 @@ import datetime
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -269,6 +270,82 @@ def cmd_exec(args: argparse.Namespace) -> int:
         return result.exit_code if result.exit_code >= 0 else 1
 
 
+def _remote(spec: str) -> tuple[str, str] | None:
+    """``SESSION:PATH`` -> (session, path); None for a local path (one with a '/' before any ':')."""
+    head, sep, tail = spec.partition(":")
+    if not sep or not head or "/" in head or not tail:
+        return None
+    return head, tail
+
+
+class ProgressLine:
+    """``bytes  MB/s`` on one stderr line, rewritten in place (what ``agbox cp`` shows)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.started = time.monotonic()
+        self.shown = False
+
+    def __call__(self, done: int, total: int | None) -> None:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        share = f" {100 * done / total:5.1f}% of {_size(total)}" if total else ""
+        sys.stderr.write(f"\r{self.label}: {_size(done)}{share}  {done / elapsed / 1e6:7.1f} MB/s ")
+        sys.stderr.flush()
+        self.shown = True
+
+    def finish(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def cmd_cp(args: argparse.Namespace) -> int:
+    source, target = _remote(args.source), _remote(args.target)
+    if (source is None) == (target is None):
+        raise CliError("cp copies between this machine and a session: agbox cp LOCAL SESSION:PATH "
+                       "or agbox cp SESSION:PATH LOCAL")
+    show = args.progress or (not args.no_progress and sys.stderr.isatty())
+    with _client(args) as agb:
+        if target is not None:
+            session_id, path = target
+            local = args.source
+            if local != "-" and not os.path.isfile(local):
+                raise CliError(f"no such local file: {local}")
+        else:
+            assert source is not None
+            session_id, path = source
+            local = args.target
+            if local != "-" and os.path.isdir(local):
+                local = os.path.join(local, path.rstrip("/").rsplit("/", 1)[-1])
+        session = _session(agb, session_id)
+        progress = ProgressLine(f"{args.source} -> {args.target}") if show else None
+        try:
+            if target is not None:
+                up = session.file.upload_stream(sys.stdin.buffer if local == "-" else local, path,
+                                                progress=progress)
+                ok, message = up.success, up.error_message
+            else:
+                down = session.file.download_stream(path, sys.stdout.buffer if local == "-" else local,
+                                                    progress=progress)
+                ok, message = down.success, down.error_message
+        finally:
+            if progress is not None:
+                progress.finish()
+        if not ok:
+            print(f"agbox: cp failed: {message}", file=sys.stderr)
+            return 1
+        return 0
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     with _client(args) as agb:
         rows: list[tuple[str, str, str]] = []
@@ -511,6 +588,15 @@ def build_parser() -> argparse.ArgumentParser:
     shell.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
     client_options(shell)
     shell.set_defaults(func=cmd_shell)
+
+    cp = sub.add_parser("cp", help="copy a file into or out of a session (LOCAL SESSION:PATH, SESSION:PATH LOCAL; "
+                                   "'-' is stdin/stdout)")
+    cp.add_argument("source")
+    cp.add_argument("target")
+    cp.add_argument("--progress", action="store_true", help="show bytes and MB/s on stderr (default: when a tty)")
+    cp.add_argument("--no-progress", action="store_true", help="never show progress")
+    client_options(cp)
+    cp.set_defaults(func=cmd_cp)
 
     logs = sub.add_parser("logs", help="a session's recent commands and tool calls (newest last)")
     logs.add_argument("session_id")

@@ -148,6 +148,13 @@ def test_sessions_land_on_both_nodes_and_work(ray_cluster: RayCluster) -> None:
             assert result.success and result.stdout == "on-sandbox\n1000\n", result.error_message
             assert session.file.write("/tmp/x.txt", session.session_id).success
             assert session.file.read("/tmp/x.txt").content == session.session_id
+            # Raw file streams on a Ray node fall back to the agent's file ops (several 4 MiB chunks).
+            blob = os.urandom(9 * 1024 * 1024 + 3)
+            url = f"{ray_cluster.server.endpoint}/sessions/{session.session_id}/files?path=/tmp/x.bin"
+            auth = {"authorization": f"Bearer {ray_cluster.server.api_key}"}
+            put = httpx.put(url, content=blob, headers=auth, timeout=60)
+            assert put.status_code == 200 and put.json()["data"]["size"] == len(blob), put.text
+            assert httpx.get(url, headers=auth, timeout=60).content == blob
             metrics = session.get_metrics()
             assert metrics.success and metrics.metrics.mem_total > 0
         # A link into a sandbox on the second node: bytes through that node's relay.

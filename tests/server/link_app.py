@@ -6,7 +6,11 @@ Usage: python3 link_app.py PORT. Routes:
   GET  /redirect        302 to /static/x.js
   GET  /headers         the request line and headers as JSON
   GET  /bytes?n=N       N bytes (deterministic), streamed in 1 MiB pieces, with Content-Length
+  GET  /bytes-chunked?n=N   the same bytes, chunked (a chunk per 1 MiB piece)
+  GET  /bytes-eof?n=N   the same bytes, ended by closing the connection (no length, no chunks)
   GET  /ping            "pong" (keep-alive, HTTP/1.1)
+  GET  /peer            the port this connection comes from (which upstream connection the relay used)
+  GET  /drop            "dropped", then closes the connection without saying so (a keep-alive timeout)
   POST|PUT /upload      sha256 and length of the body (Content-Length or chunked), streamed
   GET  /sse             server-sent events: "one", then "two" after POST /release
   POST /release         lets /sse send its second event
@@ -63,6 +67,11 @@ class Handler(BaseHTTPRequestHandler):
             self.send(302, b"", headers=[("Location", "/static/x.js")])
         elif path == "/ping":
             self.send(200, b"pong")
+        elif path == "/peer":
+            self.send(200, str(self.client_address[1]).encode())
+        elif path == "/drop":
+            self.send(200, b"dropped")
+            self.close_connection = True
         elif path == "/headers":
             body = {"path": self.path, "headers": [[k, v] for k, v in self.headers.items()]}
             self.send(200, json.dumps(body).encode(), "application/json")
@@ -74,6 +83,24 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             for piece in pattern(n):
                 self.wfile.write(piece)
+        elif path == "/bytes-chunked":
+            n = int(query.partition("=")[2])
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for piece in pattern(n):
+                self.wfile.write(b"%x\r\n" % len(piece) + piece + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
+        elif path == "/bytes-eof":
+            n = int(query.partition("=")[2])
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            for piece in pattern(n):
+                self.wfile.write(piece)
+            self.close_connection = True
         elif path == "/sse":
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")

@@ -258,6 +258,28 @@ def test_headers_status_redirects_pass_through(app_url: str) -> None:
             assert client.get(app_url + "ping").text == "pong"
 
 
+def test_new_client_connections_reuse_the_upstream_and_survive_its_close(app_url: str) -> None:
+    # A client that opens a connection per request (Connection: close) still gets one upstream
+    # connection: the relay keeps it for the link's next client (no connect inside the sandbox).
+    def one_shot(path: str) -> httpx.Response:
+        with httpx.Client(timeout=10, headers={"connection": "close"}) as client:
+            return client.get(app_url + path)
+
+    first, second = one_shot("peer"), one_shot("peer")
+    assert first.status_code == second.status_code == 200
+    assert first.text == second.text
+    # The app closes its side without saying so (as a keep-alive timeout does): the next request,
+    # on the same client connection or a new one, goes out again on a fresh upstream connection.
+    with httpx.Client(timeout=10) as client:
+        assert client.get(app_url + "drop").text == "dropped"
+        again = client.get(app_url + "peer")
+        assert again.status_code == 200 and again.text != first.text
+        assert client.get(app_url + "drop").text == "dropped"
+    assert one_shot("ping").text == "pong"
+    assert one_shot("drop").text == "dropped"
+    assert one_shot("ping").text == "pong"
+
+
 def test_large_download_and_upload_intact(app_url: str) -> None:
     size = int(os.environ.get("AGBOX_LINK_TEST_MB", "64")) * MB
     digest, total = hashlib.sha256(), 0
@@ -278,6 +300,20 @@ def test_large_download_and_upload_intact(app_url: str) -> None:
 
     answer = httpx.put(app_url + "upload", content=chunks(), timeout=60).json()
     assert answer == {"sha256": hashlib.sha256(payload[:16 * MB]).hexdigest(), "length": 16 * MB}
+
+
+def test_chunked_and_until_close_answers_intact(app_url: str) -> None:
+    # Both other ways a body can end: chunk framing passed through (and its pieces spliced), and the
+    # end of the connection (recv/send for small reads, splice once reads come back full).
+    size = 8 * MB + 333
+    for route in ("bytes-chunked", "bytes-eof"):
+        digest, total = hashlib.sha256(), 0
+        with httpx.stream("GET", f"{app_url}{route}?n={size}", timeout=60) as response:
+            assert response.status_code == 200
+            for chunk in response.iter_bytes(MB):
+                digest.update(chunk)
+                total += len(chunk)
+        assert (route, total, digest.hexdigest()) == (route, size, sha256_pattern(size))
 
 
 def test_link_json_error_is_not_html(app_url: str) -> None:

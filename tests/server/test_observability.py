@@ -49,6 +49,44 @@ def test_metrics_count_what_happens(server: ServerProcess, official: Any) -> Non
         session.delete()
 
 
+def test_metrics_count_link_bytes_and_connections(server: ServerProcess, official: Any) -> None:
+    session = official.create(CreateSessionParams(image_id="agb-code-space-1")).session
+    try:
+        size = 3 * 1024 * 1024 + 17  # large enough to take the splice path, odd to catch off-by-ones
+        started = session.command.execute(
+            f"mkdir -p /tmp/www && head -c {size} /dev/zero > /tmp/www/blob && cd /tmp/www && "
+            "nohup python3 -m http.server 30100 >/tmp/h.log 2>&1 &", timeout_ms=10_000)
+        assert started.success, started.error_message
+        got = session.get_link(None, 30100)
+        assert got.success, got.error_message
+        url = got.data
+
+        def answering() -> bool:
+            try:
+                return httpx.get(url, timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(answering, 20, interval_s=0.05, what="the link to answer")
+        before = scrape(server)
+        with httpx.Client(timeout=30) as client:
+            first = client.get(url + "blob")
+            second = client.get(url + "blob")
+        assert first.content == second.content == b"\0" * size
+        after = scrape(server)
+
+        def delta(name: str, **labels: str) -> float:
+            key = (name, tuple(sorted(labels.items())))
+            return after.get(key, 0.0) - before.get(key, 0.0)
+
+        # Bodies plus heads: at least both bodies, at most a few KiB of heads more.
+        assert 2 * size <= delta("agbox_link_bytes_total", direction="to_client") <= 2 * size + 8192
+        assert 0 < delta("agbox_link_bytes_total", direction="to_sandbox") <= 8192
+        assert delta("agbox_link_connections_total") >= 1
+    finally:
+        session.delete()
+
+
 def test_json_logs_carry_the_request_id(tmp_path: Path) -> None:
     server = start_server(tmp_path / "data", extra_args=["--log-format", "json", "--log-level", "debug"])
     try:

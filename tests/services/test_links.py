@@ -1,5 +1,5 @@
-"""Link service pieces that need no sandbox (ports, protocols, hosts, secrets, admission), and the
-embedded platform's shutdown closing its link listeners."""
+"""Link service pieces that need no sandbox (ports, protocols, hosts, secrets, admission, the relay's
+socket channel over real loopback TCP), and the embedded platform's shutdown closing its link listeners."""
 
 from __future__ import annotations
 
@@ -98,3 +98,96 @@ def test_embedded_close_shuts_link_listeners(tmp_path: Path) -> None:
     finally:
         if not closed:
             agb.close()
+
+
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        near = socket.create_connection(listener.getsockname())
+        far, _ = listener.accept()
+    return near, far
+
+
+def test_channel_moves_exactly_a_body_and_leaves_what_follows() -> None:
+    """Channel.copy_to over real loopback TCP: a body larger than the pipe goes through splice with
+    SO_RCVLOWAT batching, buffered bytes first, and not one byte of what follows it is taken."""
+    import asyncio
+    import hashlib
+
+    from agbox.services.http1 import PIPE_SIZE, Channel
+
+    body = hashlib.sha256(b"x").digest() * ((3 * PIPE_SIZE + 12345) // 32)
+    after = b"GET /next HTTP/1.1\r\n\r\n"
+
+    async def main() -> None:
+        src_writer, src_reader = _tcp_pair()
+        dst_writer, dst_reader = _tcp_pair()
+        source, sink = Channel(src_reader), Channel(dst_writer)
+        loop = asyncio.get_running_loop()
+        received = bytearray()
+
+        def write_all() -> None:
+            src_writer.sendall(b"HEAD\r\n\r\n" + body + after)
+
+        def read_all() -> None:
+            while len(received) < len(body):
+                received.extend(dst_reader.recv(1 << 20))
+
+        try:
+            writing = loop.run_in_executor(None, write_all)
+            reading = loop.run_in_executor(None, read_all)
+            assert await source.read_until(b"\r\n\r\n", 1024) == b"HEAD\r\n\r\n"
+            await source.copy_to(sink, len(body))
+            await asyncio.wait_for(asyncio.gather(writing, reading), 30)
+            assert bytes(received) == body and sink.sent == len(body)
+            assert await source.read_until(b"\r\n\r\n", 1024) == after  # what follows stays
+            # An idle connection: alive while open and quiet, not once the peer closed it.
+            assert source.idle_alive()
+            src_writer.close()
+            await asyncio.wait_for(source.readable(), 10)
+            assert not source.idle_alive()
+        finally:
+            for closing in (source, sink):
+                closing.close()
+            for sock in (src_writer, dst_reader):
+                sock.close()
+
+    asyncio.run(main())
+
+
+def test_channel_switches_between_small_pieces_and_splice_until_the_end() -> None:
+    """copy_to(None): small messages, then a bulk burst, then small again, then the end (a WebSocket)."""
+    import asyncio
+
+    from agbox.services.http1 import RECV_SIZE, Channel
+
+    pieces = [b"hello", bytes(range(256)) * (4 * RECV_SIZE // 256), b"bye"]
+
+    async def main() -> None:
+        src_writer, src_reader = _tcp_pair()
+        dst_writer, dst_reader = _tcp_pair()
+        source, sink = Channel(src_reader), Channel(dst_writer)
+        loop = asyncio.get_running_loop()
+
+        def read_n(n: int) -> bytes:
+            got = bytearray()
+            while len(got) < n:
+                data = dst_reader.recv(n - len(got))
+                assert data, "the sink ended early"
+                got.extend(data)
+            return bytes(got)
+
+        try:
+            pump = asyncio.create_task(source.pipe_to(sink))
+            for piece in pieces:
+                await loop.run_in_executor(None, src_writer.sendall, piece)
+                assert await loop.run_in_executor(None, read_n, len(piece)) == piece
+            src_writer.shutdown(socket.SHUT_WR)
+            await asyncio.wait_for(pump, 10)
+            assert await loop.run_in_executor(None, dst_reader.recv, 1) == b""  # the end passed on
+        finally:
+            for closing in (source, sink):
+                closing.close()
+            for sock in (src_writer, dst_reader):
+                sock.close()
+
+    asyncio.run(main())

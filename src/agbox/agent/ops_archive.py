@@ -9,6 +9,8 @@ reach what the sandbox itself may touch; the host never opens a path inside the 
 - ``archive_write``   append one base64 chunk to a spool file (created on the first chunk).
 - ``archive_extract`` unpack a spool tar under ``dest`` (regular files and directories only), then
                       optionally unpack archives found in it (the extract policy); removes the spool.
+- ``archive_unpack``  apply the extract policy to files the host already put under ``dest`` (the
+                      direct path of services/context_transfer.py: only the archives among them).
 - ``archive_discard`` remove a spool file.
 - ``archive_mkdir``   create a directory (and parents).
 """
@@ -243,6 +245,14 @@ def archive_extract(args: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
     return {"files": count}
 
 
+def archive_unpack(args: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
+    dest = require_str(args, "dest")
+    names = [rel for rel in (_norm_rel(n) for n in args.get("names") or []) if rel]
+    policy = args.get("extract_policy")
+    _apply_extract_policy(dest, names, policy if isinstance(policy, dict) else {})
+    return {"files": len(names)}
+
+
 def archive_discard(args: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
     try:
         os.unlink(_spool_path(args.get("spool")))
@@ -261,6 +271,7 @@ OPS = {
     "archive_read": archive_read,
     "archive_write": archive_write,
     "archive_extract": archive_extract,
+    "archive_unpack": archive_unpack,
     "archive_discard": archive_discard,
     "archive_mkdir": archive_mkdir,
 }

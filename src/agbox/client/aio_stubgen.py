@@ -30,9 +30,9 @@ from agbox.client import aio
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 LINE = 120
 # Modules an annotation may name directly (``threading.Event``, ``builtins.list``).
-MODULE_NAMES = {"builtins", "threading", "collections", "typing"}
+MODULE_NAMES = {"builtins", "threading", "collections", "typing", "os"}
 # Where names that a sync module imports only for type checking come from.
-SEARCH_MODULES = ["agbox.client.results", "agbox.client.session", "agbox.client.agb", "agbox.client.pty",
+SEARCH_MODULES = ["agbox.client.results", "agbox.client.bulk", "agbox.client.session", "agbox.client.agb", "agbox.client.pty",
                   "agbox.client.file", "agbox.client.code", "agbox.client.browser", "agbox.client.computer",
                   "agbox.client.context", "agbox.client.context_manager", "agbox.client.file_transfer",
                   "agbox.client.command"]

@@ -4,9 +4,11 @@ sync classes: do not edit by hand (see that module)."""
 from __future__ import annotations
 
 import builtins
+import os
 import threading
 from agbox.client.agb import Config, CreateSessionParams
 from agbox.client.browser import BrowserOption
+from agbox.client.bulk import Progress
 from agbox.client.code import EnhancedCodeExecutionResult
 from agbox.client.computer import (
     AppOperationResult,
@@ -55,7 +57,7 @@ from agbox.client.results import (
 )
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, IO
 
 
 class AsyncTwin:
@@ -136,6 +138,14 @@ class AsyncFileSystem(AsyncTwin):
         *,
         overwrite: bool = ...,
         wait_timeout: float = ...,
+        progress: Progress | None = ...,
+    ) -> DownloadResult: ...
+    async def download_stream(
+        self,
+        remote_path: str,
+        target: str | os.PathLike[str] | IO[bytes],
+        *,
+        progress: Progress | None = ...,
     ) -> DownloadResult: ...
     async def edit(self, path: str, edits: builtins.list[dict[str, str]], dry_run: bool = ...) -> BoolResult: ...
     async def info(self, path: str) -> FileInfoResult: ...
@@ -152,7 +162,22 @@ class AsyncFileSystem(AsyncTwin):
         exclude_patterns: builtins.list[str] | None = ...,
     ) -> FileSearchResult: ...
     async def transfer_path(self) -> str | None: ...
-    async def upload(self, local_path: str, remote_path: str, *, wait_timeout: float = ...) -> UploadResult: ...
+    async def upload(
+        self,
+        local_path: str,
+        remote_path: str,
+        *,
+        wait_timeout: float = ...,
+        progress: Progress | None = ...,
+    ) -> UploadResult: ...
+    async def upload_stream(
+        self,
+        source: str | os.PathLike[str] | IO[bytes],
+        remote_path: str,
+        *,
+        mode: str = ...,
+        progress: Progress | None = ...,
+    ) -> UploadResult: ...
     async def watch_dir(
         self,
         path: str,
@@ -385,9 +410,17 @@ class AsyncFileTransfer(AsyncTwin):
         *,
         overwrite: bool = ...,
         wait_timeout: float = ...,
+        progress: Progress | None = ...,
     ) -> DownloadResult: ...
     async def transfer_path(self) -> str | None: ...
-    async def upload(self, local_path: str, remote_path: str, *, wait_timeout: float = ...) -> UploadResult: ...
+    async def upload(
+        self,
+        local_path: str,
+        remote_path: str,
+        *,
+        wait_timeout: float = ...,
+        progress: Progress | None = ...,
+    ) -> UploadResult: ...
 
 class AsyncAGB(AsyncTwin):
     """The async client: ``AGB``'s arguments, plus ``max_concurrency``, the size of its thread pool ..."""

@@ -35,6 +35,10 @@ class Backend(abc.ABC):
     def http(self) -> httpx.Client | None:
         return None
 
+    def bulk_endpoint(self) -> tuple[str, str] | None:
+        """(base URL, API key) for raw file streams (``/sessions/{id}/files``), None when closed."""
+        return None
+
     def close(self) -> None:
         return None
 
@@ -58,6 +62,9 @@ class HttpBackend(Backend):
 
     def http(self) -> httpx.Client:
         return self._client
+
+    def bulk_endpoint(self) -> tuple[str, str] | None:
+        return None if self._client.is_closed else (self.endpoint, self.api_key)
 
     def call(self, op: str, query: dict[str, Any] | None = None, body: dict[str, Any] | None = None,
              timeout_s: float | None = None) -> dict[str, Any]:
@@ -173,6 +180,13 @@ class EmbeddedBackend(Backend):
         self.platform = platform
         self.data_dir = data_dir
         self._closed = False
+
+    def bulk_endpoint(self) -> tuple[str, str] | None:
+        # File streams go through the loopback listener: raw bytes over a local socket beat passing
+        # them through the platform's event loop thread by thread.
+        if self._closed or self.platform.closed:
+            return None
+        return f"http://127.0.0.1:{self.platform.settings.port}", self.platform.key
 
     def call(self, op: str, query: dict[str, Any] | None = None, body: dict[str, Any] | None = None,
              timeout_s: float | None = None) -> dict[str, Any]:

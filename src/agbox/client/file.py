@@ -1,9 +1,12 @@
 """``session.file``: the file system of a session, with the official SDK's method names and results.
 
-Large files travel in chunks much bigger than the official SDK's 50 KiB: text reads in byte ranges
-(the server completes a character cut by a range end, so ranges concatenate exactly), writes in
-pieces well below the server's request size limit; bytes go as base64 (``format: "binary"``).
-Upload/download through pre-signed URLs belong to the contexts module.
+Bytes (``write(path, bytes)``, ``read(path, format="bytes")``) and the streaming ``upload_stream`` /
+``download_stream`` (from/to a local path or file object) travel as raw HTTP bodies on
+``/sessions/{id}/files`` (client/bulk.py), at disk speed and in constant memory on the server. Text
+travels as the official SDK's tool calls, in chunks much bigger than its 50 KiB: reads in byte ranges
+(the server completes a character cut by a range end, so ranges concatenate exactly), writes in pieces
+well below the server's request size limit. ``upload``/``download`` are the official SDK's pre-signed
+URL path (client/file_transfer.py).
 """
 
 from __future__ import annotations
@@ -12,15 +15,20 @@ import base64
 import binascii
 import builtins
 import dataclasses
+import io
 import json
+import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import IO, TYPE_CHECKING, Any, Literal, overload
 
+from agbox.client.bulk import Bulk, BulkError, Progress, bytes_chunks, file_chunks, remaining_size
+from agbox.client.file_transfer import DownloadResult, UploadResult
 from agbox.client.results import ApiResponse, BoolResult, McpToolResult
 
 if TYPE_CHECKING:
-    from agbox.client.file_transfer import DownloadResult, UploadResult
     from agbox.client.session import Session
 
 # Per call: bytes of a read range, characters of a text write, bytes of a binary write (as base64 this
@@ -114,6 +122,25 @@ class FileChangeResult(ApiResponse):
 
     def get_deleted_files(self) -> list[str]:
         return self._paths("delete")
+
+
+class _Opened:
+    """``open(source)`` for a path, the object itself (left open) for a file object."""
+
+    def __init__(self, source: str | os.PathLike[str] | IO[bytes], mode: str) -> None:
+        self.source = source
+        self.mode = mode
+        self.handle: IO[bytes] | None = None
+
+    def __enter__(self) -> IO[bytes]:
+        if hasattr(self.source, "read"):
+            return self.source  # type: ignore[return-value]
+        self.handle = open(os.fspath(self.source), self.mode)  # type: ignore[arg-type]
+        return self.handle
+
+    def __exit__(self, *exc: object) -> None:
+        if self.handle is not None:
+            self.handle.close()
 
 
 # ---- parsers of the tool texts ----------------------------------------------------------------------
@@ -230,13 +257,78 @@ class FileSystem:
         self.session = session
 
     # Local file <-> sandbox file, as the official SDK's ``session.file`` offers them (file_transfer.py).
-    def upload(self, local_path: str, remote_path: str, *, wait_timeout: float = 300.0) -> UploadResult:
-        return self.session.file_transfer.upload(local_path, remote_path, wait_timeout=wait_timeout)
+    def upload(self, local_path: str, remote_path: str, *, wait_timeout: float = 300.0,
+               progress: Progress | None = None) -> UploadResult:
+        return self.session.file_transfer.upload(local_path, remote_path, wait_timeout=wait_timeout,
+                                                 progress=progress)
 
     def download(self, remote_path: str, local_path: str, *, overwrite: bool = True,
-                 wait_timeout: float = 300.0) -> DownloadResult:
+                 wait_timeout: float = 300.0, progress: Progress | None = None) -> DownloadResult:
         return self.session.file_transfer.download(remote_path, local_path, overwrite=overwrite,
-                                                   wait_timeout=wait_timeout)
+                                                   wait_timeout=wait_timeout, progress=progress)
+
+    # ---- raw streams (agbox's /sessions/{id}/files)
+    def _bulk(self) -> Bulk | None:
+        endpoint = self.session.agb._backend.bulk_endpoint()
+        if endpoint is None:
+            return None
+        return Bulk(endpoint[0], endpoint[1], CALL_TIMEOUT_MS / 1000)
+
+    def upload_stream(self, source: str | os.PathLike[str] | IO[bytes], remote_path: str, *,
+                      mode: str = "overwrite", progress: Progress | None = None) -> UploadResult:
+        """Stream a local file (a path, or a binary file object from its current position) into the
+        session at ``remote_path``; ``progress(bytes_sent, total)`` is called as it goes. An overwrite
+        is all or nothing: on any failure the previous file stays as it was."""
+        bulk = self._bulk()
+        if bulk is None:
+            return UploadResult(path=remote_path, error_message="this AGB client is closed")
+        try:
+            with _Opened(source, "rb") as handle:
+                size = remaining_size(handle)
+                if size is None:  # a pipe or socket: spool it, the server needs the length up front
+                    spool = tempfile.TemporaryFile()
+                    shutil.copyfileobj(handle, spool, 1024 * 1024)
+                    size = spool.tell()
+                    spool.seek(0)
+                    handle = spool
+                data = bulk.upload(self.session.session_id, remote_path, file_chunks(handle, size), size,
+                                   mode=mode, progress=progress)
+        except BulkError as exc:
+            return UploadResult(request_id=exc.request_id, path=remote_path, http_status=exc.status or None,
+                                error_message=exc.message)
+        except OSError as exc:
+            return UploadResult(path=remote_path, error_message=f"cannot read {source!r}: {exc}")
+        return UploadResult(success=True, path=remote_path, bytes_sent=size, http_status=200,
+                            etag=None if not data else str(data.get("size")))
+
+    def download_stream(self, remote_path: str, target: str | os.PathLike[str] | IO[bytes], *,
+                        progress: Progress | None = None) -> DownloadResult:
+        """Stream a session file into a local path (written to ``<path>.part``, renamed when complete)
+        or a binary file object; ``progress(bytes_received, total)`` is called as it goes."""
+        bulk = self._bulk()
+        local = "" if hasattr(target, "write") else os.fspath(target)  # type: ignore[arg-type]
+        if bulk is None:
+            return DownloadResult(path=remote_path, local_path=local, error_message="this AGB client is closed")
+        try:
+            if local:
+                part = f"{local}.part"
+                try:
+                    with open(part, "wb") as out:
+                        received = bulk.download(self.session.session_id, remote_path, out, progress=progress)
+                    os.replace(part, local)
+                finally:
+                    if os.path.exists(part):
+                        os.unlink(part)
+            else:
+                received = bulk.download(self.session.session_id, remote_path, target,  # type: ignore[arg-type]
+                                         progress=progress)
+        except BulkError as exc:
+            return DownloadResult(request_id=exc.request_id, path=remote_path, local_path=local,
+                                  http_status=exc.status or None, error_message=exc.message)
+        except OSError as exc:
+            return DownloadResult(path=remote_path, local_path=local, error_message=f"cannot write {local}: {exc}")
+        return DownloadResult(success=True, path=remote_path, local_path=local, bytes_received=received,
+                              http_status=200)
 
     def transfer_path(self) -> str | None:
         return self.session.file_transfer.transfer_path()
@@ -312,6 +404,14 @@ class FileSystem:
         if format not in ("text", "bytes"):
             message = f"Invalid format: {format}. Must be 'text' or 'bytes'."
             return FileContentResult(success=False, error_message=message)
+        if binary:
+            sink = io.BytesIO()
+            got = self.download_stream(path, sink)
+            if not got.success:
+                return BinaryFileContentResult(request_id=got.request_id, success=False,
+                                               error_message=got.error_message)
+            content = sink.getvalue()
+            return BinaryFileContentResult(request_id=got.request_id, success=True, content=content, size=len(content))
         info = self.info(path)
         if not info.success or info.file_info.get("isDirectory", False) or not info.file_info:
             message = info.error_message if not info.success else f"Path does not exist or is a directory: {path}"
@@ -350,6 +450,13 @@ class FileSystem:
             return BoolResult(success=False,
                               error_message=f"Invalid write mode: {mode}. Must be 'overwrite' or 'append'.")
         binary = not isinstance(content, str)
+        bulk = self._bulk() if binary else None
+        if bulk is not None and not isinstance(content, str):
+            try:
+                bulk.upload(self.session.session_id, path, bytes_chunks(content), len(content), mode=mode)
+            except BulkError as exc:
+                return BoolResult(request_id=exc.request_id, success=False, error_message=exc.message)
+            return BoolResult(success=True, data=True)
         step = WRITE_CHUNK_BYTES if binary else WRITE_CHUNK_CHARS
         total = len(content)
         offset = 0

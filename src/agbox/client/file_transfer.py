@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import httpx
 
+from agbox.client.bulk import Progress
 from agbox.client.envelopes import error_of, succeeded
 from agbox.client.results import ApiResponse
 
@@ -18,6 +20,22 @@ if TYPE_CHECKING:
     from agbox.client.context import ContextService
     from agbox.client.context_manager import ContextManager
     from agbox.client.session import Session
+
+
+CHUNK = 1024 * 1024
+
+
+def _chunks(handle: BinaryIO, size: int, progress: Progress | None) -> Iterator[bytes]:
+    # 1 MiB pieces: httpx sends a large single body piece by re-slicing it on every socket write.
+    sent = 0
+    while True:
+        data = handle.read(CHUNK)
+        if not data:
+            return
+        yield data
+        sent += len(data)
+        if progress is not None:
+            progress(sent, size)
 
 
 @dataclasses.dataclass
@@ -69,7 +87,8 @@ class FileTransfer:
     def _dir(remote_path: str) -> str:
         return str(PurePosixPath(remote_path).parent)
 
-    def upload(self, local_path: str, remote_path: str, *, wait_timeout: float = 300.0) -> UploadResult:
+    def upload(self, local_path: str, remote_path: str, *, wait_timeout: float = 300.0,
+               progress: Progress | None = None) -> UploadResult:
         if not os.path.isfile(local_path):
             return UploadResult(path=remote_path, error_message=f"Local file not found: {local_path}")
         try:
@@ -79,7 +98,8 @@ class FileTransfer:
                 return UploadResult(path=remote_path, error_message=url.error_message)
             size = os.path.getsize(local_path)
             with open(local_path, "rb") as handle, httpx.Client(timeout=300) as client:
-                response = client.put(url.url, content=handle)
+                response = client.put(url.url, content=_chunks(handle, size, progress),
+                                      headers={"content-length": str(size)})
             if response.status_code not in (200, 201, 204):
                 return UploadResult(path=remote_path, http_status=response.status_code,
                                     error_message=f"Upload failed with HTTP {response.status_code}")
@@ -92,7 +112,7 @@ class FileTransfer:
             return UploadResult(path=remote_path, error_message=str(exc))
 
     def download(self, remote_path: str, local_path: str, *, overwrite: bool = True,
-                 wait_timeout: float = 300.0) -> DownloadResult:
+                 wait_timeout: float = 300.0, progress: Progress | None = None) -> DownloadResult:
         if os.path.exists(local_path) and not overwrite:
             return DownloadResult(path=remote_path, local_path=local_path,
                                   error_message=f"Destination exists and overwrite=False: {local_path}")
@@ -110,10 +130,13 @@ class FileTransfer:
                 if response.status_code != 200:
                     return DownloadResult(path=remote_path, local_path=local_path, http_status=response.status_code,
                                           error_message=f"Download failed with HTTP {response.status_code}")
+                total = int(response.headers.get("content-length") or 0) or None
                 with open(tmp, "wb") as out:
-                    for chunk in response.iter_bytes():
+                    for chunk in response.iter_raw(CHUNK):
                         out.write(chunk)
                         received += len(chunk)
+                        if progress is not None:
+                            progress(received, total)
             os.replace(tmp, local_path)
             return DownloadResult(request_id=synced.request_id, success=True, path=remote_path,
                                   local_path=local_path, bytes_received=received, http_status=200)

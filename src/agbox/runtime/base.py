@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agbox.errors import SandboxError
+from agbox.runtime.sandbox_files import SandboxFiles
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,6 +178,12 @@ class Runtime(abc.ABC):
 
     def network_info(self, handle: SandboxHandle) -> dict[str, Any] | None:
         """The sandbox's network (address, policy) as shown in session info; None without one."""
+        return None
+
+    def files(self, handle: SandboxHandle) -> SandboxFiles | None:
+        """Direct access to the sandbox's files from this process (bulk transfers at disk speed), or
+        None when only the agent can reach them (sandboxes on other machines): callers then move
+        bytes through agent ops."""
         return None
 
     async def connect_port(self, handle: SandboxHandle, port: int) -> socket.socket:

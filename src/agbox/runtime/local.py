@@ -54,6 +54,7 @@ from agbox.runtime.channel import AgentChannel
 from agbox.runtime.disk import DiskLayers, Layer
 from agbox.runtime.network import NetworkManager, NetworkOptions, SandboxNetwork
 from agbox.runtime.rootfs import SANDBOX_GID, SANDBOX_HOME, SANDBOX_UID, SANDBOX_USER, build_base
+from agbox.runtime.sandbox_files import SandboxFiles
 
 log = logging.getLogger(__name__)
 
@@ -643,6 +644,14 @@ class LocalRuntime(Runtime):
         how = _agent_end(reaper.exit_status(sandbox.bwrap_pid))
         note = self.limit_note(handle, since or LimitEvents())
         return f"{note} ({how})" if note else how
+
+    def files(self, handle: SandboxHandle) -> SandboxFiles:
+        sandbox = self._get(handle)
+        try:
+            device: int | None = os.stat(sandbox.disk_device).st_rdev
+        except OSError as exc:
+            raise SandboxError("the sandbox has ended") from exc
+        return SandboxFiles(sandbox.child_pid, sandbox.uid, sandbox.uid, sandbox.spec.limits.disk_bytes, device)
 
     async def connect_port(self, handle: SandboxHandle, port: int) -> socket.socket:
         sandbox = self._get(handle)

@@ -21,7 +21,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agbox.errors import AgboxError, AuthenticationError, InvalidRequestError, LimitExceededError
-from agbox.server import browser, console, contexts, desktop, links, mcp_endpoint, session_page, stream, terminal
+from agbox.server import browser, console, contexts, desktop, files, links, mcp_endpoint, session_page, stream, terminal
 from agbox.server.openapi import build_document
 from agbox.server.operations import validate
 from agbox.server.wire import ROUTES, WireApi, envelope, error_envelope, internal_error_envelope, new_request_id
@@ -184,7 +184,7 @@ def create_app(platform: Platform, *, manage_platform: bool = True,
             if manage_platform:
                 await platform.close()
 
-    routes: list[BaseRoute] = [*contexts.routes(wire), *stream.routes(wire), *terminal.routes(wire),
+    routes: list[BaseRoute] = [*contexts.routes(wire), *files.routes(wire), *stream.routes(wire), *terminal.routes(wire),
                                *mcp_endpoint.routes(wire), *browser.routes(wire),
                                *session_page.routes(wire), *desktop.routes(wire), *console.routes(wire)]
     routes.append(Route("/link/{session_id}/callTool", link_call_tool, methods=["POST"]))

@@ -17,7 +17,7 @@ from starlette.routing import BaseRoute, Route
 
 from agbox.errors import AgboxError, ContextNotFoundError
 from agbox.server.wire import WireApi, envelope
-from agbox.services.contexts import MAX_OBJECT_BYTES, iso
+from agbox.services.contexts import FILE_TRANSFER, MAX_OBJECT_BYTES, iso
 from agbox.store.contexts import ContextRecord
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,8 @@ def routes(wire: WireApi) -> list[BaseRoute]:
             record, key = service.check_url(request.path_params["token"], "PUT")
         except (AgboxError, ValueError) as exc:
             return _denied(exc)
-        writer = service.blobs.begin(MAX_OBJECT_BYTES)
+        # The internal transfer context of a session is a hop on the way into that session: no fsync.
+        writer = service.blobs.begin(MAX_OBJECT_BYTES, durable=record.kind != FILE_TRANSFER)
         try:
             async for chunk in request.stream():
                 writer.write(chunk)

@@ -41,11 +41,13 @@ class BlobWriter(abc.ABC):
 
 class BlobStore(abc.ABC):
     @abc.abstractmethod
-    def begin(self, limit: int | None = None) -> BlobWriter: ...
+    def begin(self, limit: int | None = None, durable: bool = True) -> BlobWriter:
+        """A writer for a new blob; ``durable=False`` (blobs of a session's internal transfer context,
+        which die with the session) skips the fsync."""
 
-    def ingest(self, chunks: Iterable[bytes], limit: int | None = None) -> tuple[str, int]:
-        """Store a byte stream; returns (blob key, size). Durable when it returns."""
-        writer = self.begin(limit)
+    def ingest(self, chunks: Iterable[bytes], limit: int | None = None, durable: bool = True) -> tuple[str, int]:
+        """Store a byte stream; returns (blob key, size). Durable when it returns (unless not asked)."""
+        writer = self.begin(limit, durable)
         try:
             for chunk in chunks:
                 writer.write(chunk)
@@ -99,8 +101,8 @@ class LocalBlobStore(BlobStore):
             raise ValueError(f"bad blob key {key!r}")
         return self.blobs / key[:2] / key
 
-    def begin(self, limit: int | None = None) -> BlobWriter:
-        return _LocalWriter(self, limit)
+    def begin(self, limit: int | None = None, durable: bool = True) -> BlobWriter:
+        return _LocalWriter(self, limit, durable)
 
     def open(self, key: str) -> BinaryIO:
         return open(self._path(key), "rb")
@@ -125,9 +127,10 @@ class LocalBlobStore(BlobStore):
 
 
 class _LocalWriter(BlobWriter):
-    def __init__(self, store: LocalBlobStore, limit: int | None) -> None:
+    def __init__(self, store: LocalBlobStore, limit: int | None, durable: bool = True) -> None:
         self.store = store
         self.limit = limit
+        self.durable = durable
         self.tmp = store.staging / f"{int(time.time())}-{secrets.token_hex(8)}"
         fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self.out = os.fdopen(fd, "wb")
@@ -143,7 +146,8 @@ class _LocalWriter(BlobWriter):
 
     def finish(self) -> tuple[str, int]:
         self.out.flush()
-        os.fsync(self.out.fileno())
+        if self.durable:
+            os.fsync(self.out.fileno())
         self.out.close()
         key = self.digest.hexdigest()
         final = self.store._path(key)
@@ -153,7 +157,8 @@ class _LocalWriter(BlobWriter):
         else:
             final.parent.mkdir(exist_ok=True)
             os.replace(self.tmp, final)
-            _fsync_dir(final.parent)
+            if self.durable:
+                _fsync_dir(final.parent)
         return key, self.size
 
     def abort(self) -> None:

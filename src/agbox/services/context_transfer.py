@@ -1,4 +1,14 @@
-"""Moving a context's files into and out of one session (one binding), as tar streams through the agent.
+"""Moving a context's files into and out of one session (one binding).
+
+Where the runtime gives direct access to the sandbox's files (``Runtime.files``, the local runtime),
+the server copies them itself, resolved safely inside the sandbox's root and as its user
+(runtime/sandbox_files.py): download = each blob copied in the kernel (``sendfile``) to its file in
+the sandbox, then the agent applies the extract policy to the archives among them (``archive_unpack``);
+upload = the mount walked (no symlinks followed, one file system) and each selected regular file
+streamed into a blob. No tar, no base64, no spool inside the sandbox (which would count against its
+disk twice).
+
+Elsewhere (Ray nodes) files travel as tar streams through the agent, as follows.
 
 Download: the files under the binding's key root (its mount path, or its mapping path) that its
 policy selects are packed on the host into a tar of paths relative to that root, sent to the
@@ -15,16 +25,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
+import os
 import secrets
 import tarfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from agbox.errors import ContextNotFoundError, InvalidRequestError
 from agbox.models import SessionRecord
-from agbox.services.context_files import BlobStore, read_chunks
+from agbox.runtime.sandbox_files import SandboxFiles
+from agbox.services.context_files import BlobStore, BlobWriter, read_chunks
 from agbox.services.sessions import SessionService
 from agbox.services.sync_policy import Policy, join_key, rebase, relative_path, relative_to, under
 from agbox.store.contexts import Binding, ContextStore, FileRecord
@@ -65,6 +78,16 @@ class ContextTransfer:
                 await self.mkdir(record, binding.path)
             return
         loop = asyncio.get_running_loop()
+        direct = self.sessions.runtime.files(self.sessions.handle(record))
+        if direct is not None:
+            names = await loop.run_in_executor(None, self._put_files, direct, files, root, binding.path)
+            archives = [n for n in names if n.endswith(ARCHIVE_SUFFIXES)]
+            if archives:  # the agent applies the extract policy (default: unpack) to these
+                await self._call(record, "archive_unpack", {"dest": binding.path, "names": archives,
+                                                            "extract_policy": policy.extract or {}})
+            binding.base.update({f.path: f.blob for f in files})
+            self.store.put_binding(binding)
+            return
         spool = await loop.run_in_executor(None, self._build_tar, files, root)
         name = None
         try:
@@ -82,6 +105,17 @@ class ContextTransfer:
             spool.unlink(missing_ok=True)
         binding.base.update({f.path: f.blob for f in files})
         self.store.put_binding(binding)
+
+    def _put_files(self, direct: SandboxFiles, files: list[FileRecord], root: str, mount: str) -> list[str]:
+        """Each file's blob to ``<mount>/<path below root>`` in the sandbox; returns those relative paths."""
+        names = []
+        direct.mkdirs(mount)
+        for f in files:
+            rel = relative_path(relative_to(f.path, root))
+            with self.blobs.open(f.blob) as blob:
+                direct.put(join_key(mount, rel), blob, f.size, f.modified_at)
+            names.append(rel)
+        return names
 
     def _build_tar(self, files: list[FileRecord], root: str) -> Path:
         path = self.spool / f"down-{secrets.token_hex(8)}.tar"
@@ -107,6 +141,20 @@ class ContextTransfer:
         if excluded_all or (policy.include and not include and not covered):
             return  # nothing of this scope is synced by the policy
         source = join_key(binding.path, scope)
+        loop = asyncio.get_running_loop()
+        target = join_key(policy.key_root(binding.path), scope)
+        direct = self.sessions.runtime.files(self.sessions.handle(record))
+        if direct is not None:
+            wanted = ([] if covered else include, exclude)
+            if policy.archive:
+                blob, blob_size = await loop.run_in_executor(None, self._ingest_tree_as_tar, direct, source, *wanted,
+                                                             not binding.internal)
+                found = {join_key(target, OWN_ARCHIVE): (blob, blob_size)}
+            else:
+                found = await loop.run_in_executor(None, self._ingest_tree, direct, source, target, *wanted,
+                                                   not binding.internal)
+            self._commit(record.owner, binding, scope, policy, found)
+            return
         packed = await self._call(record, "archive_pack", {"root": source, "include": [] if covered else include,
                                                            "exclude": exclude})
         name, size = str(packed["spool"]), int(packed["size"])
@@ -123,8 +171,6 @@ class ContextTransfer:
                     out.write(data)
                     offset += len(data)
             await self._call(record, "archive_discard", {"spool": name})
-            loop = asyncio.get_running_loop()
-            target = join_key(policy.key_root(binding.path), scope)
             if policy.archive:
                 blob, blob_size = await loop.run_in_executor(None, self._ingest_file, spool)
                 found = {join_key(target, OWN_ARCHIVE): (blob, blob_size)}
@@ -133,6 +179,35 @@ class ContextTransfer:
         finally:
             spool.unlink(missing_ok=True)
         self._commit(record.owner, binding, scope, policy, found)
+
+    def _ingest_tree(self, direct: SandboxFiles, source: str, target: str, include: list[str],
+                     exclude: list[str], durable: bool) -> dict[str, tuple[str, int]]:
+        """Blobs for the selected regular files under ``source`` in the sandbox, keyed under ``target``."""
+        found: dict[str, tuple[str, int]] = {}
+        for rel, fd, _ in direct.walk(source, lambda d: could_contain(d, include, exclude)):
+            if selected(rel, include, exclude):
+                found[join_key(target, rel)] = self.blobs.ingest(_fd_chunks(fd), durable=durable)
+        return found
+
+    def _ingest_tree_as_tar(self, direct: SandboxFiles, source: str, include: list[str],
+                            exclude: list[str], durable: bool) -> tuple[str, int]:
+        """One blob: a tar (streamed, never on disk as such) of the selected files under ``source``."""
+        writer = self.blobs.begin(durable=durable)
+        try:
+            with tarfile.open(fileobj=_WriterFile(writer), mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                for rel, fd, st in direct.walk(source, lambda d: could_contain(d, include, exclude)):
+                    if not selected(rel, include, exclude):
+                        continue
+                    info = tarfile.TarInfo(rel)
+                    info.size = st.st_size
+                    info.mtime = int(st.st_mtime)
+                    info.mode = st.st_mode & 0o777
+                    with open(fd, "rb", closefd=False) as handle:
+                        tar.addfile(info, handle)
+            return writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
 
     def _ingest_file(self, path: Path) -> tuple[str, int]:
         with open(path, "rb") as handle:
@@ -184,3 +259,50 @@ class ContextTransfer:
             base.pop(k, None)
         base.update({k: blob for k, (blob, _) in found.items()})
         self.store.put_binding(binding)
+
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+
+
+def selected(rel: str, include: list[str], exclude: list[str]) -> bool:
+    """A file (relative to the synced root) is synced: under an include (if any), under no exclude."""
+    def below(base: str) -> bool:
+        return base == "" or rel == base or rel.startswith(base + "/")
+
+    if include and not any(below(base) for base in include):
+        return False
+    return not any(base and below(base) for base in exclude)
+
+
+def could_contain(rel_dir: str, include: list[str], exclude: list[str]) -> bool:
+    """A directory may hold synced files (else the walk skips it)."""
+    if any(base and (rel_dir == base or rel_dir.startswith(base + "/")) for base in exclude):
+        return False
+    if not include:
+        return True
+    return any(base == "" or base == rel_dir or base.startswith(rel_dir + "/") or rel_dir.startswith(base + "/")
+               for base in include)
+
+
+def _fd_chunks(fd: int) -> Iterator[bytes]:
+    while True:
+        data = os.read(fd, CHUNK)
+        if not data:
+            return
+        yield data
+
+
+class _WriterFile(io.RawIOBase):
+    """The file face tarfile's stream mode needs over a blob writer."""
+
+    def __init__(self, writer: BlobWriter) -> None:
+        super().__init__()
+        self.writer = writer
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data)
+        self.writer.write(chunk)
+        return len(chunk)

@@ -5,8 +5,8 @@ Design
 Each (session, port) link gets its own listener on the server's host (``settings.host``), an
 ephemeral TCP port, opened on demand by ``getLink`` and closed when the session is released. Every
 connection to it is relayed to ``127.0.0.1:<port>`` *inside* the sandbox through
-``Runtime.connect_port`` (a socket made in the sandbox's network namespace; sandboxes have no
-network interface but loopback). Because the link has a host:port of its own, the app keeps its
+``Runtime.connect_port`` (a socket made in the sandbox's network namespace, connected to its
+loopback: one hop, no helper process inside). Because the link has a host:port of its own, the app keeps its
 own URL space: ``/static/x.js`` in the page loads ``/static/x.js`` of the app.
 
 The URL a client gets is ``http://<host>:<listener port>/_agbox/<secret>/``. The secret is an HMAC
@@ -25,7 +25,8 @@ The relay speaks just enough HTTP/1.1 to do that (services/http1.py): it reads e
 and the ``Cookie`` header, and then streams the body as raw bytes (``Content-Length`` or chunked,
 chunk framing passed through verbatim); responses pass through byte for byte (only a
 ``Set-Cookie`` line is added to the answer of a request that carried the secret in its path).
-Bodies are never buffered, so large uploads and downloads and server-sent events stream. A ``101
+Bodies are never buffered, so large uploads and downloads and server-sent events stream. The relay
+works on the raw sockets (``http1.Channel``): bodies move kernel to kernel with ``splice``. A ``101
 Switching Protocols`` answer (WebSocket) turns the connection into a plain two-way byte pipe.
 Requests on one connection are handled one after the other (no pipelining; browsers and httpx do
 not pipeline).
@@ -56,14 +57,14 @@ from agbox.errors import AgboxError, ConflictError, InvalidRequestError
 from agbox.models import SessionRecord, SessionStatus
 from agbox.runtime.base import SandboxHandle
 from agbox.services.http1 import (
+    Channel,
     Head,
+    HeadTooLarge,
+    Incomplete,
     ProtocolError,
+    UpstreamClosed,
     body_kind,
-    copy_chunked,
-    copy_exact,
-    copy_until_eof,
     parse_head,
-    pipe,
     text_response,
 )
 from agbox.wirejson import same_secret
@@ -76,9 +77,14 @@ log = logging.getLogger(__name__)
 PREFIX = b"/_agbox/"
 COOKIE_PREFIX = "agbox_link_"
 PROTOCOLS = ("http", "https", "ws", "wss")
-HEAD_LIMIT = 256 * 1024  # also the StreamReader buffer size: larger buffers relay faster
+HEAD_LIMIT = 256 * 1024  # request and response heads, and chunk-size lines
 CONNECT_TIMEOUT_S = 10.0
 TOUCH_INTERVAL_S = 1.0
+# Upstream connections kept open between client connections of one link (a browser or a client that
+# opens a connection per request then skips the connect inside the sandbox, and the app its accept).
+# Shorter than the shortest common keep-alive timeout of app servers (gunicorn: 2 s).
+IDLE_UPSTREAMS = 4
+IDLE_S = 1.5
 
 
 def link_secret(token: str, session_id: str, port: int, purpose: str = "link") -> str:
@@ -130,13 +136,21 @@ def url_host(public_url: str | None, host: str) -> str:
 
 @dataclass(eq=False)
 class Connection:
-    client: asyncio.StreamWriter
-    upstream: asyncio.StreamWriter | None = None
+    """One client connection of a link and the upstream connection it uses, if any."""
+
+    client: Channel
+    task: asyncio.Task[None] | None = None
+    upstream: Channel | None = None
+    counted_in: int = 0   # bytes of ``upstream.sent`` / ``client.sent`` already added to the counters
+    counted_out: int = 0
 
     def abort(self) -> None:
-        for writer in (self.client, self.upstream):
-            if writer is not None:
-                writer.transport.abort()
+        """Cut both sides at once; the serving task closes the sockets as it ends."""
+        for channel in (self.client, self.upstream):
+            if channel is not None:
+                channel.shutdown()
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
 
 
 @dataclass(eq=False)
@@ -148,10 +162,12 @@ class Link:
     # A DevTools link (the CDP URL): Chromium answers only requests whose Host is 127.0.0.1/localhost
     # and refuses WebSocket upgrades that carry an Origin, so both are rewritten on the way in.
     devtools: bool = False
-    server: asyncio.Server | None = None
+    listener: socket.socket | None = None
+    loop: asyncio.AbstractEventLoop | None = None
     listen_port: int = 0
     closed: bool = False
     connections: set[Connection] = field(default_factory=set)
+    idle: list[tuple[Channel, float]] = field(default_factory=list)  # (upstream, idle since), newest last
     last_touch: float = 0.0
 
     @property
@@ -159,16 +175,82 @@ class Link:
         return f"{COOKIE_PREFIX}{self.listen_port}".encode()
 
     async def open(self, host: str) -> None:
-        self.server = await asyncio.start_server(self._serve, host, 0, limit=HEAD_LIMIT)
-        self.listen_port = int(self.server.sockets[0].getsockname()[1])
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((host, 0))
+            listener.listen(socket.SOMAXCONN)
+            listener.setblocking(False)
+            self.loop = asyncio.get_running_loop()
+            self.loop.add_reader(listener.fileno(), self._accept)
+        except BaseException:
+            listener.close()
+            raise
+        self.listener = listener
+        self.listen_port = int(listener.getsockname()[1])
 
     def close(self) -> None:
         self.closed = True
-        if self.server is not None:
-            self.server.close()
+        if self.listener is not None:
+            if self.loop is not None and not self.loop.is_closed():
+                self.loop.remove_reader(self.listener.fileno())
+            self.listener.close()
+            self.listener = None
         for conn in list(self.connections):
             conn.abort()
         self.connections.clear()
+        for channel, _ in self.idle:
+            channel.close()
+        self.idle.clear()
+
+    # ---- idle upstream connections -------------------------------------------------------------
+
+    def _take_idle(self) -> Channel | None:
+        now = time.monotonic()
+        while self.idle:
+            channel, since = self.idle.pop()
+            if now - since < IDLE_S and channel.idle_alive():
+                return channel
+            channel.close()
+        return None
+
+    def _keep_idle(self, channel: Channel) -> None:
+        """Keep an upstream connection whose last answer ended cleanly for the link's next client."""
+        if self.closed or channel.buf or self.loop is None:
+            channel.close()
+            return
+        self.idle.append((channel, time.monotonic()))
+        while len(self.idle) > IDLE_UPSTREAMS:
+            self.idle.pop(0)[0].close()
+        self.loop.call_later(IDLE_S, self._prune_idle)
+
+    def _prune_idle(self) -> None:
+        now = time.monotonic()
+        for channel, since in [entry for entry in self.idle if now - entry[1] >= IDLE_S]:
+            self.idle.remove((channel, since))
+            channel.close()
+
+    def _accept(self) -> None:
+        """Readiness callback of the listener: start serving every connection waiting in the backlog."""
+        while self.listener is not None:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. out of file descriptors: keep the listener, drop this one
+                log.warning("link %s:%d could not accept: %s", self.session_id, self.port, exc)
+                return
+            if self.closed:
+                sock.close()
+                continue
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = Connection(Channel(sock))
+            self.connections.add(conn)
+            assert self.loop is not None
+            conn.task = self.loop.create_task(self._serve(conn))
+            self.service.connection_opened()
 
     # ---- admission -------------------------------------------------------------------------
 
@@ -217,40 +299,43 @@ class Link:
         return 0, "", in_path
 
     def _active(self) -> bool:
+        """May this request go through? A release on this replica closes the link at once (its first
+        hook), which every request sees; the store is read at most once a second (a release by
+        another replica sharing the store, and the session-activity touch), not on every request:
+        that read was the biggest cost of a small keep-alive request."""
         if self.closed:
             return False
+        now = time.monotonic()
+        if now - self.last_touch < TOUCH_INTERVAL_S:
+            return True
         try:
             record = self.service.platform.store.get_session(self.session_id)
         except Exception:  # the store is closed: the platform is stopping
             return False
         if record is None or record.status is not SessionStatus.RUNNING:
             return False
-        now = time.monotonic()
-        if now - self.last_touch >= TOUCH_INTERVAL_S:  # link traffic counts as session activity
-            self.last_touch = now
-            with contextlib.suppress(Exception):
-                self.service.platform.sessions.touch(record)
+        self.last_touch = now  # link traffic counts as session activity
+        with contextlib.suppress(Exception):
+            self.service.platform.sessions.touch(record)
         return True
 
     # ---- relay -------------------------------------------------------------------------------
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = Connection(writer)
-        if self.closed:
-            writer.transport.abort()
-            return
-        self.connections.add(conn)
+    async def _serve(self, conn: Connection) -> None:
         try:
-            await self._relay(conn, reader, writer)
-        except (ProtocolError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, OSError):
+            await self._relay(conn)
+        except (ProtocolError, ConnectionError, OSError, asyncio.CancelledError):
             pass
         except Exception:
             log.exception("link %s:%d failed", self.session_id, self.port)
         finally:
             self.connections.discard(conn)
-            conn.abort()
+            self.service.count(conn)
+            conn.client.close()
+            if conn.upstream is not None:
+                conn.upstream.close()
 
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | str:
+    async def _connect(self) -> socket.socket | str:
         sessions = self.service.platform.sessions
         handle: SandboxHandle | None = sessions.handles.get(self.session_id)
         if handle is None:
@@ -273,108 +358,161 @@ class Link:
                    "(connection refused). Start the server on 127.0.0.1 or 0.0.0.0 and try again."
         except Exception as exc:
             return f"Bad Gateway: could not reach port {self.port} inside session {self.session_id}: {exc}"
-        # asyncio sets TCP_NODELAY only on sockets made with proto IPPROTO_TCP; without it Nagle and
-        # delayed ACKs add ~40 ms to small exchanges.
+        # Without TCP_NODELAY, Nagle and delayed ACKs add ~40 ms to small exchanges.
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return await asyncio.open_connection(sock=sock, limit=HEAD_LIMIT)
+        return sock
 
-    async def _relay(self, conn: Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+    async def _relay(self, conn: Connection) -> None:
+        client = conn.client
         while True:
             try:
-                raw = await reader.readuntil(b"\r\n\r\n")
-            except asyncio.IncompleteReadError as exc:
+                raw = await client.read_until(b"\r\n\r\n", HEAD_LIMIT)
+            except Incomplete as exc:
                 if exc.partial.strip():
-                    writer.write(text_response(400, "Bad Request", "Bad Request: incomplete request head."))
+                    await client.send(text_response(400, "Bad Request", "Bad Request: incomplete request head."))
+                elif conn.upstream is not None:  # the client left between requests: the upstream is clean
+                    self._release_upstream(conn)
                 return
-            except asyncio.LimitOverrunError:
-                writer.write(text_response(431, "Request Header Fields Too Large",
-                                           f"The request head exceeds {HEAD_LIMIT} bytes."))
+            except HeadTooLarge:
+                await client.send(text_response(431, "Request Header Fields Too Large",
+                                                f"The request head exceeds {HEAD_LIMIT} bytes."))
                 return
             try:
                 head = parse_head(raw, request=True)
                 req_body, req_length = body_kind(head)
             except ProtocolError as exc:
-                writer.write(text_response(400, "Bad Request", f"Bad Request: {exc}."))
+                await client.send(text_response(400, "Bad Request", f"Bad Request: {exc}."))
                 return
             if req_body == "eof":
-                writer.write(text_response(400, "Bad Request", "Bad Request: unsupported Transfer-Encoding."))
+                await client.send(text_response(400, "Bad Request", "Bad Request: unsupported Transfer-Encoding."))
                 return
             status, message, in_path = self._admit(head)
             if status:
                 reason = "Unauthorized" if status == 401 else "Forbidden"
-                writer.write(text_response(status, reason, message))
-                await writer.drain()
+                await client.send(text_response(status, reason, message))
                 return
             if not self._active():
-                writer.write(text_response(410, "Gone", f"Gone: session {self.session_id} has ended; "
-                                                        "its links no longer work."))
-                await writer.drain()
+                await client.send(text_response(410, "Gone", f"Gone: session {self.session_id} has ended; "
+                                                             "its links no longer work."))
                 return
             method = head.first[0].upper()
             if method == b"CONNECT":
-                writer.write(text_response(405, "Method Not Allowed", "CONNECT is not supported on links."))
+                await client.send(text_response(405, "Method Not Allowed", "CONNECT is not supported on links."))
                 return
-            if upstream is None:
-                got = await self._connect()
-                if isinstance(got, str):
-                    code, reason = (410, "Gone") if got.startswith("Session") else (502, "Bad Gateway")
-                    writer.write(text_response(code, reason, got))
-                    await writer.drain()
-                    return
-                upstream = got
-                conn.upstream = upstream[1]
-            up_reader, up_writer = upstream
-            version = head.first[2].upper()
-            req_close = b"close" in head.tokens(b"connection") or (
-                version == b"HTTP/1.0" and b"keep-alive" not in head.tokens(b"connection"))
-            upgrade = b"upgrade" in head.tokens(b"connection") and head.get(b"upgrade") is not None
-            up_writer.write(head.encode())
-            body_task = asyncio.create_task(self._request_body(reader, up_writer, req_body, req_length))
-            resp_task = asyncio.create_task(self._response(up_reader, writer, method, in_path))
-            try:
-                done, _ = await asyncio.wait({body_task, resp_task}, return_when=asyncio.FIRST_EXCEPTION)
-                if resp_task.done() and resp_task.exception() is None and not body_task.done():
-                    # The app answered without reading the whole request body: the connection
-                    # cannot be reused; stop here after the answer went out.
-                    await writer.drain()
-                    return
-                for task in done:
-                    task.result()  # raises the first failure: both sides get closed
-                resp_status, resp_close = resp_task.result()
-            finally:
-                for task in (body_task, resp_task):
-                    if not task.done():
-                        task.cancel()
-                        with contextlib.suppress(BaseException):
-                            await task
+            if conn.upstream is None:
+                conn.upstream = self._take_idle()
+                conn.counted_in = conn.upstream.sent if conn.upstream is not None else 0
+            if conn.upstream is None and not await self._open_upstream(conn):
+                return
+            assert conn.upstream is not None
+            upstream = conn.upstream
+            connection = head.tokens(b"connection")
+            http11 = head.first[2].upper() == b"HTTP/1.1"
+            req_close = b"close" in connection or (not http11 and b"keep-alive" not in connection)
+            upgrade = b"upgrade" in connection and head.get(b"upgrade") is not None
+            if b"close" in connection and http11 and not upgrade:
+                # Connection is hop-by-hop: the client's connection ends after this answer, the
+                # upstream one may serve the link's next client.
+                head.headers = [(k, v) for k, v in head.headers if k.lower() != b"connection"]
+                if connection - {b"close"}:
+                    head.headers.append((b"Connection", b", ".join(sorted(connection - {b"close"}))))
+            encoded = head.encode()
+            if req_body == "none":  # the common case: no second task
+                try:
+                    try:
+                        await upstream.send(encoded)
+                    except ConnectionError:
+                        if not upstream.answers:
+                            raise
+                        raise UpstreamClosed("the kept-alive upstream connection was closed") from None
+                    resp_status, resp_close = await self._response(upstream, client, method, in_path,
+                                                                   quiet_close=upstream.answers > 0)
+                except UpstreamClosed:
+                    # A kept-alive upstream the app had closed meanwhile: once more on a new one
+                    # (safe: nothing of the answer was relayed, and the request has no body).
+                    self.service.count(conn)
+                    upstream.close()
+                    conn.upstream = None
+                    if not await self._open_upstream(conn):
+                        return
+                    assert conn.upstream is not None
+                    upstream = conn.upstream
+                    await upstream.send(encoded)
+                    resp_status, resp_close = await self._response(upstream, client, method, in_path)
+            else:
+                await upstream.send(encoded)
+                body_task = asyncio.create_task(self._request_body(client, upstream, req_body, req_length))
+                resp_task = asyncio.create_task(self._response(upstream, client, method, in_path))
+                try:
+                    done, _ = await asyncio.wait({body_task, resp_task}, return_when=asyncio.FIRST_EXCEPTION)
+                    if resp_task.done() and resp_task.exception() is None and not body_task.done():
+                        # The app answered without reading the whole request body: the connection
+                        # cannot be reused; stop here after the answer went out.
+                        return
+                    for task in done:
+                        task.result()  # raises the first failure: both sides get closed
+                    resp_status, resp_close = resp_task.result()
+                finally:
+                    for task in (body_task, resp_task):
+                        if not task.done():
+                            task.cancel()
+                            with contextlib.suppress(BaseException):
+                                await task
+            self.service.count(conn)
             if resp_status == 101 and upgrade:
-                await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+                await asyncio.gather(client.pipe_to(upstream), upstream.pipe_to(client))
                 return
-            if resp_status == 101 or req_close or resp_close:
+            if resp_status == 101 or resp_close or not http11:
                 # The client was told (or will see) the end of the connection: end both sides.
                 return
+            if req_close:
+                self._release_upstream(conn)
+                return
 
-    async def _request_body(self, reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter, kind: str,
-                            length: int) -> None:
+    def _release_upstream(self, conn: Connection) -> None:
+        """The client connection ends after a clean answer: its upstream goes to the idle pool."""
+        upstream = conn.upstream
+        if upstream is not None:
+            self.service.count(conn)
+            conn.upstream = None
+            self._keep_idle(upstream)
+
+    async def _open_upstream(self, conn: Connection) -> bool:
+        """Connect conn.upstream to the app; False (after answering the client) when that fails."""
+        got = await self._connect()
+        if isinstance(got, str):
+            code, reason = (410, "Gone") if got.startswith("Session") else (502, "Bad Gateway")
+            await conn.client.send(text_response(code, reason, got))
+            return False
+        if self.closed:  # released while connecting
+            got.close()
+            return False
+        conn.upstream = Channel(got)
+        conn.counted_in = 0
+        return True
+
+    async def _request_body(self, client: Channel, upstream: Channel, kind: str, length: int) -> None:
         if kind == "length":
-            await copy_exact(reader, up_writer, length)
+            await client.copy_to(upstream, length)
         elif kind == "chunked":
-            await copy_chunked(reader, up_writer)
-        else:
-            await up_writer.drain()
+            await client.copy_chunked_to(upstream, HEAD_LIMIT)
 
-    async def _response(self, up_reader: asyncio.StreamReader, writer: asyncio.StreamWriter, method: bytes,
-                        in_path: bool) -> tuple[int, bool]:
-        """Relay one response (after any 1xx interim answers); (status, close the connection after)."""
+    async def _response(self, upstream: Channel, client: Channel, method: bytes,
+                        in_path: bool, quiet_close: bool = False) -> tuple[int, bool]:
+        """Relay one response (after any 1xx interim answers); (status, close the connection after).
+        ``quiet_close``: an upstream that ends before its first byte raises UpstreamClosed (no 502)."""
+        upstream.answers += 1
         while True:
             try:
-                raw = await up_reader.readuntil(b"\r\n\r\n")
-            except asyncio.IncompleteReadError:
-                writer.write(text_response(502, "Bad Gateway", f"Bad Gateway: the server on port {self.port} "
-                                           "closed the connection without a complete answer."))
-                await writer.drain()
+                raw = await upstream.read_until(b"\r\n\r\n", HEAD_LIMIT)
+            except (Incomplete, ConnectionError) as exc:
+                if quiet_close and not (exc.partial if isinstance(exc, Incomplete) else upstream.buf):
+                    raise UpstreamClosed("the kept-alive upstream connection was closed") from None
+                if isinstance(exc, ConnectionError):
+                    raise
+                await client.send(text_response(502, "Bad Gateway", f"Bad Gateway: the server on port {self.port} "
+                                                "closed the connection without a complete answer."))
                 raise ProtocolError("upstream closed") from None
             head = parse_head(raw, request=False)
             try:
@@ -382,33 +520,35 @@ class Link:
             except ValueError:
                 raise ProtocolError("malformed status code") from None
             if 100 <= status < 200 and status != 101:
-                writer.write(raw)
-                await writer.drain()
+                await client.send(raw)
                 continue
             break
-        extra = []
         if in_path:
-            extra.append((b"Set-Cookie", self.cookie_name + b"=" + self.secret.encode()
-                          + b"; Path=/; HttpOnly; SameSite=Lax"))
-        writer.write(head.encode(extra) if extra else raw)
-        version = head.first[0].upper()
-        close = b"close" in head.tokens(b"connection") or (
-            version == b"HTTP/1.0" and b"keep-alive" not in head.tokens(b"connection"))
+            raw = head.encode([(b"Set-Cookie", self.cookie_name + b"=" + self.secret.encode()
+                                + b"; Path=/; HttpOnly; SameSite=Lax")])
+        connection = head.tokens(b"connection")
+        close = b"close" in connection or (
+            head.first[0].upper() == b"HTTP/1.0" and b"keep-alive" not in connection)
         if status == 101:
-            await writer.drain()
+            await client.send(raw)
             return status, True
         if method == b"HEAD" or status in (204, 304):
-            await writer.drain()
+            await client.send(raw)
             return status, close
         kind, length = body_kind(head)
+        if kind == "length" and len(upstream.buf) >= length:  # small answers: head and body in one send
+            body = upstream.buf[:length]
+            del upstream.buf[:length]
+            await client.send(raw + body)
+            return status, close
+        await client.send(raw)
         if kind == "length":
-            await copy_exact(up_reader, writer, length)
+            await upstream.copy_to(client, length)
         elif kind == "chunked":
-            await copy_chunked(up_reader, writer)
+            await upstream.copy_chunked_to(client, HEAD_LIMIT)
         else:  # delimited by the end of the connection
-            await copy_until_eof(up_reader, writer)
+            await upstream.copy_to(client, None)
             close = True
-        await writer.drain()
         return status, close
 
 
@@ -420,6 +560,32 @@ class LinkService:
         self.platform = platform
         self.links: dict[tuple[str, int, bool], Link] = {}
         self._lock = asyncio.Lock()
+        telemetry = platform.telemetry
+        self._to_sandbox = telemetry.link_bytes.labels("to_sandbox")
+        self._to_client = telemetry.link_bytes.labels("to_client")
+        self._connections = telemetry.link_connections
+        telemetry.before_scrape.append(self.count_open)
+
+    def connection_opened(self) -> None:
+        self._connections.inc()
+
+    def count_open(self) -> None:
+        """Bring the byte counters up to date with connections still open (WebSockets live long)."""
+        for link in self.links.values():
+            for conn in link.connections:
+                self.count(conn)
+
+    def count(self, conn: Connection) -> None:
+        """Add the bytes a connection relayed since the last call to the Prometheus counters (called
+        once per request and at the end, not per chunk, so counting costs nothing on the data path)."""
+        to_sandbox = conn.upstream.sent if conn.upstream is not None else 0
+        to_client = conn.client.sent
+        if to_sandbox > conn.counted_in:
+            self._to_sandbox.inc(to_sandbox - conn.counted_in)
+            conn.counted_in = to_sandbox
+        if to_client > conn.counted_out:
+            self._to_client.inc(to_client - conn.counted_out)
+            conn.counted_out = to_client
 
     async def get_link(self, owner: str, session_id: object, protocol_type: object, port: object) -> str:
         settings = self.platform.settings

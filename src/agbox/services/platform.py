@@ -13,6 +13,7 @@ from agbox.runtime.base import Runtime
 from agbox.services.browser import BrowserService
 from agbox.services.context_files import BlobStore, LocalBlobStore
 from agbox.services.contexts import ContextService
+from agbox.services.file_stream import FileStreams
 from agbox.services.keys import KeyService
 from agbox.services.limits import LimitService
 from agbox.services.links import LinkService
@@ -62,6 +63,7 @@ class Platform:
         self.telemetry = Telemetry(self.store, self.runtime)
         self.tools = ToolService(self.sessions, self.images, ToolRegistry(), self.telemetry)
         self.links = LinkService(self)
+        self.files = FileStreams(self.sessions)
         self.browser = BrowserService(self, self.links)
         contexts_dir = settings.data_dir / "contexts"
         blobs: BlobStore

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -54,7 +54,14 @@ class Telemetry:
         self.tool_call_seconds = Histogram("agbox_tool_call_seconds", "MCP tool call latency", ["tool"],
                                            buckets=LATENCY_BUCKETS, registry=self.registry)
         self.creates = Counter("agbox_session_creates", "Sessions created, by image", ["image"], registry=self.registry)
+        self.link_bytes = Counter("agbox_link_bytes", "Bytes relayed by links (heads and bodies), by direction: "
+                                  "to_sandbox (client to the app) or to_client", ["direction"], registry=self.registry)
+        self.link_connections = Counter("agbox_link_connections", "Client connections accepted by link listeners",
+                                        registry=self.registry)
         self.registry.register(_LiveFigures(store, runtime))
+        # Called before each scrape: counters kept cheaply elsewhere (e.g. bytes of open link
+        # connections) are brought up to date only when someone looks.
+        self.before_scrape: list[Callable[[], None]] = []
 
     def operation_done(self, operation: str, outcome: str, started: float) -> None:
         self.operations.labels(operation, outcome).inc()
@@ -65,4 +72,6 @@ class Telemetry:
         self.tool_call_seconds.labels(tool).observe(time.perf_counter() - started)
 
     def exposition(self) -> bytes:
+        for update in self.before_scrape:
+            update()
         return generate_latest(self.registry)
