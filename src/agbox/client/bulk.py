@@ -1,4 +1,6 @@
-"""Whole files to and from a session over ``PUT/GET {endpoint}/sessions/{id}/files`` (raw bytes).
+"""Whole files to and from a session as raw HTTP bodies: on the server's bulk file port through a
+signed URL from ``GET {endpoint}/sessions/{id}/files/url`` when it has one, else over
+``PUT/GET {endpoint}/sessions/{id}/files``.
 
 Uses the standard library's ``http.client`` with 1 MiB buffers rather than httpx: for bodies of
 hundreds of megabytes httpx re-slices the unsent rest of a ``bytes`` body on every socket write and
@@ -43,10 +45,35 @@ class Bulk:
         self.api_key = api_key
         self.timeout_s = timeout_s
 
-    def _connection(self) -> http.client.HTTPConnection:
-        if self.https:
-            return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout_s, blocksize=CHUNK)
-        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s, blocksize=CHUNK)
+    def _connection(self, https: bool | None = None, host: str | None = None,
+                    port: int | None = None) -> http.client.HTTPConnection:
+        secure = self.https if https is None else https
+        where = (host or self.host, port if host else self.port)
+        if secure:
+            return http.client.HTTPSConnection(*where, timeout=self.timeout_s, blocksize=CHUNK)
+        return http.client.HTTPConnection(*where, timeout=self.timeout_s, blocksize=CHUNK)
+
+    def _signed(self, session_id: str, path: str, method: str,
+                mode: str | None = None) -> tuple[http.client.HTTPConnection, str, bool]:
+        """(connection, request target, needs the API key) for one transfer: a signed URL of the
+        server's bulk file port when it has one for this session (one small request first; the body
+        then moves in the kernel on the server), else the main route."""
+        connection = self._connection()
+        try:
+            query = {"path": path, "method": method, **({"mode": mode} if mode else {})}
+            connection.request("GET", f"{self.prefix}/sessions/{urllib.parse.quote(session_id, safe='')}/files/url?"
+                               + urllib.parse.urlencode(query), headers={"Authorization": f"Bearer {self.api_key}"})
+            response = connection.getresponse()
+            if response.status != 200:
+                raise self._failure(response)
+            url = (json.loads(response.read()).get("data") or {}).get("url")
+        finally:
+            connection.close()
+        if not url:
+            return self._connection(), self._target(session_id, path, mode), True
+        parsed = urllib.parse.urlsplit(url)
+        target = parsed.path + (f"?{parsed.query}" if parsed.query else "")
+        return self._connection(parsed.scheme == "https", parsed.hostname, parsed.port), target, False
 
     def _target(self, session_id: str, path: str, mode: str | None = None) -> str:
         query = {"path": path, **({"mode": mode} if mode else {})}
@@ -67,10 +94,14 @@ class Bulk:
     def upload(self, session_id: str, path: str, chunks: Iterable[bytes | memoryview], size: int, *,
                mode: str = "overwrite", progress: Progress | None = None) -> dict[str, Any]:
         """PUT ``size`` bytes from ``chunks``; returns the envelope's data ({path, size})."""
-        connection = self._connection()
         try:
-            connection.putrequest("PUT", self._target(session_id, path, mode), skip_accept_encoding=True)
-            connection.putheader("Authorization", f"Bearer {self.api_key}")
+            connection, target, keyed = self._signed(session_id, path, "PUT", mode)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            raise BulkError(f"transfer failed: {type(exc).__name__}: {exc}") from exc
+        try:
+            connection.putrequest("PUT", target, skip_accept_encoding=True)
+            if keyed:
+                connection.putheader("Authorization", f"Bearer {self.api_key}")
             connection.putheader("Content-Type", "application/octet-stream")
             connection.putheader("Content-Length", str(size))
             connection.endheaders()
@@ -98,10 +129,14 @@ class Bulk:
 
     def download(self, session_id: str, path: str, sink: IO[bytes], *, progress: Progress | None = None) -> int:
         """GET the file into ``sink``; returns the bytes received (checked against Content-Length)."""
-        connection = self._connection()
         try:
-            connection.putrequest("GET", self._target(session_id, path), skip_accept_encoding=True)
-            connection.putheader("Authorization", f"Bearer {self.api_key}")
+            connection, target, keyed = self._signed(session_id, path, "GET")
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            raise BulkError(f"transfer failed: {type(exc).__name__}: {exc}") from exc
+        try:
+            connection.putrequest("GET", target, skip_accept_encoding=True)
+            if keyed:
+                connection.putheader("Authorization", f"Bearer {self.api_key}")
             connection.endheaders()
             response = connection.getresponse()
             if response.status != 200:
