@@ -156,15 +156,18 @@ def test_wrong_urls_are_refused_precisely(server: ServerProcess, make_session: A
     refused(_resign(server, get, o="key-of-someone-else"), "GET", 404, "InvalidMcpSession.NotFound", "not found")
     # Other files of the same session and other sessions are unchanged by all of the above.
     assert sh(mine, "cat /tmp/a") == "mine\n" and sh(other, "cat /tmp/a") == "other\n"
+    assert sh(mine, "ls -A /tmp") == "a\n"  # no temporary file left by a refused upload
 
-    # Chunked uploads (no length to check against the disk) are refused, as are bad heads.
+    # Chunked uploads work too; malformed heads and chunk framing are 400s.
     parsed = urllib.parse.urlsplit(put)
     connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=30)
-    connection.request("PUT", parsed.path, body=iter([b"abc"]), encode_chunked=True)
+    connection.request("PUT", parsed.path, body=iter([b"chunk", b"ed\n"]), encode_chunked=True)
     response = connection.getresponse()
-    assert response.status == 400 and "Content-Length" in json.loads(response.read())["message"]
+    assert response.status == 200 and json.loads(response.read())["data"]["size"] == 8
     connection.close()
-    for head in (b"PUT / HTTP/1.1\r\nbad header line\r\n\r\n", b"GARBAGE\r\n\r\n"):
+    assert sh(mine, "cat /tmp/a") == "chunked\n"
+    for head in (b"PUT / HTTP/1.1\r\nbad header line\r\n\r\n", b"GARBAGE\r\n\r\n",
+                 f"PUT {parsed.path} HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".encode()):
         raw = _raw_exchange(parsed.hostname or "", parsed.port or 0, head)
         assert raw.startswith(b"HTTP/1.1 400 "), raw
     # A body declared larger than the session's disk is refused before it is read.
@@ -223,3 +226,33 @@ def test_symlinks_planted_by_the_sandbox_stay_inside(server: ServerProcess, sess
     refused(signed_url(server, sid, "/tmp/locked/x", "PUT"), "PUT", 400, "InvalidParameter", "permission denied",
             b"x")
     refused(signed_url(server, sid, "/usr/bin/evil", "PUT"), "PUT", 400, "InvalidParameter", "read-only", b"x")
+
+
+def test_presigned_context_objects_on_the_bulk_port(server: ServerProcess, tmp_path: Path) -> None:
+    from agb import AGB as OfficialAGB
+    from agb.config import Config
+
+    official = OfficialAGB(api_key=server.api_key, cfg=Config(endpoint=server.endpoint, timeout_ms=60000))
+    context = official.context.create(f"bulk-{os.urandom(4).hex()}").context
+    try:
+        up = official.context.get_file_upload_url(context.id, "/data/big.bin")
+        assert up.success and urllib.parse.urlsplit(up.url).port != server.port
+        data = os.urandom(64 * MIB)
+        status, raw = request(up.url, "PUT", data)
+        assert status == 200, raw
+        down = official.context.get_file_download_url(context.id, "/data/big.bin")
+        assert urllib.parse.urlsplit(down.url).port == urllib.parse.urlsplit(up.url).port
+        status, back = request(down.url, "GET")
+        assert status == 200 and hashlib.sha256(back).hexdigest() == hashlib.sha256(data).hexdigest()
+        # A chunked body (an SDK streaming a generator) replaces it; the listing shows the new size.
+        assert httpx.put(official.context.get_file_upload_url(context.id, "/data/big.bin").url,
+                         content=iter([b"v2 ", b"body"])).status_code == 200
+        assert httpx.get(official.context.get_file_download_url(context.id, "/data/big.bin").url).content == b"v2 body"
+        assert [e.size for e in official.context.list_files(context.id, "/data").entries] == [7]
+        # Forged, cross-method and unknown objects are refused as on the main port.
+        refused(up.url[:-1] + ("0" if up.url[-1] != "0" else "1"), "PUT", 403, "AccessDenied", "bad signature", b"x")
+        refused(up.url, "GET", 403, "AccessDenied", "another method")
+        assert official.context.delete_file(context.id, "/data/big.bin").success
+        refused(down.url, "GET", 404, "InvalidContext.NotFound", "not found")
+    finally:
+        official.context.delete(context)

@@ -31,18 +31,21 @@ import socket
 import struct
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from agbox.errors import (
     AccessDeniedError,
     AgboxError,
+    ContextNotFoundError,
     InvalidRequestError,
     LimitExceededError,
     NotFoundError,
     SessionNotFoundError,
 )
 from agbox.runtime.sandbox_files import SandboxFiles, os_error, sandbox_path
+from agbox.services.context_files import BlobWriter
+from agbox.services.contexts import FILE_TRANSFER, MAX_OBJECT_BYTES, ContextService
 from agbox.services.http1 import Head, ProtocolError, body_kind, parse_head
 from agbox.services.links import url_host
 from agbox.services.sessions import SessionService
@@ -60,6 +63,7 @@ MAX_CONNECTIONS = 128
 DRAIN_LIMIT = 8 * 1024 ** 3  # of a refused upload's body, read so the client sees the answer (as files.py)
 DRAIN_S = 10.0              # a draining client silent this long is cut off
 PREFIX = "/files/"
+OBJECT_PREFIX = "/context-objects/"
 T = TypeVar("T")
 
 
@@ -80,10 +84,10 @@ def _reason(status: int) -> str:
             505: "HTTP Version Not Supported"}.get(status, "Error")
 
 
-def _head_bytes(status: int, request_id: str, length: int, content_type: str) -> bytes:
+def _head_bytes(status: int, request_id: str, length: int, content_type: str, extra: str = "") -> bytes:
     return (f"HTTP/1.1 {status} {_reason(status)}\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {length}\r\nConnection: close\r\nCache-Control: no-store\r\n"
-            f"X-Request-Id: {request_id}\r\n\r\n").encode()
+            f"X-Request-Id: {request_id}\r\n{extra}\r\n").encode()
 
 
 # ---- blocking steps (worker threads) ------------------------------------------------------------
@@ -104,22 +108,21 @@ def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:
         buf += data
 
 
-def _receive(files: SandboxFiles, path: str, append: bool, sock: socket.socket, early: bytes, size: int) -> int:
-    """``size`` body bytes (``early`` first, the rest straight from the socket) into the sandbox file;
-    returns the file's size after the commit."""
-    writer = files.create(path, append, size)
+def _receive(files: SandboxFiles, path: str, append: bool, sock: socket.socket, early: bytes, chunked: bool,
+             size: int) -> int:
+    """The body (``early`` first, the rest straight from the socket) into the sandbox file; returns
+    the file's size after the commit."""
+    writer = files.create(path, append, None if chunked else size)
     try:
+        if append or chunked:  # splice refuses a file opened O_APPEND; chunks need their framing read
+            for piece in _Body(sock, early, chunked, size).pieces():
+                writer.write(piece)
+            return writer.commit()
         head = early[:size]
         if head:
             writer.write(head)
         left = size - len(head)
-        if append:  # splice refuses a file opened O_APPEND
-            buffer = bytearray(PIPE_SIZE)
-            while left:
-                n = _recv_into(sock, memoryview(buffer)[:min(left, PIPE_SIZE)])
-                writer.write(memoryview(buffer)[:n])
-                left -= n
-        elif left:
+        if left:
             read_end, write_end = os.pipe2(os.O_CLOEXEC)
             try:
                 with contextlib.suppress(OSError):
@@ -143,6 +146,72 @@ def _receive(files: SandboxFiles, path: str, append: bool, sock: socket.socket, 
                 os.close(read_end)
                 os.close(write_end)
         return writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+class _Body:
+    """A request body on a blocking socket, ``Content-Length`` or chunked: ``pieces`` yields views of
+    one reused buffer (each valid until the next), never reading past the body's end."""
+
+    def __init__(self, sock: socket.socket, early: bytes, chunked: bool, length: int) -> None:
+        self.sock = sock
+        self.buf = bytearray(early)
+        self.chunked = chunked
+        self.length = length
+        self.buffer = bytearray(PIPE_SIZE)
+
+    def _take(self, count: int) -> Iterator[memoryview]:
+        if self.buf:
+            piece = bytes(self.buf[:count])
+            del self.buf[:count]
+            count -= len(piece)
+            yield memoryview(piece)
+        view = memoryview(self.buffer)
+        while count:
+            n = _recv_into(self.sock, view[:min(count, PIPE_SIZE)])
+            count -= n
+            yield view[:n]
+
+    def _line(self) -> bytes:
+        while True:
+            end = self.buf.find(b"\r\n")
+            if end >= 0:
+                line = bytes(self.buf[:end])
+                del self.buf[:end + 2]
+                return line
+            if len(self.buf) > 4096:
+                raise ProtocolError("chunk-size line too long")
+            n = _recv_into(self.sock, memoryview(self.buffer)[:64 * 1024])
+            self.buf += self.buffer[:n]
+
+    def pieces(self) -> Iterator[memoryview]:
+        if not self.chunked:
+            yield from self._take(self.length)
+            return
+        while True:
+            line = self._line()
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise ProtocolError("malformed chunk size") from None
+            if size == 0:
+                while self._line():  # trailers, up to the empty line
+                    pass
+                return
+            yield from self._take(size)
+            if self._line():
+                raise ProtocolError("a chunk's data is not followed by CRLF")
+
+
+def _receive_blob(writer: BlobWriter, body: _Body) -> tuple[str, int]:
+    """The body into a new blob (its key is the content's sha256, so these bytes do pass through
+    this process, once, in 1 MiB pieces of one reused buffer); returns (blob key, size)."""
+    try:
+        for piece in body.pieces():
+            writer.write(piece)
+        return writer.finish()
     except BaseException:
         writer.abort()
         raise
@@ -174,11 +243,11 @@ def _send_file(sock: socket.socket, fd: int, size: int, request_id: str) -> None
         os.close(fd)
 
 
-def _answer(sock: socket.socket, status: int, body: bytes, request_id: str, unread: bool) -> None:
+def _answer(sock: socket.socket, status: int, body: bytes, request_id: str, unread: bool, extra: str = "") -> None:
     """Send a JSON answer; with body bytes still unread, then read them away (up to DRAIN_LIMIT) so
     the client, still sending, gets the answer rather than a reset."""
     with contextlib.suppress(OSError):
-        sock.sendall(_head_bytes(status, request_id, len(body), "application/json") + body)
+        sock.sendall(_head_bytes(status, request_id, len(body), "application/json", extra) + body)
         if unread:
             sock.shutdown(socket.SHUT_WR)
             sock.settimeout(DRAIN_S)  # from here on the socket only drains
@@ -195,10 +264,11 @@ def _answer(sock: socket.socket, status: int, body: bytes, request_id: str, unre
 
 
 class BulkListener:
-    def __init__(self, settings: Settings, sessions: SessionService, secret: bytes) -> None:
+    def __init__(self, settings: Settings, sessions: SessionService, contexts: ContextService) -> None:
         self.settings = settings
         self.sessions = sessions
-        self.secret = secret
+        self.contexts = contexts
+        self.secret = contexts.secret
         self.listener: socket.socket | None = None
         self.port = 0
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -327,6 +397,7 @@ class BulkListener:
             except (OSError, ProtocolError, ClientGone):
                 return
             unread = False
+            extra = ""
             try:
                 head = parse_head(raw, request=True)
                 kind, length = body_kind(head)
@@ -335,6 +406,8 @@ class BulkListener:
                 if answer is None:
                     return  # the file went out with its own head
                 status, body = 200, _envelope(request_id, 200, answer)
+                if "etag" in answer:  # a context object, as S3-style clients expect
+                    extra = f'ETag: "{answer["etag"]}"\r\n'
                 unread = False
             except (ClientGone, RuntimeError):
                 return
@@ -348,7 +421,7 @@ class BulkListener:
                 error = AgboxError(f"internal error; see the server log for request {request_id}")
                 status, body = 500, _envelope(request_id, 500, error=error)
             with contextlib.suppress(ClientGone, RuntimeError):
-                await self._blocking(_answer, sock, status, body, request_id, unread)
+                await self._blocking(_answer, sock, status, body, request_id, unread, extra)
         finally:
             self.open.discard(sock)
             sock.close()
@@ -359,7 +432,10 @@ class BulkListener:
             raise InvalidRequestError("only HTTP/1.x is served here")
         if method not in ("GET", "PUT"):
             raise InvalidRequestError(f"method {method[:20]} is not served here (GET or PUT)")
-        claims = self._claims(method, head.first[1].decode("latin-1"))
+        target = head.first[1].decode("latin-1")
+        if urllib.parse.urlsplit(target).path.startswith(OBJECT_PREFIX):
+            return await self._context_object(sock, head, early, request_id, method, target)
+        claims = self._claims(method, target)
         session_id, path = str(claims.get("s")), str(claims.get("p"))
         record = self.sessions.get(str(claims.get("o")), session_id, touch=False)
         files = self._files(record.id)
@@ -371,15 +447,51 @@ class BulkListener:
                 fd, size = await self._blocking(files.open_read, path)
                 await self._blocking(_send_file, sock, fd, size, request_id)
             return None
-        kind, size = body_kind(head)
-        if kind != "length":
-            raise InvalidRequestError("an upload needs a Content-Length (no chunked bodies on the bulk port)")
+        kind, size = _upload_kind(head)
         if files.disk_limit and size > files.disk_limit:
             raise LimitExceededError(f"{size} bytes do not fit the session's disk "
                                      f"({files.disk_limit // (1024 * 1024)} MiB): nothing was written")
         with self.sessions.in_use(record.id):
-            written = await self._blocking(_receive, files, path, bool(claims.get("a")), sock, early, size)
+            written = await self._blocking(_receive, files, path, bool(claims.get("a")), sock, early,
+                                           kind == "chunked", size)
         return {"path": path, "size": written}
+
+
+    async def _context_object(self, sock: socket.socket, head: Head, early: bytes, request_id: str, method: str,
+                              target: str) -> dict[str, Any] | None:
+        """A pre-signed context object (server/contexts.py's route, same tokens and rules) with the
+        body off the event loop: GET by ``sendfile`` from the blob, PUT hashed into a new blob."""
+        token = urllib.parse.unquote(urllib.parse.urlsplit(target).path[len(OBJECT_PREFIX):])
+        try:
+            record, key = self.contexts.check_url(token, method)
+        except ContextNotFoundError:
+            raise
+        except (AgboxError, ValueError) as exc:
+            message = exc.message if isinstance(exc, AgboxError) else "invalid pre-signed URL"
+            raise AccessDeniedError(message) from None
+        if method == "GET":
+            found = self.contexts.object_blob(record.id, key)
+            handle = await self._blocking(self.contexts.blobs.open, found.blob)
+            fd = os.dup(handle.fileno())
+            handle.close()
+            await self._blocking(_send_file, sock, fd, found.size, request_id)
+            return None
+        kind, size = _upload_kind(head)
+        if size > MAX_OBJECT_BYTES:
+            raise LimitExceededError(f"object exceeds the limit of {MAX_OBJECT_BYTES} bytes")
+        # The internal transfer context of a session is a hop on the way into that session: no fsync.
+        writer = self.contexts.blobs.begin(MAX_OBJECT_BYTES, durable=record.kind != FILE_TRANSFER)
+        blob, stored = await self._blocking(_receive_blob, writer, _Body(sock, early, kind == "chunked", size))
+        self.contexts.commit_object(record.id, key, blob, stored)
+        return {"key": key, "size": stored, "etag": blob}
+
+
+def _upload_kind(head: Head) -> tuple[str, int]:
+    """("length", n) or ("chunked", 0); an upload without either is empty."""
+    kind, size = body_kind(head)
+    if kind == "eof":
+        raise InvalidRequestError("unsupported Transfer-Encoding (only chunked)")
+    return ("length", 0) if kind == "none" else (kind, size)
 
 
 def _append(mode: Any) -> bool:

@@ -29,7 +29,7 @@ CHUNK = 1024 * 1024
 
 class BlobWriter(abc.ABC):
     @abc.abstractmethod
-    def write(self, chunk: bytes) -> None: ...
+    def write(self, chunk: bytes | bytearray | memoryview) -> None: ...
 
     @abc.abstractmethod
     def finish(self) -> tuple[str, int]:
@@ -137,7 +137,7 @@ class _LocalWriter(BlobWriter):
         self.digest = hashlib.sha256()
         self.size = 0
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes | bytearray | memoryview) -> None:
         self.size += len(chunk)
         if self.limit is not None and self.size > self.limit:
             raise LimitExceededError(f"object exceeds the limit of {self.limit} bytes")

@@ -74,7 +74,8 @@ class Platform:
         else:
             blobs, secret = LocalBlobStore(contexts_dir), load_secret(contexts_dir / "url-secret")
         self.contexts = ContextService(settings, open_context_store(settings, self.store), blobs, self.sessions, secret)
-        self.bulk = BulkListener(settings, self.sessions, secret)
+        self.bulk = BulkListener(settings, self.sessions, self.contexts)
+        self.contexts.object_base = lambda: self.bulk.base_url
         # At release, in this order before the sandbox goes: the session's links close, its Chromium
         # closes (so the profile on disk is complete), then its contexts upload.
         self.sessions.before_release.append(self.links.before_release)
