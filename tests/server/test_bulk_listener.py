@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from agbox.services.url_signing import sign
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, start_server
 
 MIB = 1024 * 1024
 
@@ -256,3 +256,27 @@ def test_presigned_context_objects_on_the_bulk_port(server: ServerProcess, tmp_p
         refused(down.url, "GET", 404, "InvalidContext.NotFound", "not found")
     finally:
         official.context.delete(context)
+
+
+def test_port_off_falls_back_to_the_main_route(tmp_path: Path) -> None:
+    from agbox import AGB, CreateSessionParams
+
+    srv = start_server(tmp_path / "data", extra_env={"AGBOX_BULK_PORT": "-1", "AGBOX_WARM_POOL": "0"})
+    client = AGB(api_key=srv.api_key, endpoint=srv.endpoint)
+    try:
+        made = client.create(CreateSessionParams(image_id="agb-code-space-1"))
+        assert made.success, made.error_message
+        session = made.session
+        asked = httpx.get(f"{srv.endpoint}/sessions/{session.session_id}/files/url",
+                          params={"path": "/tmp/x", "method": "PUT"}, headers={"authorization": f"Bearer {srv.api_key}"})
+        assert asked.status_code == 200 and asked.json()["data"] == {"url": None, "expireTime": None}
+        data = os.urandom(8 * MIB)
+        source = tmp_path / "in.bin"
+        source.write_bytes(data)
+        assert session.file.upload_stream(str(source), "/tmp/x").success
+        assert session.file.download_stream("/tmp/x", str(tmp_path / "out.bin")).success
+        assert (tmp_path / "out.bin").read_bytes() == data
+        session.delete()
+    finally:
+        client.close()
+        srv.stop()

@@ -19,6 +19,9 @@ from collections.abc import Callable, Iterable
 from typing import IO, Any
 
 CHUNK = 1024 * 1024
+# Uploads smaller than this go straight to the main route (the signed-URL request would cost more
+# than the bulk port saves).
+DIRECT_BELOW = 4 * 1024 * 1024
 # progress(bytes so far, total bytes or None when unknown)
 Progress = Callable[[int, "int | None"], None]
 
@@ -95,7 +98,10 @@ class Bulk:
                mode: str = "overwrite", progress: Progress | None = None) -> dict[str, Any]:
         """PUT ``size`` bytes from ``chunks``; returns the envelope's data ({path, size})."""
         try:
-            connection, target, keyed = self._signed(session_id, path, "PUT", mode)
+            if size < DIRECT_BELOW:  # one request on the main port beats asking for a URL first
+                connection, target, keyed = self._connection(), self._target(session_id, path, mode), True
+            else:
+                connection, target, keyed = self._signed(session_id, path, "PUT", mode)
         except (OSError, http.client.HTTPException, ValueError) as exc:
             raise BulkError(f"transfer failed: {type(exc).__name__}: {exc}") from exc
         try:

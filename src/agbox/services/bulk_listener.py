@@ -43,6 +43,7 @@ from agbox.errors import (
     NotFoundError,
     SessionNotFoundError,
 )
+from agbox.models import SessionRecord
 from agbox.runtime.sandbox_files import SandboxFiles, os_error, sandbox_path
 from agbox.services.context_files import BlobWriter
 from agbox.services.contexts import FILE_TRANSFER, MAX_OBJECT_BYTES, ContextService
@@ -315,6 +316,8 @@ class BulkListener:
     def base_url(self) -> str | None:
         if self.listener is None:
             return None
+        if (self.settings.public_url or "").lower().startswith("https:"):
+            return None  # clients come through a TLS proxy: no plain-HTTP URLs behind its back
         return f"http://{url_host(self.settings.public_url, self.settings.host)}:{self.port}"
 
     # ---- signing --------------------------------------------------------------------------------
@@ -329,21 +332,18 @@ class BulkListener:
         checked = sandbox_path(path)
         record = self.sessions.get(owner, session_id, touch=False)
         base = self.base_url
-        if base is None or self._files(record.id) is None:
+        if base is None or self._files(record) is None:
             return None, 0
         expires = int(time.time()) + URL_TTL_S
         token = sign(self.secret, {"k": "file", "s": record.id, "o": owner, "p": checked, "m": method,
                                    "a": append, "e": expires})
         return f"{base}{PREFIX}{token}", expires
 
-    def _files(self, session_id: str) -> SandboxFiles | None:
-        record = self.sessions.store.get_session(session_id)
-        if record is None:
-            raise SessionNotFoundError(session_id)
+    def _files(self, record: SessionRecord) -> SandboxFiles | None:
         try:
             return self.sessions.runtime.files(self.sessions.handle(record))
         except AgboxError as exc:
-            raise SessionNotFoundError(session_id, "its sandbox has ended") from exc
+            raise SessionNotFoundError(record.id, "its sandbox has ended") from exc
 
     def _claims(self, method: str, target: str) -> dict[str, Any]:
         path = urllib.parse.urlsplit(target).path
@@ -438,7 +438,7 @@ class BulkListener:
         claims = self._claims(method, target)
         session_id, path = str(claims.get("s")), str(claims.get("p"))
         record = self.sessions.get(str(claims.get("o")), session_id, touch=False)
-        files = self._files(record.id)
+        files = self._files(record)
         if files is None:
             raise InvalidRequestError("this session's files are not reachable on the bulk port; use "
                                       "/sessions/{id}/files on the main port")
