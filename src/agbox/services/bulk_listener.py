@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -124,32 +125,40 @@ def _receive(files: SandboxFiles, path: str, append: bool, sock: socket.socket, 
             writer.write(head)
         left = size - len(head)
         if left:
-            read_end, write_end = os.pipe2(os.O_CLOEXEC)
-            try:
-                with contextlib.suppress(OSError):
-                    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-                while left:
-                    try:
-                        moved = os.splice(sock.fileno(), write_end, min(left, PIPE_SIZE), flags=os.SPLICE_F_MOVE)
-                    except OSError as exc:
-                        raise ClientGone(str(exc)) from exc
-                    if not moved:
-                        raise ClientGone("the client closed in the middle of the body")
-                    left -= moved
-                    while moved:
-                        try:
-                            out = os.splice(read_end, writer.fd, moved, flags=os.SPLICE_F_MOVE)
-                        except OSError as exc:
-                            raise os_error(exc, path, files.disk_limit) from exc
-                        moved -= out
-                        writer.written += out
-            finally:
-                os.close(read_end)
-                os.close(write_end)
+            _splice_in(sock, writer.fd, left, lambda exc: os_error(exc, path, files.disk_limit))
+            writer.written += left
         return writer.commit()
     except BaseException:
         writer.abort()
         raise
+
+
+def _splice_in(sock: socket.socket, out: int, count: int, file_error: Callable[[OSError], Exception],
+               moved_out: Callable[[int], None] = lambda n: None) -> None:
+    """``count`` bytes from the socket to the file ``out`` through a pipe (``splice``: the bytes never
+    enter this process); a socket failure is ClientGone, a file failure ``file_error(exc)``."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        while count:
+            try:
+                moved = os.splice(sock.fileno(), write_end, min(count, PIPE_SIZE), flags=os.SPLICE_F_MOVE)
+            except OSError as exc:
+                raise ClientGone(str(exc)) from exc
+            if not moved:
+                raise ClientGone("the client closed in the middle of the body")
+            count -= moved
+            while moved:
+                try:
+                    written = os.splice(read_end, out, moved, flags=os.SPLICE_F_MOVE)
+                except OSError as exc:
+                    raise file_error(exc) from exc
+                moved -= written
+                moved_out(written)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
 
 
 class _Body:
@@ -207,15 +216,30 @@ class _Body:
 
 
 def _receive_blob(writer: BlobWriter, body: _Body) -> tuple[str, int]:
-    """The body into a new blob (its key is the content's sha256, so these bytes do pass through
-    this process, once, in 1 MiB pieces of one reused buffer); returns (blob key, size)."""
+    """The body into a new blob; returns (blob key, size). A body of known length is spliced into
+    the blob's file when the store allows (the store then hashes the file through a mapping), else
+    it passes through in 1 MiB pieces of one reused buffer."""
     try:
-        for piece in body.pieces():
-            writer.write(piece)
+        out = None if body.chunked else writer.direct_fd()
+        if out is None:
+            for piece in body.pieces():
+                writer.write(piece)
+            return writer.finish()
+        head = bytes(body.buf[:body.length])
+        if head:
+            os.write(out, head)  # a few KiB that came with the request head
+            writer.wrote_directly(len(head))
+        _splice_in(body.sock, out, body.length - len(head), _blob_error, writer.wrote_directly)
         return writer.finish()
     except BaseException:
         writer.abort()
         raise
+
+
+def _blob_error(exc: OSError) -> Exception:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return LimitExceededError("the server's context storage is full: nothing was stored")
+    return AgboxError(f"could not store the object: {exc.strerror}")
 
 
 def _recv_into(sock: socket.socket, view: memoryview) -> int:

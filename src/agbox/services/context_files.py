@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import hashlib
+import mmap
 import os
 import secrets
 import time
@@ -38,6 +39,14 @@ class BlobWriter(abc.ABC):
     @abc.abstractmethod
     def abort(self) -> None: ...
 
+    def direct_fd(self) -> int | None:
+        """A file descriptor the caller may append bytes to itself (``sendfile``, ``splice``), each
+        batch then reported with ``wrote_directly``; None when this store has none (then ``write``)."""
+        return None
+
+    def wrote_directly(self, count: int) -> None:
+        raise NotImplementedError
+
 
 class BlobStore(abc.ABC):
     @abc.abstractmethod
@@ -51,6 +60,23 @@ class BlobStore(abc.ABC):
         try:
             for chunk in chunks:
                 writer.write(chunk)
+            return writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+
+    def ingest_fd(self, fd: int, durable: bool = True) -> tuple[str, int]:
+        """Store the rest of an open file (from its current offset); in the kernel where the store
+        allows it. Returns (blob key, size)."""
+        writer = self.begin(None, durable)
+        try:
+            out = writer.direct_fd()
+            if out is None:
+                while data := os.read(fd, CHUNK):
+                    writer.write(data)
+            else:
+                while moved := os.sendfile(out, fd, None, 1 << 30):
+                    writer.wrote_directly(moved)
             return writer.finish()
         except BaseException:
             writer.abort()
@@ -136,20 +162,45 @@ class _LocalWriter(BlobWriter):
         self.out = os.fdopen(fd, "wb")
         self.digest = hashlib.sha256()
         self.size = 0
+        # Bytes were appended behind the digest's back (direct_fd): hash the whole file at the end,
+        # from the page cache through a mapping (no copy into this process).
+        self.hash_file = False
 
     def write(self, chunk: bytes | bytearray | memoryview) -> None:
         self.size += len(chunk)
         if self.limit is not None and self.size > self.limit:
             raise LimitExceededError(f"object exceeds the limit of {self.limit} bytes")
-        self.digest.update(chunk)
+        if not self.hash_file:
+            self.digest.update(chunk)
         self.out.write(chunk)
+
+    def direct_fd(self) -> int | None:
+        self.out.flush()
+        self.hash_file = True
+        return self.out.fileno()
+
+    def wrote_directly(self, count: int) -> None:
+        self.size += count
+        if self.limit is not None and self.size > self.limit:
+            raise LimitExceededError(f"object exceeds the limit of {self.limit} bytes")
+
+    def _file_digest(self) -> str:
+        digest = hashlib.sha256()
+        if self.size:
+            fd = os.open(self.tmp, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as mapped:
+                    digest.update(mapped)
+            finally:
+                os.close(fd)
+        return digest.hexdigest()
 
     def finish(self) -> tuple[str, int]:
         self.out.flush()
         if self.durable:
             os.fsync(self.out.fileno())
         self.out.close()
-        key = self.digest.hexdigest()
+        key = self._file_digest() if self.hash_file else self.digest.hexdigest()
         final = self.store._path(key)
         if final.exists():
             os.utime(final)  # fresh again, so a concurrent garbage collection keeps it
