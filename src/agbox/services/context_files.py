@@ -26,6 +26,7 @@ from typing import IO, BinaryIO
 from agbox.errors import LimitExceededError
 
 CHUNK = 1024 * 1024
+HASH_WINDOW = 16 * 1024 * 1024  # a multiple of the page size
 
 
 class BlobWriter(abc.ABC):
@@ -185,14 +186,17 @@ class _LocalWriter(BlobWriter):
             raise LimitExceededError(f"object exceeds the limit of {self.limit} bytes")
 
     def _file_digest(self) -> str:
+        """sha256 of the staged file, mapped a window at a time (the process's resident memory grows
+        by one window, not by the file)."""
         digest = hashlib.sha256()
-        if self.size:
-            fd = os.open(self.tmp, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as mapped:
-                    digest.update(mapped)
-            finally:
-                os.close(fd)
+        fd = os.open(self.tmp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            for offset in range(0, size, HASH_WINDOW):
+                with mmap.mmap(fd, min(HASH_WINDOW, size - offset), prot=mmap.PROT_READ, offset=offset) as window:
+                    digest.update(window)
+        finally:
+            os.close(fd)
         return digest.hexdigest()
 
     def finish(self) -> tuple[str, int]:
