@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from agbox.services.url_signing import sign
-from tests.conftest import ServerProcess, start_server
+from tests.conftest import ServerProcess, start_server, wait_for
 
 MIB = 1024 * 1024
 
@@ -280,3 +280,15 @@ def test_port_off_falls_back_to_the_main_route(tmp_path: Path) -> None:
     finally:
         client.close()
         srv.stop()
+
+
+def test_client_gone_mid_upload_leaves_the_old_file(server: ServerProcess, session: Any) -> None:
+    sh(session, "mkdir /tmp/cut && echo old > /tmp/cut/f")
+    parsed = urllib.parse.urlsplit(signed_url(server, session.session_id, "/tmp/cut/f", "PUT"))
+    with socket.create_connection((parsed.hostname or "", parsed.port or 0), timeout=30) as sock:
+        sock.sendall(f"PUT {parsed.path} HTTP/1.1\r\nContent-Length: {32 * MIB}\r\n\r\n".encode())
+        sock.sendall(os.urandom(8 * MIB))
+        wait_for(lambda: len(sh(session, "ls -A /tmp/cut").split()) == 2, 30, what="the upload's temporary file")
+    # The connection is gone with 24 MiB missing: the temporary file goes, the old contents stay.
+    wait_for(lambda: sh(session, "ls -A /tmp/cut") == "f\n", 30, what="the temporary file to be removed")
+    assert sh(session, "cat /tmp/cut/f") == "old\n"
