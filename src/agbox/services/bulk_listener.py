@@ -46,7 +46,7 @@ from agbox.errors import (
 )
 from agbox.models import SessionRecord
 from agbox.runtime.sandbox_files import SandboxFiles, os_error, sandbox_path
-from agbox.services.context_files import BlobWriter
+from agbox.services.context_files import BlobStore, BlobWriter
 from agbox.services.contexts import FILE_TRANSFER, MAX_OBJECT_BYTES, ContextService
 from agbox.services.http1 import Head, ProtocolError, body_kind, parse_head
 from agbox.services.links import url_host
@@ -252,8 +252,19 @@ def _recv_into(sock: socket.socket, view: memoryview) -> int:
     return n
 
 
+def _send_sandbox_file(files: SandboxFiles, path: str, sock: socket.socket, request_id: str) -> None:
+    fd, size = files.open_read(path)
+    _send_file(sock, fd, size, request_id)
+
+
+def _send_blob(blobs: BlobStore, blob: str, size: int, sock: socket.socket, request_id: str) -> None:
+    with blobs.open(blob) as handle:
+        _send_file(sock, os.dup(handle.fileno()), size, request_id)
+
+
 def _send_file(sock: socket.socket, fd: int, size: int, request_id: str) -> None:
-    """The 200 head and ``size`` bytes of ``fd`` (a file that shrank meanwhile gives a short body)."""
+    """The 200 head and ``size`` bytes of ``fd``, which it closes (a file that shrank meanwhile gives
+    a short body)."""
     try:
         sock.sendall(_head_bytes(200, request_id, size, "application/octet-stream"))
         offset = 0
@@ -299,6 +310,7 @@ class BulkListener:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.open: set[socket.socket] = set()
+        self.tasks: set[asyncio.Task[None]] = set()  # held so that none is collected mid-transfer
 
     # ---- life -----------------------------------------------------------------------------------
 
@@ -406,7 +418,9 @@ class BulkListener:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeout)
             self.open.add(sock)
             assert self.loop is not None
-            self.loop.create_task(self._serve(sock))
+            task = self.loop.create_task(self._serve(sock))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         if self.pool is None:
@@ -468,8 +482,7 @@ class BulkListener:
                                       "/sessions/{id}/files on the main port")
         if method == "GET":
             with self.sessions.in_use(record.id):
-                fd, size = await self._blocking(files.open_read, path)
-                await self._blocking(_send_file, sock, fd, size, request_id)
+                await self._blocking(_send_sandbox_file, files, path, sock, request_id)
             return None
         kind, size = _upload_kind(head)
         if files.disk_limit and size > files.disk_limit:
@@ -495,10 +508,7 @@ class BulkListener:
             raise AccessDeniedError(message) from None
         if method == "GET":
             found = self.contexts.object_blob(record.id, key)
-            handle = await self._blocking(self.contexts.blobs.open, found.blob)
-            fd = os.dup(handle.fileno())
-            handle.close()
-            await self._blocking(_send_file, sock, fd, found.size, request_id)
+            await self._blocking(_send_blob, self.contexts.blobs, found.blob, found.size, sock, request_id)
             return None
         kind, size = _upload_kind(head)
         if size > MAX_OBJECT_BYTES:
