@@ -20,6 +20,7 @@ from typing import Any
 import benchlib as B
 
 FAMILY = "create"
+OFFERED_RATE = 100.0  # creates/s of the open-loop run (issue 16's target)
 PACE_S = 0.15  # spacing of sequential creates with the warm pool on, so it has refilled (a start is ~50 ms)
 
 
@@ -48,7 +49,7 @@ async def _platform_direct(data_dir: Path, n: int, warmup: int, bwrap: Any, pool
 
     platform = Platform(settings_for(data_dir, pool))
     await platform.start()
-    out: dict[str, list[float]] = {k: [] for k in ("service", "service_base", "runtime", "runtime_base",
+    out: dict[str, Any] = {k: [] for k in ("service", "service_base", "runtime", "runtime_base",
                                                    "sandbox_cpu", "control_cpu", "spawn", "overhead")}
     runtime = platform.runtime
     cold = pool == 0
@@ -75,10 +76,14 @@ async def _platform_direct(data_dir: Path, n: int, warmup: int, bwrap: Any, pool
 
         runtime._spawn = timed_spawn  # type: ignore[attr-defined]  # instrument this instance only
         runtime.create = timed_create  # type: ignore[method-assign]
+    threads_before: dict[str, float] = {}
+    kernel_before = 0.0
     try:
         record, _ = platform.keys.create("bench")
         await asyncio.sleep(pace_s)
         for i in range(warmup + n):
+            if i == warmup:
+                threads_before, kernel_before = B.thread_cpu_s(), B.kernel_threads_cpu_s()
             began = time.perf_counter()
             cpu0 = time.process_time()
             start = time.perf_counter()
@@ -99,6 +104,13 @@ async def _platform_direct(data_dir: Path, n: int, warmup: int, bwrap: Any, pool
                     out["overhead"].append(elapsed - inner[-1])
                     out["spawn"].append(spawns[-1])
             await asyncio.sleep(max(pace_s - (time.perf_counter() - began), 0))
+        await asyncio.sleep(0.2)  # the last release's teardown
+        threads_after, kernel_after = B.thread_cpu_s(), B.kernel_threads_cpu_s()
+        # CPU per create+release cycle by thread of this process (the bench's own baseline bwrap runs are
+        # children, not threads, so they do not count here), and in the kernel's threads.
+        out["thread_cpu"] = {name: (threads_after[name] - threads_before.get(name, 0.0)) / n
+                             for name in threads_after}
+        out["kernel_cpu"] = (kernel_after - kernel_before) / n
         if cold:
             image = platform.images.get(B.IMAGE)
             for i in range(warmup + n):
@@ -214,6 +226,53 @@ def _sustained(srv: B.Server, workers: int, duration_s: float,
     return rate, done, failed, latencies
 
 
+def _offered(srv: B.Server, rate: float, duration_s: float, warmup_s: float) -> dict[str, Any]:
+    """Creates offered at ``rate`` per second over HTTP (our SDK, one client per thread), each followed by
+    an async release (not timed): latencies from each create's scheduled time, the achieved rate, and the
+    CPU the server, this client and the kernel's threads spent per create."""
+    from agbox import CreateSessionParams
+
+    local = threading.local()
+    clients: list[Any] = []
+    lock = threading.Lock()
+    created = [0]
+
+    def once() -> None:
+        if not hasattr(local, "agb"):
+            local.agb, local.http = srv.sdk(), srv.http()
+            with lock:
+                clients.extend([local.agb, local.http])
+        result = local.agb.create(CreateSessionParams(image_id=B.IMAGE))
+        if not result.success:
+            raise RuntimeError(result.error_message)
+        B.release_async(local.http, srv.endpoint, result.session.session_id)
+        with lock:
+            created[0] += 1
+
+    workers = max(16, int(rate * 0.3))  # enough threads for 300 ms of creates in flight
+    server0, client0, kernel0 = _server_cpu_s(srv.pid), time.process_time(), B.kernel_threads_cpu_s()
+    load0 = B.loadavg()
+    try:
+        latencies, failed, achieved, dropped = B.offered_rate(once, rate, duration_s, warmup_s, workers)
+    finally:
+        for client in clients:
+            client.close()
+    total = max(created[0], 1)  # creates made, warm-up included (CPU is per create actually made)
+    return {"latencies": latencies, "failed": failed, "rate": achieved, "dropped": dropped,
+            "server_cpu_ms": (_server_cpu_s(srv.pid) - server0) / total * 1000,
+            "client_cpu_ms": (time.process_time() - client0) / total * 1000,
+            "kernel_cpu_ms": (B.kernel_threads_cpu_s() - kernel0) / total * 1000,
+            "load": f"{load0} -> {B.loadavg()}"}
+
+
+def _bwrap_offered(rate: float, duration_s: float) -> list[float]:
+    """The same open-loop schedule for bare ``bwrap ... /bin/true`` runs: how this machine keeps up now."""
+    with tempfile.TemporaryDirectory(prefix="agbox-bench-home-") as home:
+        argv = B.bwrap_typical(home)
+        latencies, _, _, _ = B.offered_rate(lambda: B._run_ok(argv), rate, duration_s, 1.0, 16)
+    return latencies
+
+
 def _server_cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
@@ -261,6 +320,23 @@ def run(quick: bool) -> list[dict[str, Any]]:
                           direct["overhead"], key="create.overhead", baseline=interleaved,
                           baseline_s=direct["service_base"],
                           note="store writes, checks, the session record: what a hand-over from a pool leaves"))
+        # Where the CPU of one cold create + release goes (pool off; per create, averaged over the run).
+        threads = direct["thread_cpu"]
+        parts = [("agbox-spawner", "spawner thread: vfork+exec of the launcher (sh, setpriv) and bwrap"),
+                 ("agbox-disk", "disk thread: the sandbox's ext4 layer (sparse copy, loop device, mount)"),
+                 ("agbox-net", "network thread: namespace, veth, addresses, route (rtnetlink)"),
+                 ("agbox-nft", "nft thread: the sandbox's rules and the host set (libnftables)"),
+                 ("asyncio", "default executor: waiting for bwrap's info, teardown (cgroup kill, wait, rmdir)"),
+                 ("MainThread", "event loop: service, store, agent channel, HTTP-less create and release")]
+        for thread, what in parts:
+            rows.append(B.row(FAMILY, f"CPU per cold create+release, {what}", key=f"create.cpu.{thread}",
+                              unit="CPU ms", value=threads.get(thread, 0.0) * 1000))
+        others = sum(v for k, v in threads.items() if k not in dict(parts))
+        rows.append(B.row(FAMILY, "CPU per cold create+release, other threads of the platform process",
+                          key="create.cpu.other", unit="CPU ms", value=others * 1000))
+        rows.append(B.row(FAMILY, "CPU per cold create+release, kernel threads (netns/loop/cgroup teardown; "
+                          "machine-wide)", key="create.cpu.kernel", unit="CPU ms", value=direct["kernel_cpu"] * 1000,
+                          note="kworkers, softirq and RCU threads of the whole host: other work on it counts too"))
         spawn_ms = B.percentile(direct["spawn"], 50) * 1000
         rows.append(B.row(FAMILY, "spawner thread time per sandbox start (vfork+exec of the launcher and bwrap)",
                           direct["spawn"], key="create.spawn", baseline=interleaved,
@@ -351,4 +427,29 @@ def run(quick: bool) -> list[dict[str, Any]]:
                               unit="creates/s", value=rate,
                               baseline=f"bare bwrap /bin/true launches/s ({workers} threads)",
                               baseline_value=base_rate, note=note, higher_is_better=True))
+
+        rate = OFFERED_RATE
+        offered_s = opts.duration_s or (10.0 if quick else 60.0)
+        B.say(f"{rate:g} creates/s offered over HTTP for {offered_s:g} s, default settings (pool on)")
+        bwrap_before = _bwrap_offered(rate, 5.0)
+        with B.server("agbox-bench-create-offered-") as srv:
+            offered = _offered(srv, rate, offered_s, 3.0)
+            B.wait_sandboxes(srv.data_dir, srv.warm_pool, 120)
+        bwrap_lat = bwrap_before + _bwrap_offered(rate, 5.0)
+        lat = offered["latencies"]
+        note = (f"{len(lat)} creates measured after a 3 s warm-up, each released right after; latency from its "
+                f"scheduled time; load average {offered['load']}; CPU per create: server process (with its "
+                f"sandboxes, reaped) {offered['server_cpu_ms']:.1f} ms, this client (our SDK) "
+                f"{offered['client_cpu_ms']:.1f} ms, kernel threads {offered['kernel_cpu_ms']:.1f} ms")
+        if offered["failed"]:
+            note += f"; {offered['failed']} failed"
+        if offered["dropped"]:
+            note += f"; {offered['dropped']} never sent (the server was more than 30 s behind their schedule)"
+        rows.append(B.row(FAMILY, f"{rate:g} creates/s offered for {offered_s:g} s over HTTP, pool on: latency",
+                          lat, key="create.offered",
+                          baseline=f"bare bwrap /bin/true at {rate:g}/s offered (before and after)",
+                          baseline_s=bwrap_lat, note=note))
+        rows.append(B.row(FAMILY, f"{rate:g} creates/s offered for {offered_s:g} s over HTTP, pool on: achieved rate",
+                          key="create.offered_rate", unit="creates/s", value=offered["rate"], higher_is_better=True,
+                          note=f"creates completed per second of their schedule; {offered['failed']} failed"))
     return rows

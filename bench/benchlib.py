@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -518,6 +519,86 @@ def meminfo_kib() -> dict[str, int]:
         name, _, rest = line.partition(":")
         values[name] = int(rest.split()[0])
     return values
+
+
+def offered_rate(fn: Callable[[], Any], rate: float, duration_s: float, warmup_s: float,
+                 workers: int, max_lag_s: float = 30.0) -> tuple[list[float], int, float, int]:
+    """Open-loop load: calls of ``fn`` scheduled ``1 / rate`` apart (from ``workers`` threads), warm-up
+    first. Each latency runs from the call's scheduled time, so time spent queued behind slow calls
+    counts (no coordinated omission). A call that could not even start within ``max_lag_s`` of its time
+    is dropped (the target fell that far behind; this bounds the run). Returns (latencies after the
+    warm-up, failures, achieved rate: calls after the warm-up completed per second of their schedule,
+    calls dropped)."""
+    interval = 1.0 / rate
+    total = int((warmup_s + duration_s) * rate)
+    first_measured = int(warmup_s * rate)
+    latencies: list[float] = []
+    ends: list[float] = []
+    failures = [0]
+    dropped = [0]
+    lock = threading.Lock()
+    start = time.perf_counter() + 0.2
+
+    def one(index: int) -> None:
+        scheduled = start + index * interval
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        elif -delay > max_lag_s:
+            with lock:
+                dropped[0] += 1
+                if index >= first_measured:  # counted at the lag it had reached (a lower bound)
+                    latencies.append(-delay)
+            return
+        try:
+            fn()
+        except Exception:
+            with lock:
+                failures[0] += 1
+            return
+        done = time.perf_counter()
+        if index >= first_measured:
+            with lock:
+                latencies.append(done - scheduled)
+                ends.append(done)
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, range(total)))
+    began = start + first_measured * interval
+    elapsed = max((max(ends) if ends else began) - began, duration_s)
+    return latencies, failures[0], len(ends) / elapsed, dropped[0]
+
+
+def thread_cpu_s() -> dict[str, float]:
+    """CPU seconds of this process's threads (schedstat: nanoseconds on a CPU), summed by thread name
+    without its number (ThreadPoolExecutor's ``prefix_N``)."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            on_cpu_ns = int(Path(f"/proc/self/task/{tid}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        name = names.get(int(tid), "other").rsplit("_", 1)[0]
+        out[name] = out.get(name, 0.0) + on_cpu_ns / 1e9
+    return out
+
+
+def kernel_threads_cpu_s() -> float:
+    """CPU seconds of the kernel's own threads (kworkers, softirq, RCU: the children of kthreadd), where
+    namespace, loop-device and cgroup teardown run; machine-wide, so other work on the host counts too."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == "2" or pid == "2":
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
 
 
 def loadavg() -> str:

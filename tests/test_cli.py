@@ -160,7 +160,7 @@ def test_cp_in_and_out_of_a_session_with_progress(server: ServerProcess, tmp_pat
         assert piped.returncode == 0 and piped.stdout == "from a pipe\n", piped.stderr
 
         missing = agbox("cp", f"{session_id}:/tmp/nope", str(tmp_path / "x"), env=env)
-        assert missing.returncode == 1 and "no such file or directory in the session: /tmp/nope" in missing.stderr
+        assert missing.returncode == 1 and "No such file or directory: /tmp/nope" in missing.stderr
         assert not (tmp_path / "x").exists() and not (tmp_path / "x.part").exists()
         both_local = agbox("cp", str(tmp_path / "in.bin"), str(tmp_path / "y"), env=env)
         assert both_local.returncode == 2 and "between this machine and a session" in both_local.stderr

@@ -50,6 +50,46 @@ def test_warm_pool_hands_over_started_sandboxes(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_warm_pool_grows_with_the_create_rate_and_shrinks_after(tmp_path: Path, monkeypatch: object) -> None:
+    from agbox.runtime import local
+
+    monkeypatch.setattr(local, "TRIM_AFTER_S", 0.5)  # type: ignore[attr-defined]
+    monkeypatch.setattr(local, "DEMAND_WINDOW_S", 5.0)  # type: ignore[attr-defined]  # a slow machine's creates count
+
+    async def scenario() -> None:
+        runtime = LocalRuntime(tmp_path / "data", warm_pool_size=1)
+        await runtime.start()
+        handles = []
+        try:
+            spec = SandboxSpec("", "img", Limits(memory_bytes=256 * 1024 * 1024, pids=64))
+            key = runtime._pool_key(spec)
+            assert runtime.pool_target(spec) == 1
+            runtime._start_time_s = 2.0  # starts as slow as on a loaded machine: the target is then > 1
+            # Six creates at once: one finds the warm sandbox, the others wait for starts under way or
+            # start their own; every one gets a distinct, working sandbox.
+            creates = [asyncio.ensure_future(runtime.create(SandboxSpec(f"session-{i}", "img", spec.limits)))
+                       for i in range(6)]
+            await asyncio.sleep(0)  # every create has asked for a sandbox
+            # The recent rate asks for more than warm_pool_size started sandboxes...
+            assert runtime.pool_target(spec) > 1
+            handles = await asyncio.gather(*creates)
+            assert len({h.details["sandbox_id"] for h in handles}) == 6
+            answers = await asyncio.gather(*(runtime.call(h, "shell", {"command": "echo ok"}, timeout_s=20)
+                                             for h in handles))
+            assert [a["stdout"] for a in answers] == ["ok\n"] * 6
+            await _eventually(lambda: len(runtime._pools.get(key, [])) > 1)
+            # ...and once creates pause, the pool goes back to warm_pool_size.
+            await _eventually(lambda: len(runtime._pools.get(key, [])) == 1 and not runtime._starting.get(key))
+            await _eventually(lambda: runtime.pool_target(spec) == 1)  # the rate has decayed
+        finally:
+            for handle in handles:
+                await runtime.destroy(handle)
+            await runtime.close()
+        assert not runtime.run_dir.exists()
+
+    asyncio.run(scenario())
+
+
 def test_sandbox_info_is_read_from_fd_numbers_past_1024(tmp_path: Path) -> None:
     # With hundreds of sessions the server's fd numbers pass select()'s 1024 limit.
     runtime = LocalRuntime(tmp_path / "data")

@@ -69,6 +69,13 @@ def test_sessions_round_trip_filter_and_survive_reopen(opener: Opener) -> None:
     assert [r.id for r in other.sessions(owner="key-a")] == ["s1", "s3"]
     assert [r.id for r in other.sessions(statuses=[SessionStatus.RUNNING])] == ["s1"]
     assert [r.id for r in other.sessions(statuses=[])] == []
+    # The narrow query behind a create's limit checks agrees with the records.
+    s1 = other.get_session("s1")
+    assert s1 is not None
+    assert other.session_images([SessionStatus.RUNNING]) == [("key-a", s1.image_id)]
+    assert sorted(other.session_images([SessionStatus.RUNNING, SessionStatus.FINISH])) == sorted(
+        (r.owner, r.image_id) for r in other.sessions())
+    assert other.session_images([]) == []
     finished = other.get_session("s2")
     assert finished is not None and finished.finish_reason == "done" and finished.finished_at == 5.0
     assert (other.get_session("s3") or session("x")).finish_reason == "replaced"

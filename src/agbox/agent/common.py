@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import threading
-from typing import Any, Callable
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing is a measurable part of the agent's start
+    from typing import Any, Callable
 
 
 class OpError(Exception):
@@ -15,13 +16,29 @@ class OpError(Exception):
         self.message = message
 
 
+class Flag:
+    """A switch that is turned on once and read by other threads (a plain attribute: under the GIL a
+    reader sees either value, and nothing waits on it)."""
+
+    __slots__ = ("_on",)
+
+    def __init__(self) -> None:
+        self._on = False
+
+    def set(self) -> None:
+        self._on = True
+
+    def is_set(self) -> bool:
+        return self._on
+
+
 class Ctx:
     """What an op gets besides its arguments: its request id, an event emitter, cancellation."""
 
     def __init__(self, rid: Any, emit: Callable[[dict[str, Any]], None]) -> None:
         self.rid = rid
         self.emit = emit
-        self.cancelled = threading.Event()
+        self.cancelled = Flag()
         self.on_cancel: list[Callable[[], None]] = []
 
     def cancel(self) -> None:

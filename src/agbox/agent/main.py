@@ -10,25 +10,70 @@ each in its own thread, so a long command does not block a file read. An op may 
 
 from __future__ import annotations
 
-import json
+# The agent starts in every sandbox, so its imports are part of every sandbox start's CPU: no ``json``
+# (its import pulls in ``re`` and ``enum``, about as much CPU as the interpreter's own start), no
+# ``threading`` (``functools``, ``collections``) and no ``typing`` at run time. The JSON lines go through
+# ``_json``, the C codec that ``json`` itself uses; threads and locks come from ``_thread``. Op modules that
+# need ``threading`` import it in a request thread, which CPython allows (bpo-1596321).
+import _json
+import _thread
 import os
 import sys
-import threading
-from typing import Any, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import Ctx, OpError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
 OPS: dict[str, Callable[[dict[str, Any], Ctx], Any]] = {}
 RUNNING: dict[Any, Ctx] = {}
-_running_lock = threading.Lock()
-_out_lock = threading.Lock()
+_running_lock = _thread.allocate_lock()
+_out_lock = _thread.allocate_lock()
 _stdout = sys.stdout.buffer
 
 
+def _unencodable(value: object) -> object:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _encode(obj: dict[str, Any]) -> str:
+    """json.dumps(obj, separators=(",", ":")): ASCII output, circular references detected (a fresh
+    markers dict per call, as json.dumps makes: threads send at the same time), NaN allowed."""
+    encoder = _json.make_encoder({}, _unencodable, _json.encode_basestring_ascii, None, ":", ",", False, False, True)
+    return "".join(encoder(obj, 0))
+
+
+class _DecodeOptions:
+    """The settings json.loads hands its C scanner (strict strings, plain dicts, floats and ints)."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = float  # NaN, Infinity, -Infinity
+
+
+_scan = _json.make_scanner(_DecodeOptions())
+
+
+def decode(line: bytes) -> Any:
+    """One JSON value from a request line, as json.loads would give it; ValueError if it is not one."""
+    text = line.decode("utf-8").strip()
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:
+        raise ValueError("no JSON value") from None
+    if end != len(text):
+        raise ValueError("extra data after the JSON value")
+    return value
+
+
 def send(obj: dict[str, Any]) -> None:
-    data = json.dumps(obj, separators=(",", ":")).encode("ascii") + b"\n"
+    data = _encode(obj).encode("ascii") + b"\n"
     with _out_lock:
         _stdout.write(data)
         _stdout.flush()
@@ -42,7 +87,7 @@ def _ping(args: dict[str, Any], ctx: Ctx) -> dict[str, Any]:
 # an idle sandbox that never touches files or code keeps a small heap.
 OP_MODULES = (("shell", "ops_shell"), ("fs_", "ops_files"), ("archive_", "ops_archive"), ("run_code", "ops_code"),
               ("browser_", "ops_browser"), ("pty_", "ops_pty"), ("desktop_", "ops_desktop"))
-_import_lock = threading.Lock()
+_import_lock = _thread.allocate_lock()
 
 
 def _register_all() -> None:
@@ -108,17 +153,17 @@ def main() -> None:
     os.umask(0o022)
     send({"id": 0, "ok": True, "result": {"ready": True, "pid": os.getpid()}})
     # Most sessions run a command first: load the shell op behind the ready signal, not in front of it.
-    threading.Thread(target=_find_op, args=("shell",), daemon=True).start()
+    _thread.start_new_thread(_find_op, ("shell",))
     desktop_size = os.environ.get("AGBOX_DESKTOP_SIZE")
     if desktop_size:
         # A computer-use sandbox starts its desktop right away (in the warm pool, before any session
         # holds it); desktop ops wait for it to be ready.
-        threading.Thread(target=_start_desktop, args=(desktop_size,), daemon=True).start()
+        _thread.start_new_thread(_start_desktop, (desktop_size,))
     for line in sys.stdin.buffer:
         if not line.strip():
             continue
         try:
-            request = json.loads(line)
+            request = decode(line)
         except ValueError:
             send({"id": None, "ok": False, "error": {"kind": "invalid", "message": "malformed request line"}})
             continue
@@ -129,7 +174,7 @@ def main() -> None:
                 target.cancel()
             continue
         try:
-            threading.Thread(target=_handle, args=(request,), daemon=True).start()
+            _thread.start_new_thread(_handle, (request,))
         except RuntimeError as exc:  # no thread to be had (the sandbox's process limit): answer, never die
             send({"id": request.get("id"), "ok": False,
                   "error": {"kind": "os", "errno": 11, "message": f"the agent could not start the request: {exc}"}})

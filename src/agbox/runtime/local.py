@@ -18,6 +18,7 @@ sandbox to the thread that forked it; if this process dies, every sandbox dies w
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import hashlib
@@ -63,6 +64,32 @@ UID_BASE = 200_000
 UID_SPAN = 1_000_000
 READY_TIMEOUT_S = 15.0
 REFILL_DELAY_S = 0.05
+# Warm pool under a sustained create rate: starts under way per spec at once, and the most sandboxes
+# kept started per spec (each idle one holds about 6 MiB).
+REFILL_PARALLEL = max(2, (os.cpu_count() or 1) + 1)
+POOL_MAX = 32
+DEMAND_WINDOW_S = 1.0
+# A pool grown by a burst of creates goes back to ``warm_pool_size`` this long after its last create.
+TRIM_AFTER_S = 5.0
+
+
+class _Demand:
+    """Hand-overs of one pool in the last ``DEMAND_WINDOW_S`` seconds: its create rate."""
+
+    def __init__(self) -> None:
+        self._times: collections.deque[float] = collections.deque()
+
+    def add(self, now: float) -> None:
+        self._times.append(now)
+        self._trim(now)
+
+    def rate(self, now: float) -> float:
+        self._trim(now)
+        return len(self._times) / DEMAND_WINDOW_S
+
+    def _trim(self, now: float) -> None:
+        while self._times and self._times[0] < now - DEMAND_WINDOW_S:
+            self._times.popleft()
 
 
 @dataclass
@@ -87,7 +114,11 @@ class LocalRuntime(Runtime):
         # Started sandboxes kept ready per spec, so a create is a hand-over instead of a start.
         self.warm_pool_size = warm_pool_size
         self._pools: dict[tuple[Any, ...], list[_Sandbox]] = {}
-        self._refilling: set[tuple[Any, ...]] = set()
+        self._starting: dict[tuple[Any, ...], int] = {}  # pool starts under way
+        self._waiters: dict[tuple[Any, ...], collections.deque[asyncio.Future[_Sandbox]]] = {}
+        self._demand: dict[tuple[Any, ...], _Demand] = {}
+        self._start_time_s = 0.05  # recent wall time of a pool start (moving average)
+        self._trims: dict[tuple[Any, ...], asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         tag = hashlib.sha256(str(data_dir).encode()).hexdigest()[:10]
@@ -161,6 +192,13 @@ class LocalRuntime(Runtime):
 
     async def close(self) -> None:
         self._closing = True
+        for timer in self._trims.values():
+            timer.cancel()
+        self._trims.clear()
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(SandboxError("the server is shutting down"))
         for task in list(self._tasks):
             with contextlib.suppress(BaseException):
                 await task
@@ -319,8 +357,9 @@ class LocalRuntime(Runtime):
                 configured = asyncio.ensure_future(self.network.configure(net))
             layer = await self.disks.make(spec.limits.disk_bytes, uid)
             try:
-                group = self.cgroups.create(sandbox_id, spec.limits.memory_bytes, spec.limits.cpus,
-                                            spec.limits.pids)
+                # Off the event loop: a dozen cgroupfs writes and mkdirs that stall it under load.
+                group = await loop.run_in_executor(None, self.cgroups.create, sandbox_id, spec.limits.memory_bytes,
+                                                   spec.limits.cpus, spec.limits.pids)
                 spawned = loop.run_in_executor(self._spawner, self._spawn, spec, sandbox_id, uid, group, layer, net)
             except BaseException:
                 layer.release()
@@ -341,6 +380,8 @@ class LocalRuntime(Runtime):
         except BaseException:
             if group is not None:
                 await loop.run_in_executor(None, self._kill_group, group)
+            else:  # a create given up while its cgroups were being made: no process is in them yet
+                self.cgroups.remove(self.cgroups.group_for(sandbox_id))
             if channel is not None:
                 await channel.close()
             if configured is not None:  # let it finish (never cancelled mid-way on the network thread)
@@ -376,47 +417,128 @@ class LocalRuntime(Runtime):
     async def prewarm(self, spec: SandboxSpec) -> None:
         self._refill(spec)
 
+    def pool_target(self, spec: SandboxSpec) -> int:
+        """How many started sandboxes to keep for specs like this one: ``warm_pool_size`` when creates are
+        rare; under a sustained rate, enough to cover the hand-overs expected while a start is under way
+        (twice the rate times the recent start time), so pooled creates keep finding one."""
+        if self.warm_pool_size <= 0:
+            return 0
+        demand = self._demand.get(self._pool_key(spec))
+        if demand is None:
+            return self.warm_pool_size
+        expected = demand.rate(time.monotonic()) * self._start_time_s * 2
+        return max(self.warm_pool_size, min(math.ceil(expected), POOL_MAX))
+
     def _refill(self, spec: SandboxSpec) -> None:
-        """Keep ``warm_pool_size`` started sandboxes ready for specs like this one (one refill at a time)."""
+        """Start sandboxes for specs like this one until the pool (with the starts under way) reaches its
+        target, at most ``REFILL_PARALLEL`` at a time: a sustained create rate needs several starts in
+        flight (each waits for its agent most of the time), a single one refills at most ~1/start time."""
         key = self._pool_key(spec)
-        if self.warm_pool_size <= 0 or self._closing or key in self._refilling:
+        if self.warm_pool_size <= 0 or self._closing:
             return
-        self._refilling.add(key)
+        target = self.pool_target(spec)
+        pool = self._pools.setdefault(key, [])
+        while (self._starting.get(key, 0) < REFILL_PARALLEL
+               and len(pool) + self._starting.get(key, 0) - len(self._waiters.get(key, ())) < target):
+            self._starting[key] = self._starting.get(key, 0) + 1
+            # Delayed while creates are rare (see _refill_one); not under a sustained rate.
+            self._background(self._refill_one(spec, key, delay=target <= self.warm_pool_size))
 
-        async def refill() -> None:
+    async def _refill_one(self, spec: SandboxSpec, key: tuple[Any, ...], delay: bool) -> None:
+        sandbox: _Sandbox | None = None
+        try:
+            if delay:
+                # A moment after the hand-over, so the new session's first request does not compete
+                # with a sandbox start for the cores.
+                await asyncio.sleep(REFILL_DELAY_S)
+            began = time.monotonic()
+            sandbox = await self._start_sandbox(spec)
+            self._start_time_s += (time.monotonic() - began - self._start_time_s) * 0.2
+        except Exception as exc:
+            log.exception("refilling the warm pool failed")
+            waiters = self._waiters.get(key)
+            if waiters:  # a create waiting for this start starts its own instead
+                waiter = waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            return
+        finally:
+            self._starting[key] -= 1
+        if self._closing:
+            await self._destroy_sandbox(sandbox)
+            return
+        waiters = self._waiters.get(key)
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(sandbox)
+                break
+        else:
+            self._pools.setdefault(key, []).append(sandbox)
+        self._refill(spec)
+
+    async def _warm_or_start(self, spec: SandboxSpec) -> _Sandbox:
+        """A pooled sandbox; if the pool is empty but starts for it are under way, the next one of those
+        (waiting is never slower than starting another, which would compete with them for the cores);
+        else a sandbox started now."""
+        key = self._pool_key(spec)
+        if self.warm_pool_size > 0:
+            demand = self._demand.setdefault(key, _Demand())
+            demand.add(time.monotonic())
+        sandbox = self._take_warm(spec)
+        if sandbox is not None:
+            return sandbox
+        waiters = self._waiters.setdefault(key, collections.deque())
+        if self._starting.get(key, 0) > len(waiters):
+            waiter: asyncio.Future[_Sandbox] = asyncio.get_running_loop().create_future()
+            waiters.append(waiter)
             try:
-                pool = self._pools.setdefault(key, [])
-                while len(pool) < self.warm_pool_size and not self._closing:
-                    sandbox = await self._start_sandbox(spec)
-                    if self._closing:
-                        await self._destroy_sandbox(sandbox)
-                        return
-                    pool.append(sandbox)
+                return await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    self._pools.setdefault(key, []).append(waiter.result())  # handed over as we gave up
+                raise
             except Exception:
-                log.exception("refilling the warm pool failed")
+                if self._closing:
+                    raise
+                log.info("a pooled start failed; starting a sandbox for this create")
             finally:
-                self._refilling.discard(key)
+                with contextlib.suppress(ValueError):
+                    waiters.remove(waiter)
+        return await self._start_sandbox(spec)
 
-        # Start the refill a moment after the hand-over, so the new session's first request does not
-        # compete with a sandbox start for the two cores.
-        async def refill_soon() -> None:
-            await asyncio.sleep(REFILL_DELAY_S)
-            await refill()
+    def _schedule_trim(self, key: tuple[Any, ...]) -> None:
+        """(Re)arm the timer that stops sandboxes beyond ``warm_pool_size`` once creates have paused."""
+        old = self._trims.pop(key, None)
+        if old is not None:
+            old.cancel()
 
-        self._background(refill_soon())
+        def trim() -> None:
+            self._trims.pop(key, None)
+            if self._starting.get(key):  # what is still starting joins the pool first
+                self._schedule_trim(key)
+                return
+            pool = self._pools.get(key, [])
+            while len(pool) > self.warm_pool_size and not self._closing:
+                self._background(self._destroy_sandbox(pool.pop()))
+
+        self._trims[key] = asyncio.get_running_loop().call_later(TRIM_AFTER_S, trim)
 
     async def create(self, spec: SandboxSpec) -> SandboxHandle:
-        sandbox = self._take_warm(spec)
-        if sandbox is None:
-            sandbox = await self._start_sandbox(spec)
-        elif self.network is not None and sandbox.net is not None and spec.network is not None:
-            try:  # warm sandboxes start with the default policy: usually nothing to do here
+        pooled = self.warm_pool_size > 0
+        try:
+            sandbox = await self._warm_or_start(spec)
+        finally:
+            if pooled:
+                self._refill(spec)
+                self._schedule_trim(self._pool_key(spec))
+        if self.network is not None and sandbox.net is not None and spec.network is not None:
+            try:  # pooled sandboxes start with the default policy: usually nothing to do here
                 await self.network.apply(sandbox.net, spec.network)
             except Exception:
                 await self._destroy_sandbox(sandbox)
                 raise
         self._sandboxes[spec.session_id] = sandbox
-        self._refill(spec)
         return SandboxHandle(spec.session_id, self.node, {
             "sandbox_id": sandbox.id, "uid": sandbox.uid, "bwrap_pid": sandbox.bwrap_pid,
             "child_pid": sandbox.child_pid, "cgroups": sandbox.group.dirs,

@@ -86,7 +86,7 @@ def os_error(exc: OSError, path: str, disk_limit: int | None = None) -> Exceptio
         return LimitExceededError(f"the session's disk is full (its limit{limit} is reached) writing {path}: "
                                   "nothing was written")
     if code == errno.ENOENT:
-        return NotFoundError(f"no such file or directory in the session: {path}")
+        return NotFoundError(f"No such file or directory: {path}")  # the file tools' wording
     if code == errno.EFBIG:
         return LimitExceededError(f"file too large for the session's file system: {path}")
     if code in (errno.EACCES, errno.EPERM):

@@ -159,12 +159,12 @@ class SessionService:
             idle = min(idle, self.settings.max_lifetime_s)
         if policy_id is not None and not isinstance(policy_id, str):
             raise InvalidRequestError("mcpPolicyId must be a string")
-        active = len(self.store.sessions(statuses=ACTIVE_STATUSES))
-        if active >= self.settings.max_sessions:
-            raise LimitExceededError(f"too many active sessions on this server ({active}); release some first")
+        active = self.store.session_images(ACTIVE_STATUSES)
+        if len(active) >= self.settings.max_sessions:
+            raise LimitExceededError(f"too many active sessions on this server ({len(active)}); release some first")
         # No await between this check and put_session below: concurrent creates cannot both slip in.
-        self.limits.check_new_session(owner, [self._footprint(r) for r in self.store.sessions(
-            owner=owner, statuses=ACTIVE_STATUSES)], image.limits.memory_bytes, image.limits.cpus)
+        self.limits.check_new_session(owner, [self._footprint(i) for o, i in active if o == owner],
+                                      image.limits.memory_bytes, image.limits.cpus)
         now = time.time()
         record = SessionRecord(
             id=new_session_id(), owner=owner, image_id=image.id, status=SessionStatus.CREATING,
@@ -208,10 +208,10 @@ class SessionService:
         handle = self.handles.get(record.id)
         return self.runtime.network_info(handle) if handle is not None else None
 
-    def _footprint(self, record: SessionRecord) -> tuple[int, float]:
-        """(memory bytes, cpus) a session's sandbox may use."""
+    def _footprint(self, image_id: str) -> tuple[int, float]:
+        """(memory bytes, cpus) a session's sandbox of this image may use."""
         try:
-            limits = self.images.get(record.image_id).limits
+            limits = self.images.get(image_id).limits
         except AgboxError:  # an image removed since: count nothing rather than fail every create
             return 0, 0.0
         return limits.memory_bytes, limits.cpus

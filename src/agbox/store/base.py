@@ -48,6 +48,11 @@ class Store(abc.ABC):
     def sessions(self, owner: str | None = None, statuses: Iterable[SessionStatus] | None = None) -> list[SessionRecord]:
         """Sessions ordered by creation time (oldest first)."""
 
+    def session_images(self, statuses: Iterable[SessionStatus]) -> list[tuple[str, str]]:
+        """(owner, image id) of each session in ``statuses``: what a create's limit checks need, without
+        decoding whole records (stores override it with a narrow query)."""
+        return [(r.owner, r.image_id) for r in self.sessions(statuses=statuses)]
+
     @abc.abstractmethod
     def touch_session(self, session_id: str, when: float) -> None: ...
 
@@ -156,6 +161,14 @@ class SqlStore(SqlDatabase, Store):
             params.extend(values)
         sql += " ORDER BY created_at, id"
         return [session_from_row(row) for row in self._query(sql, tuple(params))]
+
+    def session_images(self, statuses: Iterable[SessionStatus]) -> list[tuple[str, str]]:
+        values = [s.value for s in statuses]
+        if not values:
+            return []
+        rows = self._query(f"SELECT owner, image_id FROM sessions WHERE status IN ({placeholders(len(values))})",
+                           tuple(values))
+        return [(owner, image_id) for owner, image_id in rows]
 
     def set_status(self, session_id: str, status: SessionStatus, when: float | None = None, reason: str = "") -> None:
         if status is SessionStatus.FINISH:
