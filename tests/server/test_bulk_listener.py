@@ -211,11 +211,11 @@ def test_symlinks_planted_by_the_sandbox_stay_inside(server: ServerProcess, sess
     sh(session, f"ln -s {host_dir}/secret /tmp/abs; ln -s ../../../../../..{host_dir}/secret /tmp/rel; "
                 f"ln -s {host_dir} /tmp/dir; ln -s /proc/1/root /tmp/magic")
     for link in ("/tmp/abs", "/tmp/rel", "/tmp/dir/secret"):
-        refused(signed_url(server, sid, link, "GET"), "GET", 404, "NotFound", "no such file")
+        refused(signed_url(server, sid, link, "GET"), "GET", 404, "NotFound", "No such file or directory")
     for path in ("/tmp/magic/etc/hostname", "/proc/1/root/etc/hostname", "/proc/1/environ"):
         status, raw = request(signed_url(server, sid, path, "GET"), "GET")
         assert status in (400, 404) and not json.loads(raw)["success"], (path, raw)
-    refused(signed_url(server, sid, "/tmp/dir/planted", "PUT"), "PUT", 404, "NotFound", "no such file", b"x")
+    refused(signed_url(server, sid, "/tmp/dir/planted", "PUT"), "PUT", 404, "NotFound", "No such file or directory", b"x")
     assert sorted(os.listdir(host_dir)) == ["secret"]
     # Overwriting a symlink replaces the link, never the host file it names.
     assert request(signed_url(server, sid, "/tmp/abs", "PUT"), "PUT", b"new")[0] == 200
