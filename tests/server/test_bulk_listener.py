@@ -109,6 +109,16 @@ def test_signed_round_trip_on_the_bulk_port(server: ServerProcess, session: Any,
     out = tmp_path / "back.bin"
     assert session.file.download_stream("/home/user/up/big.bin", str(out)).success
     assert hashlib.sha256(out.read_bytes()).hexdigest() == hashlib.sha256(data + b"tail").hexdigest()
+    # Into open files: spliced after what the handle already buffered, or (append mode) written.
+    for mode in ("wb", "ab"):
+        with open(tmp_path / f"into-{mode}", mode) as handle:
+            handle.write(b"prefix")
+            got = session.file.download_stream("/home/user/up/big.bin", handle)
+            assert got.success and got.bytes_received == 64 * MIB + 4, got.error_message
+            handle.write(b"suffix")
+        whole = (tmp_path / f"into-{mode}").read_bytes()
+        assert whole[:6] == b"prefix" and whole[-6:] == b"suffix"
+        assert hashlib.sha256(whole[6:-6]).hexdigest() == hashlib.sha256(data + b"tail").hexdigest()
 
 
 def _tamper(url: str, **changes: Any) -> str:
