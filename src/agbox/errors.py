@@ -98,3 +98,10 @@ class SandboxError(AgboxError):
 class ToolTimeoutError(AgboxError):
     status_code = 504
     code = "ToolTimeout"
+
+
+class AccessDeniedError(AgboxError):
+    """A signed URL that is wrong, expired, or for another method or object."""
+
+    status_code = 403
+    code = "AccessDenied"

@@ -44,6 +44,9 @@ class Settings:
     max_command_output_bytes: int = 4 * 1024 * 1024
     link_port_min: int = 30100
     link_port_max: int = 30199
+    # The bulk file listener (services/bulk_listener.py): 0 = any free port, -1 = off (files then
+    # move through the main port only).
+    bulk_port: int = 0
     # The externally visible base URL of this server (e.g. behind a reverse proxy); None = http://host:port.
     public_url: str | None = None
     tls_enabled: bool = False
@@ -107,6 +110,7 @@ class Settings:
             "AGBOX_PUBLIC_URL": ("public_url", str),
             "AGBOX_LINK_PORT_MIN": ("link_port_min", int),
             "AGBOX_LINK_PORT_MAX": ("link_port_max", int),
+            "AGBOX_BULK_PORT": ("bulk_port", int),
             "AGBOX_RUNTIME": ("runtime", str),
             "AGBOX_IMAGES_DIR": ("images_dir", Path),
             "AGBOX_WARM_POOL": ("warm_pool_size", int),

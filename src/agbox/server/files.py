@@ -105,7 +105,21 @@ def routes(wire: WireApi) -> list[BaseRoute]:
             return await put_file(request, request_id)
         return await get_file(request, request_id)
 
-    return [Route("/sessions/{session_id}/files", session_file, methods=["GET", "PUT"])]
+    async def file_url(request: Request) -> Response:
+        # A signed URL of the bulk file port (services/bulk_listener.py) for one transfer; url null
+        # when that port cannot reach this session's files (then this route itself is the way).
+        request_id = new_request_id()
+        try:
+            owner = owner_of(request)
+            query = request.query_params
+            url, expires = platform.bulk.file_url(owner, request.path_params["session_id"], query.get("path"),
+                                                  query.get("method", "GET"), query.get("mode"))
+        except AgboxError as exc:
+            return _json(error_envelope(request_id, exc), status=exc.status_code)
+        return _json(envelope(request_id, {"url": url, "expireTime": expires or None}))
+
+    return [Route("/sessions/{session_id}/files", session_file, methods=["GET", "PUT"]),
+            Route("/sessions/{session_id}/files/url", file_url, methods=["GET"])]
 
 
 async def _drain_or_close(request: Request, source: AsyncIterator[bytes], response: Response) -> None:

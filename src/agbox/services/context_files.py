@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import hashlib
+import mmap
 import os
 import secrets
 import time
@@ -25,11 +26,12 @@ from typing import IO, BinaryIO
 from agbox.errors import LimitExceededError
 
 CHUNK = 1024 * 1024
+HASH_WINDOW = 16 * 1024 * 1024  # a multiple of the page size
 
 
 class BlobWriter(abc.ABC):
     @abc.abstractmethod
-    def write(self, chunk: bytes) -> None: ...
+    def write(self, chunk: bytes | bytearray | memoryview) -> None: ...
 
     @abc.abstractmethod
     def finish(self) -> tuple[str, int]:
@@ -37,6 +39,14 @@ class BlobWriter(abc.ABC):
 
     @abc.abstractmethod
     def abort(self) -> None: ...
+
+    def direct_fd(self) -> int | None:
+        """A file descriptor the caller may append bytes to itself (``sendfile``, ``splice``), each
+        batch then reported with ``wrote_directly``; None when this store has none (then ``write``)."""
+        return None
+
+    def wrote_directly(self, count: int) -> None:
+        raise NotImplementedError
 
 
 class BlobStore(abc.ABC):
@@ -51,6 +61,23 @@ class BlobStore(abc.ABC):
         try:
             for chunk in chunks:
                 writer.write(chunk)
+            return writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+
+    def ingest_fd(self, fd: int, durable: bool = True) -> tuple[str, int]:
+        """Store the rest of an open file (from its current offset); in the kernel where the store
+        allows it. Returns (blob key, size)."""
+        writer = self.begin(None, durable)
+        try:
+            out = writer.direct_fd()
+            if out is None:
+                while data := os.read(fd, CHUNK):
+                    writer.write(data)
+            else:
+                while moved := os.sendfile(out, fd, None, 1 << 30):
+                    writer.wrote_directly(moved)
             return writer.finish()
         except BaseException:
             writer.abort()
@@ -136,20 +163,48 @@ class _LocalWriter(BlobWriter):
         self.out = os.fdopen(fd, "wb")
         self.digest = hashlib.sha256()
         self.size = 0
+        # Bytes were appended behind the digest's back (direct_fd): hash the whole file at the end,
+        # from the page cache through a mapping (no copy into this process).
+        self.hash_file = False
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes | bytearray | memoryview) -> None:
         self.size += len(chunk)
         if self.limit is not None and self.size > self.limit:
             raise LimitExceededError(f"object exceeds the limit of {self.limit} bytes")
-        self.digest.update(chunk)
+        if not self.hash_file:
+            self.digest.update(chunk)
         self.out.write(chunk)
+
+    def direct_fd(self) -> int | None:
+        self.out.flush()
+        self.hash_file = True
+        return self.out.fileno()
+
+    def wrote_directly(self, count: int) -> None:
+        self.size += count
+        if self.limit is not None and self.size > self.limit:
+            raise LimitExceededError(f"object exceeds the limit of {self.limit} bytes")
+
+    def _file_digest(self) -> str:
+        """sha256 of the staged file, mapped a window at a time (the process's resident memory grows
+        by one window, not by the file)."""
+        digest = hashlib.sha256()
+        fd = os.open(self.tmp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            for offset in range(0, size, HASH_WINDOW):
+                with mmap.mmap(fd, min(HASH_WINDOW, size - offset), prot=mmap.PROT_READ, offset=offset) as window:
+                    digest.update(window)
+        finally:
+            os.close(fd)
+        return digest.hexdigest()
 
     def finish(self) -> tuple[str, int]:
         self.out.flush()
         if self.durable:
             os.fsync(self.out.fileno())
         self.out.close()
-        key = self.digest.hexdigest()
+        key = self._file_digest() if self.hash_file else self.digest.hexdigest()
         final = self.store._path(key)
         if final.exists():
             os.utime(final)  # fresh again, so a concurrent garbage collection keeps it

@@ -26,11 +26,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import os
 import secrets
 import tarfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +185,7 @@ class ContextTransfer:
         found: dict[str, tuple[str, int]] = {}
         for rel, fd, _ in direct.walk(source, lambda d: could_contain(d, include, exclude)):
             if selected(rel, include, exclude):
-                found[join_key(target, rel)] = self.blobs.ingest(_fd_chunks(fd), durable=durable)
+                found[join_key(target, rel)] = self.blobs.ingest_fd(fd, durable=durable)
         return found
 
     def _ingest_tree_as_tar(self, direct: SandboxFiles, source: str, include: list[str],
@@ -282,14 +281,6 @@ def could_contain(rel_dir: str, include: list[str], exclude: list[str]) -> bool:
         return True
     return any(base == "" or base == rel_dir or base.startswith(rel_dir + "/") or rel_dir.startswith(base + "/")
                for base in include)
-
-
-def _fd_chunks(fd: int) -> Iterator[bytes]:
-    while True:
-        data = os.read(fd, CHUNK)
-        if not data:
-            return
-        yield data
 
 
 class _WriterFile(io.RawIOBase):

@@ -29,7 +29,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from agbox.errors import AgboxError, ContextNotFoundError, InvalidRequestError, SessionNotFoundError
@@ -79,6 +79,9 @@ class ContextService:
         self.blobs = blobs
         self.sessions = sessions
         self.secret = secret
+        # Where pre-signed object URLs point: the bulk file port when it is up (the platform sets
+        # this; services/bulk_listener.py serves them there), else this server's main port.
+        self.object_base: Callable[[], str | None] = lambda: None
         self.spool = settings.data_dir / "contexts" / "spool"
         self.spool.mkdir(parents=True, exist_ok=True)
         self.transfer = ContextTransfer(store, blobs, sessions, self.spool)
@@ -232,7 +235,7 @@ class ContextService:
             raise ContextNotFoundError(f"file {file_path} not found in context {record.id}")
         expires = int(time.time()) + URL_TTL_S
         token = sign(self.secret, {"c": record.id, "p": key, "m": method, "e": expires})
-        return f"{self.settings.base_url}/context-objects/{token}", expires
+        return f"{self.object_base() or self.settings.base_url}/context-objects/{token}", expires
 
     def check_url(self, token: str, method: str) -> tuple[ContextRecord, str]:
         claims = verify(self.secret, token)

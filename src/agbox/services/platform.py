@@ -11,6 +11,7 @@ from agbox.errors import AgboxError
 from agbox.images import ImageCatalog
 from agbox.runtime.base import Runtime
 from agbox.services.browser import BrowserService
+from agbox.services.bulk_listener import BulkListener
 from agbox.services.context_files import BlobStore, LocalBlobStore
 from agbox.services.contexts import ContextService
 from agbox.services.file_stream import FileStreams
@@ -73,6 +74,8 @@ class Platform:
         else:
             blobs, secret = LocalBlobStore(contexts_dir), load_secret(contexts_dir / "url-secret")
         self.contexts = ContextService(settings, open_context_store(settings, self.store), blobs, self.sessions, secret)
+        self.bulk = BulkListener(settings, self.sessions, self.contexts)
+        self.contexts.object_base = lambda: self.bulk.base_url
         # At release, in this order before the sandbox goes: the session's links close, its Chromium
         # closes (so the profile on disk is complete), then its contexts upload.
         self.sessions.before_release.append(self.links.before_release)
@@ -101,12 +104,14 @@ class Platform:
             await self.runtime.prewarm(self.sessions.spec_for(self.images.get(image_id), ""))
         self.sessions.start_lifecycle()
         self.contexts.start()
+        self.bulk.start()
         self.started = True
 
     async def close(self) -> None:
         try:
             # Links first: release hooks do not run at shutdown, and open relays would keep sandboxes busy.
             self.links.close()
+            self.bulk.close()
             await self.sessions.close()
             # After every session is released (so their auto-uploads finished), before the runtime stops.
             await self.contexts.close()
