@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -193,8 +194,10 @@ def test_any_replica_serves_any_session_and_kill_9_loses_nothing(ray_cluster: Ra
     context = a.context.create("replicated").context
     # Context files are keyed by their absolute path in the sandbox (as in AGB).
     upload = a.context.get_file_upload_url(context.id, "/home/user/data/seed.txt").url
-    # Signed by replica A, honoured by replica B (shared secret on the shared blob path).
-    via_b = upload.replace(ray_cluster.server.endpoint, ray_cluster.replica.endpoint)
+    # Signed by replica A, honoured by replica B (shared secret on the shared blob path). Object URLs
+    # name the replica's bulk port: B's comes from a URL B signs.
+    b_base = urlsplit(b.context.get_file_upload_url(context.id, "/home/user/data/other.txt").url).netloc
+    via_b = urlsplit(upload)._replace(netloc=b_base).geturl()
     assert via_b != upload and httpx.put(via_b, content=b"seed").status_code == 200
     sync = ContextSync(context_id=context.id, path="/home/user/data", policy=SyncPolicy())
     made = [a.create(CreateSessionParams(image_id="agb-code-space-1", context_syncs=[sync])).session
