@@ -48,7 +48,7 @@ from agbox.models import SessionRecord
 from agbox.runtime.sandbox_files import SandboxFiles, os_error, sandbox_path
 from agbox.services.context_files import BlobStore, BlobWriter
 from agbox.services.contexts import FILE_TRANSFER, MAX_OBJECT_BYTES, ContextService
-from agbox.services.http1 import Head, ProtocolError, body_kind, parse_head
+from agbox.services.http1 import Head, ProtocolError, body_kind, listen, parse_head
 from agbox.services.links import url_host
 from agbox.services.sessions import SessionService
 from agbox.services.url_signing import sign, verify
@@ -319,19 +319,8 @@ class BulkListener:
         if self.settings.bulk_port < 0 or self.listener is not None:
             return
         host = self.settings.host or "127.0.0.1"
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        listener = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind((host, self.settings.bulk_port))
-            listener.listen(socket.SOMAXCONN)
-            listener.setblocking(False)
-            self.loop = asyncio.get_running_loop()
-            self.loop.add_reader(listener.fileno(), self._accept)
-        except BaseException:
-            listener.close()
-            raise
-        self.listener = listener
+        self.loop = asyncio.get_running_loop()
+        self.listener = listener = listen(host, self.settings.bulk_port, self._accept)
         self.port = int(listener.getsockname()[1])
         self.pool = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="agbox-bulk")
 

@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 RECV_SIZE = 64 * 1024
@@ -44,6 +45,23 @@ class Incomplete(ProtocolError):
     def __init__(self, partial: bytes) -> None:
         super().__init__("connection closed early")
         self.partial = partial
+
+
+def listen(host: str, port: int, on_accept: Callable[[], None]) -> socket.socket:
+    """A non-blocking TCP listener on host:port (0 = any free port) whose readiness calls ``on_accept``
+    on the running event loop; closed again if any step fails."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(socket.SOMAXCONN)
+        listener.setblocking(False)
+        asyncio.get_running_loop().add_reader(listener.fileno(), on_accept)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
 
 
 def _wake(future: asyncio.Future[None]) -> None:

@@ -64,6 +64,7 @@ from agbox.services.http1 import (
     ProtocolError,
     UpstreamClosed,
     body_kind,
+    listen,
     parse_head,
     text_response,
 )
@@ -175,19 +176,8 @@ class Link:
         return f"{COOKIE_PREFIX}{self.listen_port}".encode()
 
     async def open(self, host: str) -> None:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        listener = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind((host, 0))
-            listener.listen(socket.SOMAXCONN)
-            listener.setblocking(False)
-            self.loop = asyncio.get_running_loop()
-            self.loop.add_reader(listener.fileno(), self._accept)
-        except BaseException:
-            listener.close()
-            raise
-        self.listener = listener
+        self.loop = asyncio.get_running_loop()
+        self.listener = listener = listen(host, 0, self._accept)
         self.listen_port = int(listener.getsockname()[1])
 
     def close(self) -> None:
