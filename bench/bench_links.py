@@ -24,18 +24,17 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
-import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+import benchlib as B
 
 REPO = Path(__file__).resolve().parent.parent
 APP = REPO / "tests" / "server" / "link_app.py"
@@ -229,51 +228,6 @@ def host_app() -> Iterator[Target]:
         proc.wait(10)
 
 
-API_KEY = "bench-links-key"
-
-
-@contextlib.contextmanager
-def agbox_server() -> Iterator[tuple[str, int]]:
-    """``agbox serve`` on a free port; yields (endpoint, server pid)."""
-    import httpx
-
-    root = Path(tempfile.mkdtemp(prefix="agbox-bench-links-"))
-    os.chmod(root, 0o711)  # sandbox uids must traverse to the sandbox roots inside
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "AGBOX_API_KEY": API_KEY}
-    env.pop("AGB_ENDPOINT", None)
-    env.pop("AGBOX_DATA_DIR", None)
-    log_path = root / "server.log"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "agbox", "serve", "--port", str(port), "--data-dir",
-                                    str(root / "data"), "--log-level", "warning"],
-                                   stdout=log, stderr=subprocess.STDOUT, env=env)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"agbox serve exited early: {log_path.read_text(errors='replace')[-800:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{endpoint}/health", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("agbox serve did not answer /health within 60 s")
-            time.sleep(0.05)
-        yield endpoint, process.pid
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(120)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(30)
-        shutil.rmtree(root, ignore_errors=True)
-
-
 def cpu_seconds(pid: int) -> float:
     """CPU time of a process's threads so far, in nanosecond resolution (schedstat; /proc/PID/stat
     counts 10 ms ticks, too coarse for a hundred requests)."""
@@ -289,8 +243,9 @@ def sandbox_app() -> Iterator[tuple[str, int]]:
     """A session of an ``agbox serve`` running the app on 30101; yields (its link URL, server pid)."""
     from agbox import AGB, CreateSessionParams
 
-    with agbox_server() as (endpoint, pid):
-        agb = AGB(api_key=API_KEY, endpoint=endpoint)
+    with B.server("agbox-bench-links-") as srv:
+        pid = srv.pid
+        agb = AGB(api_key=srv.api_key, endpoint=srv.endpoint)
         result = agb.create(CreateSessionParams(image_id="agb-code-space-1"))
         if not result.success:
             raise RuntimeError(f"create failed: {result.error_message}")

@@ -11,87 +11,18 @@ Run alone: ``python bench/bench_mcp.py [--quick]``.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
-import httpx
+import benchlib
 
 FAMILY = "tool_round_trip"
 NAME = "shell via session MCP endpoint"
 BASELINE = "subprocess.run(true)"
-API_KEY = "bench-mcp-key-0123456789abcdef"
 FULL, QUICK, WARMUP = 300, 40, 5
-
-
-def _samples(quick: bool) -> int:
-    try:  # bench/run.py's shared options (--samples), when present
-        import benchlib
-
-        return int(benchlib.samples(quick, FULL, QUICK))
-    except Exception:
-        return QUICK if quick else FULL
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def _serve() -> Iterator[str]:
-    root = Path(tempfile.mkdtemp(prefix="agbox-bench-mcp-"))
-    os.chmod(root, 0o711)  # sandbox uids must traverse to the sandbox roots inside
-    port = _free_port()
-    env = {**os.environ, "AGBOX_API_KEY": API_KEY}
-    env.pop("AGB_ENDPOINT", None)
-    env.pop("AGBOX_DATA_DIR", None)
-    log_path = root / "server.log"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "agbox", "serve", "--port", str(port), "--data-dir",
-                                    str(root / "data"), "--log-level", "warning"],
-                                   stdout=log, stderr=subprocess.STDOUT, env=env)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"agbox serve exited early: {log_path.read_text(errors='replace')[-800:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{endpoint}/health", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("agbox serve did not answer /health within 60 s")
-            time.sleep(0.05)
-        yield endpoint
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(120)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(30)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _time_mcp_shell(url: str, token: str, n: int) -> list[float]:
@@ -130,9 +61,10 @@ def _time_subprocess_true(n: int) -> list[float]:
 def run(quick: bool) -> list[dict[str, Any]]:
     from agbox import AGB, CreateSessionParams
 
-    n = _samples(quick)
-    with _serve() as endpoint:
-        agb = AGB(api_key=API_KEY, endpoint=endpoint)
+    n = benchlib.samples(quick, FULL, QUICK)
+    with benchlib.server("agbox-bench-mcp-") as srv:
+        endpoint = srv.endpoint
+        agb = AGB(api_key=srv.api_key, endpoint=endpoint)
         try:
             created = agb.create(CreateSessionParams(image_id="agb-code-space-1"))
             if not created.success:
@@ -145,10 +77,10 @@ def run(quick: bool) -> list[dict[str, Any]]:
         finally:
             agb.close()
     base_s = _time_subprocess_true(n)
-    p50, base_p50 = percentile(mcp_s, 50) * 1000, percentile(base_s, 50) * 1000
+    p50, base_p50 = benchlib.percentile(mcp_s, 50) * 1000, benchlib.percentile(base_s, 50) * 1000
     return [{
         "family": FAMILY, "name": NAME, "key": "mcp_endpoint_shell_true",
-        "p50_ms": p50, "p95_ms": percentile(mcp_s, 95) * 1000, "p99_ms": percentile(mcp_s, 99) * 1000, "n": n,
+        "p50_ms": p50, "p95_ms": benchlib.percentile(mcp_s, 95) * 1000, "p99_ms": benchlib.percentile(mcp_s, 99) * 1000, "n": n,
         "baseline": BASELINE, "baseline_p50_ms": base_p50, "ratio": p50 / base_p50, "delta_ms": p50 - base_p50,
         "higher_is_better": False,
         "note": "official mcp client (auto mode: 2026-07-28 wire), one open client, agbox serve over loopback HTTP",
